@@ -1,0 +1,100 @@
+"""Grammar-constrained decoding: which tokens may come next, for a batch of partial sequences.
+
+Every tokenizer offers ``grammar(batch_size)`` returning an object with this protocol:
+
+- ``allowed(steps_left) -> (B, V) bool``: the tokens allowed at the next position of each sequence,
+  given that at most ``steps_left`` more tokens (this one included) may be generated. A finished
+  sequence allows only PAD.
+- ``advance(tokens)``: feed the (B,) tokens chosen at this position (they must have been allowed).
+- ``done``: (B,) bool, True once a sequence has emitted EOS.
+
+A sequence generated under these rules always decodes with ``errors="strict"``: each slot gets a token
+of its type, starts come strictly after the previous run's end in raster order, runs stay inside the
+mask and under ``max_run``, EOS comes only at a run boundary, and EOS is forced when the budget left
+cannot hold another whole run plus EOS.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .vocab import EOS, PAD
+
+
+class Grammar(Protocol):
+    done: np.ndarray
+
+    def allowed(self, steps_left: int) -> np.ndarray: ...
+
+    def advance(self, tokens: np.ndarray) -> None: ...
+
+
+class ImageGrammar:
+    """Constraints of :class:`rleseg.tokens.Tokenizer`, vectorised over the batch."""
+
+    def __init__(self, tokenizer, batch_size: int):
+        self.tok = tokenizer
+        self.done = np.zeros(batch_size, dtype=bool)
+        self.slot = np.zeros(batch_size, dtype=np.int64)
+        self.free = np.zeros(batch_size, dtype=np.int64)  # first flat index the next run may start at
+        self.start = np.zeros(batch_size, dtype=np.int64)  # start of the run being written
+        self.major = np.zeros(batch_size, dtype=np.int64)  # 2-D starts: major coordinate just chosen
+        self._values = {name: np.arange(r.size) + r.offset for name, r in tokenizer.vocab.ranges.items()}
+
+    def allowed(self, steps_left: int) -> np.ndarray:
+        tok, vocab = self.tok, self.tok.vocab
+        k, (n_major, n_minor) = tok.tokens_per_run, tok.grid
+        out = np.zeros((len(self.done), vocab.size), dtype=bool)
+        boundary = (self.slot == 0) & ~self.done
+        out[:, PAD] = self.done
+        out[:, EOS] = boundary
+        can_start = boundary & (self.free < tok.num_pixels) & (steps_left >= k + 1)
+        room = np.minimum(tok.max_run, tok.num_pixels - self.start)[:, None]  # longest run allowed
+        for slot, name in enumerate(tok.slots):
+            here = ((self.slot == slot) & ~self.done)[:, None]
+            if slot == 0:
+                here = can_start[:, None]
+            values = self._values[name][None, :]
+            if name == "start":
+                ok = values >= self.free[:, None]
+            elif name == "coord" and slot == 0:
+                ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
+            elif name == "coord":
+                first_row = self.major == self.free // n_minor
+                ok = (values >= np.where(first_row, self.free % n_minor, 0)[:, None]) & (values < n_minor)
+            elif name == "length":
+                ok = values <= room
+            elif name == "lac":
+                ok = (values - 1) % tok.max_run + 1 <= room
+            else:  # class: every foreground class
+                ok = np.ones_like(values, dtype=bool)
+            span = vocab[name]
+            out[:, span.first : span.stop] |= here & ok
+        return out
+
+    def advance(self, tokens: np.ndarray) -> None:
+        tok, vocab = self.tok, self.tok.vocab
+        tokens = np.asarray(tokens, dtype=np.int64)
+        live = ~self.done
+        self.done = self.done | (tokens == EOS)
+        live &= ~self.done
+        name = np.array(tok.slots)[self.slot]
+        for slot_name in set(tok.slots):
+            rows = live & (name == slot_name)
+            if not rows.any():
+                continue
+            value = vocab[slot_name].value(tokens[rows])
+            if slot_name == "start":
+                self.start[rows] = value
+            elif slot_name == "coord":
+                first = rows & (self.slot == 0)
+                second = rows & (self.slot == 1)
+                self.major[first] = value[first[rows]]
+                self.start[second] = self.major[second] * tok.grid[1] + value[second[rows]]
+            elif slot_name == "length":
+                self.free[rows] = self.start[rows] + value
+            elif slot_name == "lac":
+                self.free[rows] = self.start[rows] + (value - 1) % tok.max_run + 1
+        self.slot = np.where(live, (self.slot + 1) % tok.tokens_per_run, self.slot)
