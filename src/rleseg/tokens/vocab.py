@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -48,7 +50,7 @@ class Vocab:
 
     pad = PAD
     eos = EOS
-    bos = {task: 2 + i for i, task in enumerate(TASKS)}
+    bos: ClassVar[dict[str, int]] = {task: 2 + i for i, task in enumerate(TASKS)}
 
     def __init__(self, ranges: list[tuple[str, int, int]]):
         """``ranges``: (name, number of values, value of the first token) in layout order."""
@@ -63,9 +65,9 @@ class Vocab:
             first += int(size)
         self.size = first
         bounds = sorted((r.first, r.stop) for r in self.ranges.values())
-        assert all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:], strict=False)), "ranges overlap"
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(bounds)), "ranges overlap"
         assert not bounds or bounds[0][0] >= NUM_SPECIAL, "a range overlaps the special tokens"
-        # kind_of_token[kind index] boundaries for vectorised type lookup.
+        # Stops of the ranges in layout order: searchsorted over them finds a token's range.
         self._bounds = np.array([NUM_SPECIAL] + [r.stop for r in self.ranges.values()], dtype=np.int64)
         self._names = list(self.ranges)
 
