@@ -1,0 +1,432 @@
+"""The ``rleseg`` command line.
+
+Each subcommand is a ``_add_<name>(subparsers)`` function that declares its options and sets
+``run=_run_<name>``; :func:`main` lists the ``_add_*`` functions. Commands that need torch import it
+inside their ``_run_*`` function, so ``tokenize``, ``stats`` and the tokenizer ``demo`` start fast and
+never import torch.
+
+User errors (a missing or unreadable file, a label out of range, a bad option value) print one line,
+``rleseg: error: ...``, and exit with status 2. They are recognised by type, never by catching every
+ValueError: :class:`UserError` raised here, :class:`rleseg.stats.MaskError` raised while reading masks,
+and argparse's own errors. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .stats import DatasetStats, MaskError, StatsOptions, folder_stats, read_label_mask
+from .tokens import Tokenizer, downsample_mask
+from .tokens.tokenizer import SCHEMES, START_MODES
+
+EXIT_USER_ERROR = 2
+EXAMPLES = Path(__file__).with_name("examples")
+
+
+class UserError(Exception):
+    """An error the user can fix; :func:`main` prints its message on one line and exits with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse would print the usage block and exit; one line that points to --help is clearer.
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+# ----------------------------------------------------------------------------- option types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _num_classes(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 classes (background included), got {text!r}")
+    return value
+
+
+def _list_of(parse: Callable[[str], object], choices: Sequence[str] | None = None):
+    def parse_list(text: str) -> tuple:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if choices is not None:
+            bad = [item for item in items if item not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"invalid choice {bad[0]!r} (choose from {', '.join(choices)})")
+        return tuple(dict.fromkeys(parse(item) for item in items))
+
+    return parse_list
+
+
+def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
+    """--scheme/--starts (one value, or --schemes/--starts lists), --order, --max-run, --downsample-method."""
+    if many:
+        parser.add_argument("--schemes", type=_list_of(str, SCHEMES), default=SCHEMES, metavar="LIST",
+                            help="comma-separated schemes (default: lac,class,binary; binary only for 2 classes)")
+        parser.add_argument("--starts", type=_list_of(str, START_MODES), default=START_MODES, metavar="LIST",
+                            help="comma-separated start modes (default: 1d,2d)")
+    else:
+        parser.add_argument("--scheme", choices=SCHEMES, default="lac", help="token scheme (default: lac)")
+        parser.add_argument("--starts", choices=START_MODES, default="1d",
+                            help="1d: one flat-index token per start; 2d: row and column tokens (default: 1d)")
+    parser.add_argument("--order", choices=("C", "F"), default="C",
+                        help="raster order: C row-major, F column-major (default: C)")
+    parser.add_argument("--max-run", type=_positive_int, default=None, metavar="L",
+                        help="longest run L (default: one row of the subsampled mask)")
+    parser.add_argument("--downsample-method", choices=("nearest", "mode"), default="nearest",
+                        help="nearest: centre pixel of each cell; mode: most frequent label (default: nearest)")
+    parser.add_argument("--num-classes", type=_num_classes, default=None, metavar="C",
+                        help="C, background included (default: largest label + 1, at least 2)")
+
+
+# ----------------------------------------------------------------------------- tokenize
+def _add_tokenize(subparsers) -> None:
+    parser = subparsers.add_parser("tokenize", help="print the token sequence of one label mask",
+                                   description="Encode one label mask (PNG or TIFF) and print its tokens.")
+    parser.add_argument("mask", type=Path, metavar="MASK_IMAGE", help="label PNG (grayscale or palette) or TIFF")
+    _add_tokenizer_options(parser, many=False)
+    parser.add_argument("--subsample", type=_positive_int, default=1, metavar="N",
+                        help="subsampling factor before encoding (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print tokens, summary and tokenizer as JSON")
+    parser.set_defaults(run=_run_tokenize)
+
+
+def _encode(
+    mask: np.ndarray, name: str, *, scheme: str = "lac", starts: str = "1d", order: str = "C",
+    max_run: int | None = None, subsample: int = 1, method: str = "nearest", num_classes: int | None = None,
+) -> tuple[Tokenizer, np.ndarray, dict]:
+    """Subsample and encode one mask; returns the tokenizer, the tokens and a summary."""
+    max_label = int(mask.max()) if mask.size else 0
+    num_classes = num_classes or max(2, max_label + 1)
+    if max_label >= num_classes:
+        raise UserError(f"{name}: holds label {max_label}, expected labels < --num-classes {num_classes}")
+    small = downsample_mask(mask, subsample, method)
+    try:
+        tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, order, max_run)
+    except ValueError as error:  # the options are the user's: e.g. scheme binary with 3 classes
+        raise UserError(f"{name}: {error}") from None
+    tokens = tokenizer.encode(small)
+    summary = {
+        "file": name,
+        "mask_size": list(mask.shape),
+        "subsampled_size": list(small.shape),
+        "runs": (tokens.size - 1) // tokenizer.tokens_per_run,
+        "tokens": int(tokens.size),
+        "vocab_size": tokenizer.vocab.size,
+        "pixels_per_token": mask.size / tokens.size,
+    }
+    return tokenizer, tokens, summary
+
+
+def _summary_line(tokenizer: Tokenizer, summary: dict, subsample: int) -> str:
+    height, width = summary["mask_size"]
+    small = "x".join(str(v) for v in summary["subsampled_size"])
+    return (
+        f"{summary['file']}: {height}x{width}"
+        + (f" -> {small} (subsample {subsample})" if subsample > 1 else "")
+        + f", {tokenizer.num_classes} classes, {tokenizer.scheme}/{tokenizer.starts} order {tokenizer.order}"
+        f" max_run {tokenizer.max_run}: {summary['runs']} runs, {summary['tokens']} tokens (EOS included),"
+        f" vocab size {summary['vocab_size']}"
+    )
+
+
+def _run_tokenize(args: argparse.Namespace) -> int:
+    mask = read_label_mask(args.mask)
+    tokenizer, tokens, summary = _encode(
+        mask, str(args.mask), scheme=args.scheme, starts=args.starts, order=args.order, max_run=args.max_run,
+        subsample=args.subsample, method=args.downsample_method, num_classes=args.num_classes,
+    )
+    if args.json:
+        print(json.dumps({"tokens": tokens.tolist(), "summary": summary, "tokenizer": tokenizer.to_dict()}))
+    else:
+        print(" ".join(map(str, tokens.tolist())))
+        print(_summary_line(tokenizer, summary, args.subsample))
+    return 0
+
+
+# ----------------------------------------------------------------------------- stats
+def _add_stats(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="token lengths and subsampling fidelity over a folder of label masks",
+        description="For each scheme x starts x subsampling factor: tokens per mask (mean, p50, p95, p99, "
+        "max; EOS included), vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode "
+        "-> upsample against the full-resolution masks.",
+    )
+    parser.add_argument("folder", type=Path, metavar="MASK_DIR", help="folder of label PNGs / TIFFs")
+    _add_tokenizer_options(parser, many=True)
+    parser.add_argument("--subsample", type=_list_of(_positive_int), default=(1, 2, 4, 8), metavar="N,N,...",
+                        help="comma-separated subsampling factors (default: 1,2,4,8)")
+    parser.add_argument("--tolerance", type=_non_negative_int, default=2, metavar="PX",
+                        help="boundary F-score tolerance in full-resolution pixels (default: 2)")
+    parser.add_argument("--ignore-index", type=_non_negative_int, default=None, metavar="LABEL",
+                        help="label of unlabelled pixels (e.g. 255): background to the tokenizer, not scored")
+    parser.add_argument("--max-seq-len", type=_positive_int, default=None, metavar="N",
+                        help="cut sequences after N tokens, as a model of that length would, and score what "
+                        "decodes (default: no cut)")
+    parser.add_argument("--pattern", default="*", help="glob for mask file names (default: *)")
+    parser.add_argument("--recursive", action="store_true", help="also look in subfolders")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_stats)
+
+
+def _stats_options(args: argparse.Namespace) -> StatsOptions:
+    return StatsOptions(
+        factors=args.subsample, schemes=args.schemes, starts=args.starts, order=args.order,
+        max_run=args.max_run, downsample_method=args.downsample_method, num_classes=args.num_classes,
+        ignore_index=args.ignore_index, tolerance=args.tolerance, max_seq_len=args.max_seq_len,
+    )
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    result = folder_stats(args.folder, _stats_options(args), args.pattern, args.recursive,
+                          progress=not args.no_progress)
+    if not result.rows:
+        raise UserError(f"{args.folder}: nothing to report, {'; '.join(result.notes)}")
+    _emit_stats(result, str(args.folder), args.json, args.out)
+    return 0
+
+
+def _emit_stats(result: DatasetStats, source: str, as_json: bool, out: Path | None) -> None:
+    data = {"source": source, **result.to_dict()}
+    if out is not None:
+        _write_json(out, data)
+    if as_json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(format_stats(result, source))
+        if out is not None:
+            print(f"JSON written to {out}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as error:
+        raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table with columns padded to equal width (numbers right-aligned)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if _is_number(c) else c.ljust(w)
+                                 for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+    except ValueError:
+        return False
+    return True
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# Instance-id masks read as label maps can have thousands of "classes"; the screen shows the first ones.
+_MAX_CLASS_ROWS = 50
+
+
+def format_stats(result: DatasetStats, source: str) -> str:
+    """The on-screen report: a table per configuration, then per-class subsampling fidelity."""
+    opts = result.options
+    common = sorted(result.mask_sizes.items(), key=lambda item: -item[1])
+    sizes = ", ".join(f"{size} ({count})" for size, count in common[:4])
+    if len(common) > 4:
+        sizes += f" and {len(common) - 4} more sizes"
+    lines = [
+        f"{source}: {result.num_images} masks, {result.num_classes} classes"
+        + (" (largest label + 1)" if result.num_classes_inferred else "")
+        + f", sizes {sizes}; order {opts.order}, downsample {opts.downsample_method}, "
+        f"max_run {opts.max_run or 'one row'}, boundary tolerance {opts.tolerance}px",
+        "",
+    ]
+    header = ["scheme", "starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "mIoU", "mBF"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        cells = [row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
+                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
+                 _score(row.fidelity.miou), _score(row.fidelity.mbf)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines.append(_table(header, rows))
+    lines.append("")
+    first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
+    lines.append(
+        "Tokens per mask include EOS, not BOS. Choose max_seq_len >= p99 of the chosen row (fits >= 99% of the "
+        f"masks), e.g. {first[0].scheme}/{first[0].starts}: max_seq_len >= p99 = "
+        + ", ".join(f"{r.p99} (factor {r.factor})" for r in first) + "."
+    )
+    lines.append("mIoU / mBF: mean over foreground classes of the per-class mean over the images where the class "
+                 "is in the ground truth or the reconstruction, scored at full resolution after nearest upsampling.")
+    lines.extend(f"Note: {note}" for note in result.notes)
+
+    factors = list(result.subsampling)
+    header = ["class", *(f"IoU@{f}" for f in factors), *(f"BF@{f}" for f in factors)]
+    rows = []
+    for c in range(result.num_classes):
+        scores = [result.subsampling[f] for f in factors]
+        if all(s.images[c] == 0 for s in scores):
+            continue
+        rows.append([str(c), *(_score(s.iou[c]) for s in scores), *(_score(s.bf[c]) for s in scores)])
+    lines += ["", "Per class, subsampling alone (encoding is lossless, so every scheme shares it"
+              + (" when nothing is cut):" if opts.max_seq_len is not None else "):"),
+              _table(header, rows[:_MAX_CLASS_ROWS])]
+    if len(rows) > _MAX_CLASS_ROWS:
+        lines.append(f"... and {len(rows) - _MAX_CLASS_ROWS} more classes (all of them in --json)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- demo
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="tokenizer demo on the bundled example masks",
+        description="Tokenize the bundled example masks with a few schemes and print their statistics.",
+    )
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write stats.json into DIR")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    files = sorted(EXAMPLES.glob("*.png"))
+    if not files:
+        raise UserError(f"{EXAMPLES}: no example masks (is the package installed with its data?)")
+    print("rleseg tokenizer demo: each bundled example mask encoded with three settings (first tokens shown),\n"
+          "then the statistics of the examples folder as `rleseg stats` prints them.\n")
+    for path in files:
+        mask = read_label_mask(path)
+        print(f"== {path.name}: {mask.shape[0]}x{mask.shape[1]}, labels {np.unique(mask).tolist()}")
+        for scheme, starts, factor in (("lac", "1d", 1), ("class", "2d", 1), ("lac", "1d", 4)):
+            tokenizer, tokens, summary = _encode(mask, path.name, scheme=scheme, starts=starts, subsample=factor)
+            head = " ".join(map(str, tokens[:12].tolist())) + (" ..." if tokens.size > 12 else "")
+            print(f"  {scheme:5s} {starts} subsample {factor}: {summary['runs']:5d} runs, {tokens.size:5d} tokens, "
+                  f"vocab {tokenizer.vocab.size:6d}, {summary['pixels_per_token']:6.1f} pixels/token  [{head}]")
+            if not np.array_equal(tokenizer.decode(tokens), downsample_mask(mask, factor)):
+                raise RuntimeError(f"{path.name}: decode(encode(mask)) differs from the mask")  # a bug, not user error
+        print()
+    result = folder_stats(EXAMPLES, StatsOptions(factors=(1, 2, 4, 8)), pattern="*.png")
+    print(format_stats(result, "bundled examples"))
+    if args.out is not None:
+        _write_json(args.out / "stats.json", {"source": "bundled examples", **result.to_dict()})
+        print(f"JSON written to {args.out / 'stats.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model from a YAML config",
+        description="Train from a YAML experiment config (see configs/). Under torchrun it trains with DDP.",
+    )
+    parser.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help="experiment YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (default: output.dir)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .experiment import load_config
+    from .train import train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise UserError("give either CONFIG or --resume RUN_DIR (a resumed run uses its saved config)")
+        source, run_dir = args.resume / "config.yaml", args.resume
+        if not source.is_file():
+            raise UserError(f"{args.resume}: not a run folder (no config.yaml)")
+    elif args.config is None:
+        raise UserError("give a CONFIG file (see configs/) or --resume RUN_DIR")
+    else:
+        source, run_dir = args.config, args.out
+    with _user_errors():
+        config = load_config(source, args.overrides)
+        result = train(config, run_dir, resume=args.resume is not None)
+    if result.interrupted:
+        return 130
+    if result.metrics is not None:
+        print(f"run folder: {result.run_dir} (best.safetensors, metrics.json, pictures/)")
+    return 0
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Commands that build models and read data: their ValueError/OSError name the value or file at
+    fault, so print one line instead of a traceback (RLESEG_DEBUG=1 shows the traceback)."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        if os.environ.get("RLESEG_DEBUG"):
+            raise
+        raise UserError(str(error)) from None
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rleseg", description="Segmentation by language modelling of run-length-encoded masks.")
+    parser.add_argument("--version", action="version", version=f"rleseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_tokenize, _add_stats, _add_train, _add_demo):
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0, 2 for a user error, 1 when stdout closed early."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version print and exit 0; keep main() returning
+            return int(done.code or 0)
+        return args.run(args)
+    except (UserError, MaskError) as error:
+        print(f"rleseg: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `rleseg tokenize x.png | head`: the reader left, nothing to report
+        # As the Python docs advise: point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

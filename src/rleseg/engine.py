@@ -1,0 +1,178 @@
+"""The training step and the evaluation loop, as plain functions.
+
+They know nothing of the tokenizer's internals: a model has ``loss(images, target_tokens)`` and
+``generate(images, ...)`` returning decoded masks; batches are dicts from ``rleseg.data.Collate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import SegmentationMeter
+from .tokens import upsample_mask
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps of the schedule
+    minutes: float | None = None  # wall-clock budget: the schedule is shortened to fit it
+    batch_size: int = 16  # per process
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.05  # the schedule decays to lr times this
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast where the device supports it
+    compile: bool = False  # torch.compile the loss computation
+    seed: int = 0
+    deterministic: bool = False  # deterministic kernels, for bit-exact resume tests
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    max_samples: int | None = 64  # validation patches per evaluation (None = all)
+    batch_size: int = 16
+    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
+    top_p: float = 1.0
+    constrained: bool = True
+    boundary_tolerance: int = 2
+    best_metric: str = "pooled.mean_without_background.dice"  # a dotted path into the metrics
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine or linear decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * decay)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embeddings; the backbone at its own learning rate.
+
+    Each group carries ``lr_scale``, which :func:`set_learning_rate` multiplies into the schedule.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim >= 2 and "embed" not in name and "pos" not in name
+        groups.setdefault((name.startswith("encoder.backbone."), decay), []).append(param)
+    param_groups = [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr_scale": config.backbone_lr_scale if backbone else 1.0,
+        }
+        for (backbone, decay), params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=config.betas)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class LossOf(nn.Module):
+    """``forward(images, targets) -> loss``: what DistributedDataParallel wraps, so that the
+    gradient all-reduce hooks run (DDP only prepares them inside its own forward)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(images, targets)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    loss_of: nn.Module,
+    micro_batches: list[dict],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One optimizer step over ``micro_batches`` (gradient accumulation). Returns (mean loss, grad norm).
+
+    Raises FloatingPointError on a non-finite loss, before the weights are touched.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(loss_of, "no_sync") else loss_of.no_sync()
+        with sync, autocast(device, config.precision):
+            loss = loss_of(batch["image"].to(device), batch["tokens"].to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or check the data")
+        (loss / len(micro_batches)).backward()
+        total += loss.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    return total / len(micro_batches), float(norm)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict],
+    num_classes: int,
+    ignore_index: int,
+    config: EvalConfig,
+    device: torch.device,
+    on_batch=None,
+) -> SegmentationMeter:
+    """Generate masks for the patches of ``batches`` and score them at full patch resolution.
+
+    Decoded masks (the tokenizer's subsampled grid) are upsampled (nearest) to the patch size, so the
+    subsampling loss counts, as in the paper. ``on_batch(batch, generation, full_res_predictions)`` is
+    called after each batch (pictures, counters). Returns the (un-reduced) meter: call ``all_reduce``
+    under DDP before ``compute``.
+    """
+    meter = SegmentationMeter(num_classes, ignore_index=ignore_index, boundary_tolerance=config.boundary_tolerance)
+    for batch in batches:
+        images = batch["image"].to(device)
+        out = model.generate(images, temperature=config.temperature, top_p=config.top_p, constrained=config.constrained)
+        ground_truth = batch["mask"].numpy()  # (B, P, P)
+        size = ground_truth.shape[-2:]
+        factor = -(-size[0] // out.masks[0].shape[0])
+        predictions = np.stack([upsample_mask(m, factor, size) for m in out.masks])
+        meter.update(predictions, ground_truth)
+        if on_batch is not None:
+            on_batch(batch, out, predictions)
+    return meter
+
+
+def lookup(metrics: dict, path: str) -> float:
+    """``metrics["pooled"]["mean"]["dice"]`` for the path "pooled.mean.dice"; NaN when absent."""
+    node = metrics
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"metric {path!r} not found (no {part!r}); see metrics.json for the names")
+        node = node[part]
+    return float("nan") if node is None else float(node)

@@ -1,0 +1,129 @@
+"""Image backbone: any timm model that supports ``features_only``, reduced to its last feature map.
+
+Weights never come from the network here. ``pretrained`` is either False (random init), True (timm's
+own pretrained weights, which works only when they are already in the user's timm / Hugging Face cache,
+e.g. with ``HF_HUB_OFFLINE=1``), or the path of a local weights file: ``.safetensors``, or a
+``.pth`` / ``.pt`` / ``.bin`` state dict read with ``torch.load(weights_only=True)`` (tensors only, no
+arbitrary unpickling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """images (B, 3, H, W) float RGB in [0, 1] -> last feature map (B, C, H/stride, W/stride).
+
+    Normalisation with the backbone's mean/std happens inside. With ``freeze=True`` the weights get no
+    gradient and batch-norm statistics stay fixed (the module stays in eval mode under ``.train()``).
+    """
+
+    def __init__(self, name: str, pretrained: bool | str = False, freeze: bool = False, **kwargs):
+        super().__init__()
+        self.body = _create_timm(name, pretrained is True, kwargs)
+        if isinstance(pretrained, str) and pretrained:
+            load_backbone_weights(self.body, pretrained)
+        info = self.body.feature_info
+        self.channels = int(info.channels()[-1])
+        self.stride = int(info.reduction()[-1])
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.frozen = freeze
+        if freeze:
+            self.body.requires_grad_(False)
+            self.body.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % self.stride or width % self.stride:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the backbone stride {self.stride}"
+            )
+        x = (images - self.mean) / self.std
+        return self.body(x)[-1]  # (B, C, H/stride, W/stride)
+
+
+def _create_timm(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()")
+    base = dict(pretrained=pretrained, features_only=True, out_indices=(-1,), **kwargs)
+    try:
+        try:
+            # ViTs need dynamic_img_size to accept any input size; CNNs reject the argument.
+            return timm.create_model(name, dynamic_img_size=True, **base)
+        except TypeError:
+            return timm.create_model(name, **base)
+    except OSError as err:  # weights not in the local cache (and no network, e.g. HF_HUB_OFFLINE=1)
+        raise ValueError(
+            f"timm's pretrained weights for {name!r} are not in the local cache ({type(err).__name__}); "
+            f"pass pretrained='path/to/weights.safetensors' (or .pth) instead"
+        ) from err
+    except RuntimeError as err:
+        raise ValueError(f"could not build timm backbone {name!r} with features_only: {err}") from err
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a tensors-only torch file (never unpickles objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"backbone weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path}: not a tensors-only torch weights file ({err})") from err
+        for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    else:
+        raise ValueError(f"{path}: expected a .safetensors, .pth, .pt or .bin weights file")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a mapping of names to tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load a full-model weights file into a ``features_only`` timm model.
+
+    Tensors are matched by name (the classifier head and other unused tensors are ignored). When names
+    do not match (a file written by another implementation of the same network) but the file's tensors
+    match the backbone's one-to-one in order and shape, they are loaded in order.
+    """
+    state = {k: v for k, v in read_weights(path).items() if not k.endswith("num_batches_tracked")}
+    own = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if missing:
+        # Order matching skips scalars (batch-norm counters under foreign names).
+        names = [k for k, v in own.items() if v.ndim > 0]
+        values = [v for v in state.values() if v.ndim > 0][: len(names)]
+        if len(values) == len(names) and all(a.shape == own[k].shape for a, k in zip(values, names, strict=True)):
+            state = dict(zip(names, values, strict=True))
+            own = {k: own[k] for k in names}
+        else:
+            raise ValueError(
+                f"{path}: {len(missing)} of {len(own)} backbone tensors missing or of another shape, "
+                f"e.g. {missing[:3]}; the file does not hold weights for this backbone"
+            )
+    body.load_state_dict({k: state[k] for k in own}, strict=False)

@@ -1,0 +1,87 @@
+"""What generation returns, and how one next token is chosen from a batch of logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Generation:
+    """The output of ``model.generate``; all tensors on the CPU.
+
+    tokens: (B, T) int64, the generated tokens after BOS (BOS itself excluded); each row is the body,
+        its EOS, then PAD (0) up to T = the longest sequence of the batch. An unconstrained row may lack
+        EOS if it ran into ``max_len``.
+    logprobs: (B, T) float32, log-probability of each chosen token under the model's distribution at
+        temperature 1 restricted to the allowed tokens (renormalised over the grammar's tokens when
+        constrained; the full softmax otherwise). Temperature, top-k and top-p shape the sampling but not
+        this number, so it is comparable across sampling settings and usable as a score (e.g. an
+        instance's class-token probability). 0.0 at the PAD positions after EOS.
+    masks: one decoded mask per image, a list of numpy arrays as ``tokenizer.decode`` returns them ((H, W)
+        label maps for the image tokenizer); decoded with errors="strict" when constrained and
+        errors="ignore" otherwise. A list rather than one stacked array so that tokenizers whose decode
+        returns other structures (video, panoptic) fit the same field.
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    masks: list[np.ndarray]
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    allowed: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, V) float, allowed (B, V) bool with at least one True per row -> (next (B,) int64,
+    logprob (B,) float32 of it under log_softmax of the allowed logits).
+
+    top-k keeps the k most probable tokens (renormalised); top-p then keeps the most probable tokens
+    until their mass reaches p (the first always), as in the usual logits warpers.
+    """
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
+    if temperature == 0:
+        next_token = logits.argmax(dim=-1)
+    else:
+        probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+        if top_k == 0 and top_p >= 1.0:
+            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            next_token = _sample_top(probs, top_k, top_p, generator)
+    return next_token, logprobs.gather(1, next_token[:, None]).squeeze(1)
+
+
+def _sample_top(probs: torch.Tensor, top_k: int, top_p: float, generator) -> torch.Tensor:
+    """Sample from the top-k / nucleus of probs (B, V). The candidates come from topk, grown until they
+    hold the nucleus of every row: a trained model's nucleus is small, and this avoids sorting all V
+    tokens (the sort dominated a decoding step of the small model)."""
+    vocab_size = probs.shape[-1]
+    k = min(top_k or 64, vocab_size)
+    while True:
+        top, index = probs.topk(k, dim=-1)  # (B, k), descending
+        if top_k:
+            top = top / top.sum(dim=-1, keepdim=True)
+        if top_k or k == vocab_size or bool((top.sum(dim=-1) >= top_p).all()):
+            break
+        k = min(4 * k, vocab_size)
+    if top_p < 1.0:
+        mass_before = top.cumsum(dim=-1) - top
+        top = top.masked_fill(mass_before >= top_p, 0.0)
+    choice = torch.multinomial(top, 1, generator=generator)  # (B, 1), zero-probability entries never drawn
+    return index.gather(1, choice).squeeze(1)

@@ -1,0 +1,309 @@
+"""Contracts of rleseg.models: shapes, cached == uncached generation, constrained samples decode strictly,
+a small model overfits 4 images exactly, checkpoints round-trip. Everything random-init, offline, CPU."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from rleseg.models import ModelConfig, create_model
+from rleseg.models.generate import sample_next
+from rleseg.models.positions import sincos_grid
+from rleseg.tokens import EOS, PAD, Tokenizer
+
+
+def micro_config(**changes) -> ModelConfig:
+    """A model small enough for many quick tests (timm's 0.4 M-parameter test_resnet, stride 32)."""
+    fields = dict(
+        backbone="test_resnet", image_size=64, dim=32, heads=4, mlp_dim=64, encoder_layers=1, decoder_layers=2,
+        dropout=0.0, drop_path=0.0, max_seq_len=64,
+    )
+    return ModelConfig(**{**fields, **changes})
+
+
+def random_masks(rng, count: int, size: int, num_classes: int) -> list[np.ndarray]:
+    masks = []
+    for _ in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            r, c = rng.integers(0, size - 2, 2)
+            h, w = rng.integers(1, size // 2, 2)
+            mask[r : r + h, c : c + w] = rng.integers(1, num_classes)
+        masks.append(mask)
+    return masks
+
+
+def padded(tokenizer: Tokenizer, masks: list[np.ndarray]) -> torch.Tensor:
+    seqs = [tokenizer.encode(m) for m in masks]
+    out = torch.full((len(seqs), max(map(len, seqs))), PAD, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = torch.from_numpy(seq)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the CPU cores are shared with other test processes, and OpenMP threads that
+    wait for each other slow down badly when a core is taken away."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer((16, 16), num_classes=3, scheme="lac")
+
+
+# ----------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
+def test_presets_forward_shapes_and_loss(preset, tokenizer):
+    torch.manual_seed(0)
+    model = create_model(preset, tokenizer)
+    assert model.tokenizer is tokenizer
+    assert model.config.tokenizer == tokenizer.to_dict()
+    images = torch.rand(2, 3, 64, 64)  # full preset image sizes would only cost time; any size the stride divides
+    targets = padded(tokenizer, random_masks(np.random.default_rng(0), 2, 16, 3))
+    logits = model(images, targets)
+    assert logits.shape == (2, targets.shape[1], tokenizer.vocab.size) and logits.dtype == torch.float32
+    loss = model.loss(images, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    if preset == "paper":  # method.md: about 36.6 M parameters with ResNet-50 (vocabulary-dependent)
+        assert 33e6 < sum(p.numel() for p in model.parameters()) < 40e6
+        assert model.config.dim == 256 and model.config.encoder_layers == model.config.decoder_layers == 6
+
+
+def test_tiny_preset_trains_and_generates(tokenizer):
+    model = create_model("tiny", tokenizer)
+    images = torch.rand(2, 3, 64, 64)
+    targets = padded(tokenizer, random_masks(np.random.default_rng(1), 2, 16, 3))
+    model.loss(images, targets).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    out = model.generate(images, max_len=20, temperature=0)
+    assert out.tokens.dtype == torch.int64 and out.logprobs.dtype == torch.float32
+    assert out.tokens.shape == out.logprobs.shape and out.tokens.shape[0] == 2 and out.tokens.shape[1] <= 20
+    assert len(out.masks) == 2 and out.masks[0].shape == (16, 16)
+    assert model.training  # generate restores the mode it found
+
+
+def test_generate_rejects_bad_lengths_and_sampling(tokenizer):
+    model = create_model(micro_config(max_seq_len=16), tokenizer)
+    images = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"max_len must be in 1 \.\. max_seq_len = 16"):
+        model.generate(images, max_len=17)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(images, temperature=-1)
+    with pytest.raises(ValueError, match="exceeds max_seq_len 16"):
+        model(images, torch.full((1, 17), tokenizer.bos))
+    assert model.generate(images, max_len=16).tokens.shape[1] <= 16
+
+
+def test_any_input_size_the_stride_divides(tokenizer):
+    model = create_model(micro_config(), tokenizer).eval()
+    for shape in [(64, 96), (96, 64), (32, 32)]:
+        assert model(torch.rand(1, 3, *shape), torch.tensor([[tokenizer.bos]])).shape == (1, 1, tokenizer.vocab.size)
+    with pytest.raises(ValueError, match="not divisible by the backbone stride 32"):
+        model(torch.rand(1, 3, 50, 64), torch.tensor([[tokenizer.bos]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_runs_on_cuda(tokenizer):
+    model = create_model(micro_config(), tokenizer).cuda()
+    images = torch.rand(2, 3, 64, 64, device="cuda")
+    targets = padded(tokenizer, random_masks(np.random.default_rng(2), 2, 16, 3)).cuda()
+    assert model.loss(images, targets).is_cuda
+    out = model.generate(images, max_len=30)
+    for mask, seq in zip(out.masks, out.tokens, strict=True):
+        assert (tokenizer.decode(seq.numpy()) == mask).all()
+
+
+# ----------------------------------------------------------------------------- generation
+def test_cached_step_logits_match_full_forward(tokenizer):
+    torch.manual_seed(0)
+    model = create_model(micro_config(), tokenizer).eval()
+    images = torch.rand(2, 3, 64, 64)
+    targets = padded(tokenizer, random_masks(np.random.default_rng(3), 2, 16, 3))
+    inputs = torch.cat([torch.full((2, 1), tokenizer.bos), targets], 1)  # (B, T)
+    with torch.no_grad():
+        full = model(images, inputs)
+        memory = model.encoder(images)
+        kv = [layer.cross_attn.keys_values(memory) for layer in model.decoder.layers]
+        from rleseg.models.pix2seq import KVCache
+
+        shape = (2, 4, inputs.shape[1], 8)
+        caches = [KVCache(torch.empty(shape), torch.empty(shape)) for _ in model.decoder.layers]
+        steps = [
+            model.decoder(inputs[:, t : t + 1], memory_kv=kv, caches=caches, pos=t) for t in range(inputs.shape[1])
+        ]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sampling", [dict(temperature=0), dict(temperature=1.0), dict(top_k=5), dict(top_p=0.4), dict(temperature=2.0)]
+)
+@pytest.mark.parametrize("constrained", [True, False])
+def test_cached_and_uncached_generation_agree(tokenizer, sampling, constrained):
+    torch.manual_seed(0)
+    model = create_model(micro_config(), tokenizer)
+    images = torch.rand(3, 3, 64, 64)
+    runs = [
+        model.generate(
+            images, max_len=40, constrained=constrained, use_cache=cache,
+            generator=torch.Generator().manual_seed(7), **sampling,
+        )
+        for cache in (True, False)
+    ]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=1e-4)
+    assert runs[0].tokens.shape[1] <= 40
+
+
+@pytest.mark.parametrize("scheme,num_classes", [("lac", 3), ("class", 4), ("binary", 2)])
+@pytest.mark.parametrize("starts", ["1d", "2d"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_constrained_samples_of_a_random_model_decode_strictly(scheme, num_classes, starts, order):
+    tokenizer = Tokenizer((6, 10), num_classes, scheme=scheme, starts=starts, order=order, max_run=7)
+    torch.manual_seed(0)
+    model = create_model(micro_config(), tokenizer)
+    # The output bias makes a random model favour some tokens strongly, so samples reach deep into the
+    # grammar's corners (long runs, late starts, forced EOS near max_len) rather than stopping early.
+    with torch.no_grad():
+        model.decoder.output_bias.normal_(0.0, 3.0)
+    images = torch.rand(8, 3, 32, 32)
+    for seed in range(6):
+        generator = torch.Generator().manual_seed(seed)
+        max_len = [9, 24, 63][seed % 3]
+        out = model.generate(images, max_len=max_len, temperature=1.5, generator=generator)
+        assert out.tokens.shape[1] <= max_len
+        for seq, mask in zip(out.tokens.numpy(), out.masks, strict=True):
+            assert EOS in seq
+            assert (tokenizer.decode(seq, errors="strict") == mask).all()
+        assert torch.all(out.logprobs <= 0) and torch.all(out.logprobs[out.tokens == PAD] == 0)
+
+
+def test_unconstrained_generation_stops_and_pads(tokenizer):
+    torch.manual_seed(0)
+    model = create_model(micro_config(), tokenizer)
+    with torch.no_grad():  # make EOS likely so that rows stop at different steps
+        model.decoder.output_bias[EOS] = 4.0
+    generator = torch.Generator().manual_seed(0)
+    out = model.generate(torch.rand(6, 3, 64, 64), max_len=30, constrained=False, generator=generator)
+    for seq in out.tokens.numpy():
+        eos = np.flatnonzero(seq == EOS)
+        if eos.size:
+            assert (seq[eos[0] + 1 :] == PAD).all()
+    assert len(out.masks) == 6
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0], [5.0, 0.0, 1.0, 4.0]])
+    allowed = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    greedy, logprob = sample_next(logits, allowed, temperature=0)
+    assert greedy.tolist() == [1, 3]
+    torch.testing.assert_close(logprob, torch.log_softmax(logits.masked_fill(~allowed, -torch.inf), -1)[[0, 1], [1, 3]])
+    generator = torch.Generator().manual_seed(0)
+    for kw in [dict(top_k=1), dict(top_p=0.01)]:
+        assert sample_next(logits, allowed, generator=generator, **kw)[0].tolist() == [1, 3]
+    picks = torch.stack([sample_next(logits, allowed, top_k=2, generator=generator)[0] for _ in range(200)])
+    assert set(picks[:, 0].tolist()) == {1, 2} and set(picks[:, 1].tolist()) == {2, 3}
+    with pytest.raises(ValueError, match="top_p"):
+        create_model(micro_config(), Tokenizer((4, 4), 2, "binary")).generate(torch.rand(1, 3, 32, 32), top_p=0)
+
+
+# ----------------------------------------------------------------------------- loss and embeddings
+def test_loss_is_the_token_weighted_cross_entropy(tokenizer):
+    torch.manual_seed(0)
+    config = micro_config(pad_weight=0.1, eos_weight=0.5, class_weight=2.0, label_smoothing=0.1)
+    model = create_model(config, tokenizer).eval()
+    images = torch.rand(2, 3, 64, 64)
+    targets = padded(tokenizer, random_masks(np.random.default_rng(4), 2, 16, 3))
+    inputs = torch.cat([torch.full((2, 1), tokenizer.bos), targets[:, :-1]], 1)
+    ce = torch.nn.functional.cross_entropy(
+        model(images, inputs).flatten(0, 1), targets.flatten(), reduction="none", label_smoothing=0.1
+    )
+    flat = targets.flatten()
+    lac = torch.from_numpy(tokenizer.vocab["lac"].contains(flat.numpy()))
+    weight = torch.where(flat == PAD, 0.1, torch.where(flat == EOS, 0.5, torch.where(lac, 2.0, 1.0)))
+    torch.testing.assert_close(model.loss(images, targets), (ce * weight).sum() / weight.sum())
+
+
+@pytest.mark.parametrize("starts", ["1d", "2d"])
+def test_start_tokens_carry_geometry(starts):
+    tokenizer = Tokenizer((12, 12), 3, starts=starts)
+    name = "start" if starts == "1d" else "coord"
+    span = tokenizer.vocab[name]
+    model = create_model(micro_config(dim=64), tokenizer)
+    table = model.decoder.embedding_table().detach()
+    rows = table[span.first : span.stop]
+    norm = 0.02 * 64**0.5
+    torch.testing.assert_close(rows.norm(dim=1), torch.full((span.size,), norm))
+    assert torch.all(model.decoder.token_weight[span.first : span.stop] == 0)  # residual starts at zero
+    cos = torch.nn.functional.cosine_similarity
+    if starts == "1d":  # (5, 5) is nearer (5, 6) and (6, 5) than (11, 0) in embedding space
+        a, right, below, far = rows[5 * 12 + 5], rows[5 * 12 + 6], rows[6 * 12 + 5], rows[11 * 12]
+        assert cos(a, right, dim=0) > cos(a, far, dim=0) and cos(a, below, dim=0) > cos(a, far, dim=0)
+        code = sincos_grid((12, 12), 64)
+        torch.testing.assert_close(rows / norm, code / code.norm(dim=1, keepdim=True))
+    else:
+        assert cos(rows[3], rows[4], dim=0) > cos(rows[3], rows[11], dim=0)
+    plain = create_model(micro_config(dim=64, start_geometry=False), tokenizer)
+    assert torch.all(plain.decoder.geometry == 0)
+
+
+# ----------------------------------------------------------------------------- overfitting
+@pytest.mark.parametrize("scheme,starts", [("lac", "1d"), ("class", "2d")])
+def test_small_model_overfits_four_images_exactly(scheme, starts):
+    """A few hundred steps on 4 fixed image/mask pairs; greedy decoding must then reproduce every mask."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    tokenizer = Tokenizer((16, 16), num_classes=3, scheme=scheme, starts=starts)
+    masks = random_masks(rng, 4, 16, 3)
+    targets = padded(tokenizer, masks)
+    images = torch.rand(4, 3, 64, 64)
+    model = create_model(micro_config(dim=64, mlp_dim=128), tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    exact = [False] * 4
+    for step in range(1, 401):
+        loss = model.loss(images, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            out = model.generate(images, temperature=0)
+            exact = [bool((a == b).all()) for a, b in zip(out.masks, masks, strict=True)]
+            if all(exact):
+                break
+    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) masks reproduced: {exact}"
+    assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
+
+
+# ----------------------------------------------------------------------------- other tokenizers plug in
+def _video_tokenizer():
+    video = pytest.importorskip("rleseg.tokens.video")
+    return video.VideoTokenizer(2, (6, 8), 3, temporal="volume", scheme="lac")
+
+
+def _panoptic_tokenizer():
+    panoptic = pytest.importorskip("rleseg.tokens.panoptic")
+    return panoptic.PanopticTokenizer((6, 8), 3, thing_classes=[1])
+
+
+@pytest.mark.parametrize("make", [_video_tokenizer, _panoptic_tokenizer])
+def test_video_and_panoptic_tokenizers_plug_in(make, tmp_path):
+    tokenizer = make()
+    torch.manual_seed(0)
+    model = create_model(micro_config(), tokenizer)
+    with torch.no_grad():
+        model.decoder.output_bias.normal_(0.0, 3.0)
+    out = model.generate(torch.rand(4, 3, 32, 32), max_len=40, generator=torch.Generator().manual_seed(0))
+    for seq in out.tokens.numpy():
+        tokenizer.decode(seq, errors="strict")
+    assert out.tokens[0, 0] != tokenizer.bos and model.tokenizer.bos == tokenizer.bos
+    from rleseg.models import load_checkpoint, save_checkpoint
+
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert load_checkpoint(tmp_path / "m.safetensors").tokenizer.to_dict() == tokenizer.to_dict()

@@ -1,0 +1,142 @@
+"""Checkpoints (safetensors + JSON metadata) and backbone weights files: round trips and clear errors."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from rleseg.models import ModelConfig, create_model, load_checkpoint, read_checkpoint_info, save_checkpoint
+from rleseg.tokens import Tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the cores are shared with other test processes (see test_model.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_config(**changes) -> ModelConfig:
+    fields = dict(
+        backbone="test_resnet", dim=32, heads=4, mlp_dim=64, encoder_layers=1, decoder_layers=1, max_seq_len=32
+    )
+    return ModelConfig(**{**fields, **changes})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = Tokenizer((8, 12), num_classes=4, scheme="class", starts="2d", order="F")
+    model = create_model(micro_config(), tokenizer)
+    with torch.no_grad():  # nonzero everywhere, so a parameter that is not saved would show
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "sub" / "model.safetensors"
+    save_checkpoint(model, path, extra={"step": 12})
+    assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temporary file left
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config
+    assert loaded.tokenizer.to_dict() == tokenizer.to_dict() and repr(loaded.tokenizer) == repr(tokenizer)
+    config, extra = read_checkpoint_info(path)
+    assert config == model.config and extra == {"step": 12}
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    tokens = torch.tensor([[tokenizer.bos, 20, 21, 5], [tokenizer.bos, 1, 0, 0]])
+    assert torch.equal(model(images, tokens), loaded(images, tokens))
+    a, b = model.generate(images, max_len=20, temperature=0), loaded.generate(images, max_len=20, temperature=0)
+    assert torch.equal(a.tokens, b.tokens) and all((x == y).all() for x, y in zip(a.masks, b.masks, strict=True))
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    model = create_model(micro_config(), Tokenizer((4, 4), 2, "binary"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00not a checkpoint at all" * 10)
+    with pytest.raises(ValueError, match=r"junk\.safetensors: not a safetensors file"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not an rleseg model checkpoint"):
+        load_checkpoint(foreign)
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(model, good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match=r"truncated\.safetensors: not a safetensors file, or a corrupt one"):
+        load_checkpoint(truncated)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    config = json.dumps({"dim": 32, "tokenizer": model.config.tokenizer, "colour": 1})
+    odd = tmp_path / "odd.safetensors"
+    save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "1", "config": config})
+    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+        load_checkpoint(odd)
+    save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "9", "config": config})
+    with pytest.raises(ValueError, match="format version '9'"):
+        load_checkpoint(odd)
+    del state["decoder.output_bias"]
+    fields = json.dumps({**json.loads(json.dumps(model.config.__dict__))})
+    save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "1", "config": fields})
+    with pytest.raises(ValueError, match=r"missing \['decoder.output_bias'\]"):
+        load_checkpoint(odd)
+
+
+def test_create_model_errors_and_rebuild_from_config():
+    tokenizer = Tokenizer((4, 4), 2, "binary")
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        create_model("huge", tokenizer)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        create_model(micro_config())
+    with pytest.raises(ValueError, match="unknown timm backbone"):
+        create_model(micro_config(backbone="no_such_net"), tokenizer)
+    rebuilt = create_model(create_model(micro_config(), tokenizer).config)
+    assert rebuilt.tokenizer.to_dict() == tokenizer.to_dict()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_backbone_weights_from_a_local_file(tmp_path, suffix):
+    torch.manual_seed(1)
+    full = timm.create_model("test_resnet", pretrained=False)  # with its classifier head, as files come
+    state = full.state_dict()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    model = create_model(micro_config(pretrained=str(path), freeze_backbone=True), Tokenizer((4, 4), 2, "binary"))
+    body = model.encoder.backbone.body.state_dict()
+    assert all(torch.equal(body[k], state[k]) for k in body)
+    assert not any(p.requires_grad for p in model.encoder.backbone.parameters())
+    model.train()
+    assert not model.encoder.backbone.body.training and model.decoder.training  # frozen batch-norm stays put
+
+
+def test_backbone_weights_by_order_and_mismatch(tmp_path):
+    state = timm.create_model("test_resnet", pretrained=False).state_dict()
+    renamed = {f"other.{i}": v for i, v in enumerate(state.values())}  # same network, foreign names
+    path = tmp_path / "renamed.pt"
+    torch.save(renamed, path)
+    model = create_model(micro_config(pretrained=str(path)), Tokenizer((4, 4), 2, "binary"))
+    assert torch.equal(model.encoder.backbone.body.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"a": torch.zeros(3)}, str(wrong))
+    with pytest.raises(ValueError, match="does not hold weights for this backbone"):
+        create_model(micro_config(pretrained=str(wrong)), Tokenizer((4, 4), 2, "binary"))
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"state_dict": state, "obj": np.random.default_rng(0)}, pickled)
+    with pytest.raises(ValueError, match="not a tensors-only torch weights file"):
+        create_model(micro_config(pretrained=str(pickled)), Tokenizer((4, 4), 2, "binary"))
+
+
+@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="would try to download")
+def test_pretrained_true_without_a_local_cache_is_a_clear_error():
+    with pytest.raises(ValueError, match="not in the local cache"):
+        create_model(micro_config(pretrained=True), Tokenizer((4, 4), 2, "binary"))

@@ -1,0 +1,151 @@
+"""Training: a run that learns, exact resume, signal checkpointing, config errors, DDP with torchrun."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rleseg.cli import main
+from rleseg.engine import TrainConfig, learning_rate
+from rleseg.experiment import load_config
+from rleseg.sampling import epoch_order
+from rleseg.train import train
+
+# A model and data small enough to train for a few steps in seconds on 2 CPU cores.
+TINY = [
+    "model.preset=tiny", "model.dim=64", "model.heads=2", "model.mlp_dim=128", "model.max_seq_len=160",
+    "model.encoder_layers=1", "model.decoder_layers=1",
+    "data.patch.patch_size=64", "data.patch.factor=4", "data.train_options={length: 24}",
+    "data.val_options={length: 4}",
+    "train.batch_size=4", "train.lr=0.002", "train.warmup_steps=2", "train.seed=3",
+    "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=2",
+]
+
+
+def tiny_config(tmp_path: Path, *extra: str):
+    return load_config(None, [*TINY, f"output.dir={tmp_path / 'run'}", *extra])
+
+
+def test_schedule_warms_up_then_decays():
+    config = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    rates = [learning_rate(step, 100, config) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+    assert rates[-1] == pytest.approx(0.1, abs=1e-3)
+    linear = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
+    assert learning_rate(50, 100, linear) == pytest.approx(0.5)
+
+
+def test_epoch_order_shards_cover_the_epoch_and_depend_only_on_seed_and_epoch():
+    shards = [epoch_order(10, seed=1, epoch=2, rank=r, world=3) for r in range(3)]
+    assert sorted(set().union(*map(set, shards))) == list(range(10))
+    assert len({len(s) for s in shards}) == 1
+    assert (epoch_order(10, 1, 2) == epoch_order(10, 1, 2)).all()
+    assert not (epoch_order(10, 1, 2) == epoch_order(10, 1, 3)).all()
+
+
+def test_short_run_lowers_the_loss_and_writes_its_outputs(tmp_path):
+    result = train(tiny_config(tmp_path, "train.steps=30", "train.warmup_steps=3", "data.train_options={length: 8}"))
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < 0.8 * first, result.losses
+    run = result.run_dir
+    for name in ("config.yaml", "best.safetensors", "metrics.json", "eval_log.jsonl"):
+        assert (run / name).is_file(), name
+    assert list((run / "pictures").glob("step_*.png"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 30 and 0.0 <= metrics["value"] <= 1.0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000030"]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    steps = ["train.steps=7", "train.deterministic=true", "output.save_every=100", "data.train_options={length: 10}"]
+    straight = train(tiny_config(tmp_path / "a", *steps))
+    config = tiny_config(tmp_path / "b", *steps)
+    first = train(config, stop_at_step=4)  # crosses an epoch boundary: 10 samples = 2 batches of 4 per epoch
+    assert first.interrupted and first.step == 4
+    second = train(config, resume=True)
+    assert second.step == 7 and not second.interrupted
+    assert first.losses + second.losses == pytest.approx(straight.losses, abs=0, rel=0)
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        train(tiny_config(tmp_path), resume=True)
+
+
+def _write_config(tmp_path: Path, *extra: str) -> Path:
+    from rleseg.config import to_dict
+
+    path = tmp_path / "tiny.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(to_dict(tiny_config(tmp_path, *extra))))
+    return path
+
+
+def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
+    config = _write_config(tmp_path, "train.steps=100000")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rleseg.cli", "train", str(config)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 120
+    run = tmp_path / "run"
+    while time.time() < deadline and not (run / "config.yaml").exists():
+        time.sleep(0.2)
+    time.sleep(3)  # let a few steps run
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert len(saved) == 1, output
+    step = json.loads((saved[0] / "trainer.json").read_text())["step"]
+    assert 0 < step < 100000
+    assert f"stopped at step {step}" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.stepz=3"], "unknown key 'train.stepz'"),
+        (["--set", "train.steps=many"], "train.steps must be an integer"),
+        (["--set", "model.preset=huge"], "model.preset must be one of"),
+        (["--set", "tokenizer.scheme=binary"], "binary"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path, capsys, args, message):
+    config = _write_config(tmp_path)
+    assert main(["train", str(config), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_two_process_ddp_stays_in_sync_and_pools_metrics_exactly(tmp_path):
+    """torchrun with 2 gloo ranks: identical weights on both ranks, and the DDP evaluation's pooled
+    metrics equal a single-process evaluation of the saved model."""
+    config = _write_config(tmp_path, "train.steps=3", "eval.max_samples=5", "data.val_options={length: 6}")
+    script = Path(__file__).with_name("ddp_worker.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(config), str(tmp_path / "ddp.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "ddp.json").read_text())
+    assert report["world"] == 2
+    assert report["checksums"][0] == report["checksums"][1]
+    ddp, single = report["ddp_metrics"], report["single_metrics"]
+    assert ddp["num_images"] == single["num_images"] == 5  # the ranks evaluate 3 and 2 patches
+    assert ddp["pooled"] == single["pooled"] and ddp["confusion"] == single["confusion"]
+    for key in ("dice", "iou", "precision", "recall"):  # per-image sums merge up to float rounding
+        assert ddp["per_image"]["mean"][key] == pytest.approx(single["per_image"]["mean"][key], rel=1e-12)
