@@ -1,7 +1,10 @@
 """Generation speed of rleseg.models: tokens/s and images/s, with/without KV cache and grammar constraints.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generate.py            # the table of docs/benchmarks.md
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generate.py --quick    # a smoke run
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generate.py --threads 1   # docs/benchmarks.md (~11 min)
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generate.py --quick       # a smoke run
+
+On a CPU shared with other jobs use ``--threads 1``: torch's OpenMP threads wait on each other, and a
+call slowed by up to 100x whenever another process took one of the two cores.
 
 Models are random-init (speed does not depend on the weights). The tokenizer is the paper's IPSC setting:
 80x80 masks, 3 classes, LAC, 1-D starts (vocabulary 6565). Sampling: temperature 1, top-p 0.4 (paper).

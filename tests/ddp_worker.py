@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from rleseg.data import Collate
 from rleseg.engine import evaluate
-from rleseg.experiment import build_datasets, build_tokenizer, load_config
+from rleseg.experiment import build_datasets, build_meters, build_tokenizer, load_config
 from rleseg.train import train
 
 
@@ -24,10 +24,10 @@ def main(config_path: str, report_path: str) -> None:
         _, val = build_datasets(config, build_tokenizer(config))
         count = min(len(val), config.eval.max_samples)
         loader = DataLoader(Subset(val, range(count)), 2, collate_fn=Collate(result.model.config.max_seq_len))
-        meter = evaluate(result.model, loader, config.data.num_classes, config.data.ignore_index, config.eval,
-                         torch.device("cpu"))
+        meters = evaluate(result.model, loader, build_meters(config, result.model.tokenizer), config.eval,
+                          torch.device("cpu"))
         report = {"world": dist.get_world_size(), "checksums": checksums, "ddp_metrics": result.metrics,
-                  "single_metrics": meter.compute()}
+                  "single_metrics": meters.compute()}
         with open(report_path, "w") as f:
             json.dump(report, f)
     dist.barrier()

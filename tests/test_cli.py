@@ -158,8 +158,8 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"rleseg {__version__}"
 
 
-def test_demo(capsys, tmp_path):
-    code, out, _ = _run(capsys, "demo", "--out", tmp_path)
+def test_examples(capsys, tmp_path):
+    code, out, _ = _run(capsys, "examples", "--out", tmp_path)
     assert code == 0
     for path in sorted(EXAMPLES.glob("*.png")):
         assert path.name in out
@@ -255,7 +255,7 @@ def test_tokenize_and_stats_do_not_import_torch(masks):
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    rleseg.cli.main(['tokenize', {str(masks / 'm0.png')!r}])\n"
         f"    rleseg.cli.main(['stats', {str(masks)!r}, '--subsample', '1,2'])\n"
-        "    rleseg.cli.main(['demo'])\n"
+        "    rleseg.cli.main(['examples'])\n"
         "print(loaded, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

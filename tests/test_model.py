@@ -108,6 +108,9 @@ def test_any_input_size_the_stride_divides(tokenizer):
         assert model(torch.rand(1, 3, *shape), torch.tensor([[tokenizer.bos]])).shape == (1, 1, tokenizer.vocab.size)
     with pytest.raises(ValueError, match="not divisible by the backbone stride 32"):
         model(torch.rand(1, 3, 50, 64), torch.tensor([[tokenizer.bos]]))
+    vit = create_model(micro_config(backbone="test_vit"), tokenizer).eval()  # timm ViT, patch 16
+    assert vit.encoder(torch.rand(1, 3, 64, 96)).shape == (1, 4 * 6, 32)
+    assert vit.encoder(torch.rand(1, 3, 32, 32)).shape == (1, 2 * 2, 32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

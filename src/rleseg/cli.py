@@ -2,7 +2,7 @@
 
 Each subcommand is a ``_add_<name>(subparsers)`` function that declares its options and sets
 ``run=_run_<name>``; :func:`main` lists the ``_add_*`` functions. Commands that need torch import it
-inside their ``_run_*`` function, so ``tokenize``, ``stats`` and the tokenizer ``demo`` start fast and
+inside their ``_run_*`` function, so ``tokenize``, ``stats`` and ``examples`` start fast and
 never import torch.
 
 User errors (a missing or unreadable file, a label out of range, a bad option value) print one line,
@@ -315,21 +315,21 @@ def format_stats(result: DatasetStats, source: str) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- demo
-def _add_demo(subparsers) -> None:
+# ----------------------------------------------------------------------------- examples
+def _add_examples(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="tokenizer demo on the bundled example masks",
+        "examples", help="tokenize the bundled example masks (a tour of the tokenizer, no torch)",
         description="Tokenize the bundled example masks with a few schemes and print their statistics.",
     )
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write stats.json into DIR")
-    parser.set_defaults(run=_run_demo)
+    parser.set_defaults(run=_run_examples)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_examples(args: argparse.Namespace) -> int:
     files = sorted(EXAMPLES.glob("*.png"))
     if not files:
         raise UserError(f"{EXAMPLES}: no example masks (is the package installed with its data?)")
-    print("rleseg tokenizer demo: each bundled example mask encoded with three settings (first tokens shown),\n"
+    print("rleseg examples: each bundled example mask encoded with three settings (first tokens shown),\n"
           "then the statistics of the examples folder as `rleseg stats` prints them.\n")
     for path in files:
         mask = read_label_mask(path)
@@ -401,12 +401,184 @@ def _user_errors():
         raise UserError(str(error)) from None
 
 
+# ----------------------------------------------------------------------------- demo
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train, evaluate and report a small model on generated data (the main job)",
+        description="Generate the synthetic dataset, train the tiny token model for a bounded time on the CPU, "
+        "evaluate it and write a run folder with checkpoint, metrics, report and pictures.",
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget in minutes (default: 5)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                        help="run folder (default: runs/demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the demo config (repeatable)")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    with _user_errors():
+        run_demo(args.minutes, args.out, args.overrides)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate / predict
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """How full images are predicted (see rleseg.api): mode, stride, sampling, batching, device."""
+    parser.add_argument("--mode", choices=("patches", "whole"), default="patches",
+                        help="patches: sliding windows of the model input, stitched at full resolution (the paper); "
+                        "whole: the image scaled to the model input (default: patches)")
+    parser.add_argument("--stride", type=_positive_int, default=None, metavar="PX",
+                        help="window step in pixels (default: the patch size, no overlap)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="patches per batch (16)")
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.0, metavar="T",
+                        help="sampling temperature, 0 = greedy (default: 0; the paper samples at 1 with top-p 0.4)")
+    parser.add_argument("--top-p", type=_probability, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--unconstrained", action="store_true",
+                        help="sample without the token grammar (malformed runs are dropped and counted)")
+    parser.add_argument("--max-len", type=_positive_int, default=None, metavar="N",
+                        help="tokens generated at most per patch (default: the model's max_seq_len)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling at temperature > 0")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
+            "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed}
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a checkpoint on a dataset, or prediction PNGs against ground-truth PNGs",
+        description="With CHECKPOINT (a .safetensors file or a run folder): predict every image of the data "
+        "(--config / the run's config.yaml, or --images/--masks) and score at full resolution. Without it: score "
+        "--pred-dir label maps against --gt-dir label maps paired by file stem (no torch needed). Writes "
+        "metrics.json, metrics.md, per_image.csv, confusion.png and pictures into --out.",
+    )
+    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--config", type=Path, default=None, metavar="YAML",
+                      help="experiment config whose dataset to use (default: config.yaml beside the checkpoint)")
+    data.add_argument("--split", choices=("val", "train"), default="val", help="split of the config's dataset (val)")
+    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set data.root=/data (repeatable)")
+    data.add_argument("--images", type=Path, default=None, metavar="DIR", help="folder of images (with --masks)")
+    data.add_argument("--masks", type=Path, default=None, metavar="DIR", help="folder of label maps, paired by stem")
+    data.add_argument("--mask-suffix", default="", help="masks are named <image stem><suffix>.png (default: none)")
+    data.add_argument("--pred-dir", type=Path, default=None, metavar="DIR", help="predicted label maps (no checkpoint)")
+    data.add_argument("--gt-dir", type=Path, default=None, metavar="DIR", help="ground-truth label maps")
+    data.add_argument("--num-classes", type=_num_classes, default=None, metavar="C",
+                      help="classes, background included (required with --pred-dir; checked against a checkpoint)")
+    data.add_argument("--class-names", type=_list_of(str), default=None, metavar="LIST", help="comma-separated names")
+    data.add_argument("--ignore-index", type=_non_negative_int, default=None, metavar="LABEL",
+                      help="ground-truth label left out of scoring (default: the config's, 255 for --images, "
+                      "none for --pred-dir)")
+    data.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate the first N images only")
+    parser.add_argument("--tolerance", type=_non_negative_int, default=2, metavar="PX",
+                        help="boundary F-score tolerance in pixels (default: 2)")
+    parser.add_argument("--pictures", type=_non_negative_int, default=4, metavar="K",
+                        help="comparison pictures of the first K images (default: 4)")
+    _add_inference_options(parser)
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint is None:
+        if args.pred_dir is None or args.gt_dir is None:
+            raise UserError("give a CHECKPOINT, or --pred-dir DIR --gt-dir DIR --num-classes C")
+        if args.num_classes is None:
+            raise UserError("--pred-dir needs --num-classes C")
+        from .evaluate import score_folders
+
+        with _user_errors():
+            results = score_folders(args.pred_dir, args.gt_dir, args.num_classes, args.out, args.ignore_index,
+                                    args.class_names and list(args.class_names), args.tolerance, args.overwrite,
+                                    not args.no_progress)
+    else:
+        if args.pred_dir is not None or args.gt_dir is not None:
+            raise UserError("--pred-dir/--gt-dir score existing predictions: leave out CHECKPOINT")
+        from .evaluate import evaluate_checkpoint
+
+        with _user_errors():
+            results = evaluate_checkpoint(
+                args.checkpoint, args.out, config=args.config, overrides=args.overrides, split=args.split,
+                images=args.images, masks=args.masks, mask_suffix=args.mask_suffix,
+                class_names=args.class_names and list(args.class_names), num_classes=args.num_classes,
+                ignore_index=args.ignore_index, options=_inference_options(args), limit=args.limit,
+                pictures=args.pictures, tolerance=args.tolerance, device=args.device, overwrite=args.overwrite,
+                progress=not args.no_progress)
+    semantic = results["semantic"]
+    means = {agg: semantic[agg]["mean_without_background"] for agg in ("per_image", "pooled")}
+    print(f"{results['num_images']} images, classes without background: mDice {_score(means['per_image']['dice'])}"
+          f" / mIoU {_score(means['per_image']['iou'])} per image, {_score(means['pooled']['dice'])} /"
+          f" {_score(means['pooled']['iou'])} pooled; report in {args.out}")
+    return 0
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="label maps for images, folders and videos",
+        description="Predict label PNGs (instance maps for panoptic models), overlays and optionally COCO RLE "
+        "JSON for images, folders of images or frames, and videos (PyAV).",
+    )
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, folder or video")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
+    parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before patching (1)")
+    parser.add_argument("--coco-json", action="store_true", help="also write predictions.json (COCO RLE)")
+    parser.add_argument("--no-overlays", action="store_true", help="no overlay pictures")
+    _add_inference_options(parser)
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .api import load
+    from .predict import predict_command, summary_line
+
+    with _user_errors():
+        if not args.scale > 0:
+            raise UserError(f"--scale must be > 0, got {args.scale}")
+        predictor = load(args.checkpoint, args.device, scale=args.scale, **_inference_options(args))
+        summary = predict_command(predictor, args.inputs, args.out, coco_json=args.coco_json,
+                                  overlays=not args.no_overlays, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
+    print(summary_line(summary))
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rleseg", description="Segmentation by language modelling of run-length-encoded masks.")
     parser.add_argument("--version", action="version", version=f"rleseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_tokenize, _add_stats, _add_train, _add_demo):
+    for add in (_add_tokenize, _add_stats, _add_examples, _add_train, _add_demo, _add_evaluate, _add_predict):
         add(subparsers)
     return parser
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import SegmentationMeter
+from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
 from .tokens import upsample_mask
 
 
@@ -114,8 +114,11 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     device: torch.device,
+    target_key: str = "tokens",
 ) -> tuple[float, float]:
     """One optimizer step over ``micro_batches`` (gradient accumulation). Returns (mean loss, grad norm).
+
+    The loss target is ``batch[target_key]``: token sequences for token models, masks for dense ones.
 
     Raises FloatingPointError on a non-finite loss, before the weights are touched.
     """
@@ -125,7 +128,7 @@ def train_step(
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(loss_of, "no_sync") else loss_of.no_sync()
         with sync, autocast(device, config.precision):
-            loss = loss_of(batch["image"].to(device), batch["tokens"].to(device))
+            loss = loss_of(batch["image"].to(device), batch[target_key].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or check the data")
         (loss / len(micro_batches)).backward()
@@ -137,35 +140,63 @@ def train_step(
     return total / len(micro_batches), float(norm)
 
 
+class Meters:
+    """The meters an evaluation fills: semantic scores always (per frame for video), PQ for panoptic."""
+
+    def __init__(self, task: str, num_classes: int, ignore_index: int, boundary_tolerance: int,
+                 thing_classes: list[int] = (), stuff_classes: list[int] = ()):
+        """PQ counts only ``thing_classes`` and ``stuff_classes``: background 0, which the panoptic
+        tokenizer never encodes, is void there unless listed as stuff."""
+        kind = VideoMeter if task == "video" else SegmentationMeter
+        self.semantic = kind(num_classes, ignore_index=ignore_index, boundary_tolerance=boundary_tolerance)
+        self.panoptic = None
+        if task == "panoptic":
+            self.panoptic = PanopticMeter(num_classes, list(thing_classes), list(stuff_classes),
+                                          ignore_index=ignore_index)
+
+    def update(self, predictions: list, batch: dict) -> np.ndarray:
+        """Score decoded predictions of one batch at full patch resolution; returns the semantic
+        predictions (B, [N,] P, P) it scored."""
+        truth = batch["mask"].numpy()  # (B, [N,] P, P)
+        size = truth.shape[-2:]
+        semantic = [p[0] if isinstance(p, tuple) else p for p in predictions]
+        factor = -(-size[0] // semantic[0].shape[-2])  # decoded masks live on the tokenizer's grid
+        full = np.stack([upsample_mask(m, factor, size) for m in semantic])
+        self.semantic.update(full, truth)
+        if self.panoptic is not None:
+            instances = np.stack([upsample_mask(p[1], factor, size) for p in predictions])
+            self.panoptic.update(full, instances, truth, batch["instances"].numpy())
+        return full
+
+    def all_reduce(self) -> None:
+        for meter in (self.semantic, self.panoptic):
+            if meter is not None:
+                meter.all_reduce()
+
+    def compute(self) -> dict:
+        metrics = self.semantic.compute()
+        if self.panoptic is not None:
+            metrics["panoptic"] = self.panoptic.compute()
+        return metrics
+
+
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[dict],
-    num_classes: int,
-    ignore_index: int,
-    config: EvalConfig,
-    device: torch.device,
-    on_batch=None,
-) -> SegmentationMeter:
+def evaluate(model: nn.Module, batches: Iterable[dict], meters: Meters, config: EvalConfig,
+             device: torch.device, on_batch=None) -> Meters:
     """Generate masks for the patches of ``batches`` and score them at full patch resolution.
 
     Decoded masks (the tokenizer's subsampled grid) are upsampled (nearest) to the patch size, so the
     subsampling loss counts, as in the paper. ``on_batch(batch, generation, full_res_predictions)`` is
-    called after each batch (pictures, counters). Returns the (un-reduced) meter: call ``all_reduce``
-    under DDP before ``compute``.
+    called after each batch (pictures, counters). Returns ``meters`` un-reduced: under DDP call
+    ``all_reduce`` before ``compute``.
     """
-    meter = SegmentationMeter(num_classes, ignore_index=ignore_index, boundary_tolerance=config.boundary_tolerance)
     for batch in batches:
         images = batch["image"].to(device)
         out = model.generate(images, temperature=config.temperature, top_p=config.top_p, constrained=config.constrained)
-        ground_truth = batch["mask"].numpy()  # (B, P, P)
-        size = ground_truth.shape[-2:]
-        factor = -(-size[0] // out.masks[0].shape[0])
-        predictions = np.stack([upsample_mask(m, factor, size) for m in out.masks])
-        meter.update(predictions, ground_truth)
+        full = meters.update(out.masks, batch)
         if on_batch is not None:
-            on_batch(batch, out, predictions)
-    return meter
+            on_batch(batch, out, full)
+    return meters
 
 
 def lookup(metrics: dict, path: str) -> float:

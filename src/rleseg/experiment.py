@@ -15,15 +15,19 @@ from typing import Literal
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.patches import PatchConfig
 from .engine import EvalConfig, TrainConfig
-from .tokens import Tokenizer
+from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
 
 
 @dataclass
 class TokenizerConfig:
-    scheme: Literal["lac", "class", "binary"] = "lac"
+    task: Literal["semantic", "panoptic", "video"] = "semantic"
+    scheme: Literal["lac", "class", "binary"] = "lac"  # panoptic sequences always use "class" tokens
     starts: Literal["1d", "2d"] = "1d"
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
+    thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances
+    frames: int = 1  # video: frames per window
+    temporal: Literal["volume", "tac"] = "tac"  # video: one volume, or time-as-class ids
 
 
 @dataclass
@@ -69,9 +73,22 @@ class ExperimentConfig:
         return list(names)
 
 
+BUNDLED_CONFIGS = Path(__file__).with_name("configs")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML path, or the name of a config shipped with rleseg (``synthetic-tiny`` = configs/synthetic-tiny.yaml)."""
+    path = Path(path)
+    bundled = BUNDLED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if not path.exists() and path.parent == Path(".") and bundled.is_file():
+        return bundled
+    return path
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """The experiment of a YAML file (or the defaults, for ``None``) with dotted overrides applied."""
-    data = load_yaml(path) if path is not None else {}
+    """The experiment of a YAML file or bundled config name (or the defaults, for ``None``), with dotted
+    overrides applied."""
+    data = load_yaml(resolve_config_path(path)) if path is not None else {}
     config = from_dict(ExperimentConfig, apply_overrides(data, list(overrides)))
     build_model_config(config)  # validate the model section now, not after the data is built
     return config
@@ -81,13 +98,25 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     return to_dict(config)
 
 
-def build_tokenizer(config: ExperimentConfig) -> Tokenizer:
-    mask_size = config.data.patch.mask_size
-    t = config.tokenizer
+def build_tokenizer(config: ExperimentConfig):
+    """The image, panoptic or video tokenizer of ``tokenizer.task``, for the patch's mask size."""
+    mask_size, num_classes, t = config.data.patch.mask_size, config.data.num_classes, config.tokenizer
     try:
-        return Tokenizer(mask_size, config.data.num_classes, t.scheme, t.starts, t.order, t.max_run)
+        if t.task == "panoptic":
+            return PanopticTokenizer(mask_size, num_classes, t.thing_classes, t.starts, t.order, t.max_run)
+        if t.task == "video":
+            return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run)
+        return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run)
     except ValueError as error:
         raise ConfigError(f"tokenizer: {error}") from None
+
+
+def build_meters(config: ExperimentConfig, tokenizer):
+    from .engine import Meters
+
+    return Meters(tokenizer.task, config.data.num_classes, config.data.ignore_index,
+                  config.eval.boundary_tolerance, getattr(tokenizer, "thing_classes", ()),
+                  getattr(tokenizer, "stuff_classes", ()))
 
 
 def build_model_config(config: ExperimentConfig):

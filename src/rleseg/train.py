@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .checkpoints import checkpoint_dirs, load_run_checkpoint, save_best, save_run_checkpoint
 from .data import Collate
 from .engine import LossOf, build_optimizer, evaluate, learning_rate, lookup, set_learning_rate, train_step
-from .experiment import ExperimentConfig, build_datasets, build_model, build_tokenizer, config_to_dict
+from .experiment import ExperimentConfig, build_datasets, build_meters, build_model, build_tokenizer, config_to_dict
 from .sampling import ResumableSampler
 from .visualize import comparison_panel
 
@@ -154,13 +154,15 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             state["epoch"], state["position"] = state["epoch"] + 1, 0
 
     stream = batches()
+    target_key = getattr(model, "target_key", "tokens")  # dense models learn from masks
     started, seen, interrupted, losses = time.perf_counter() - state["elapsed"], 0, False, []
+    call_started = time.perf_counter()
     with StopFlag() as stop:
         while state["step"] < state["total_steps"]:
             lr = learning_rate(state["step"], state["total_steps"], tc)
             set_learning_rate(optimizer, lr)
             micro = [next(stream) for _ in range(tc.accumulate)]
-            loss, grad_norm = train_step(loss_of, micro, optimizer, tc, env.device)
+            loss, grad_norm = train_step(loss_of, micro, optimizer, tc, env.device, target_key)
             state["step"] += 1
             losses.append(loss)
             seen += tc.batch_size * tc.accumulate * env.world
@@ -170,10 +172,11 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                 truncated = sum(b["num_truncated"] for b in micro)
                 progress.update(1)
                 progress.total = state["total_steps"]
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{seen / state['elapsed']:.1f}")
+                speed = seen / (time.perf_counter() - call_started)
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
                 if writer is not None and state["step"] % config.output.log_every == 0:
                     for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm),
-                                        ("truncated", truncated), ("images_per_s", seen / state["elapsed"])):
+                                        ("truncated", truncated), ("images_per_s", speed)):
                         writer.add_scalar(f"train/{name}", value, state["step"])
             finished = state["step"] >= state["total_steps"]
             requested = stop.signal is not None or state["step"] == stop_at_step
@@ -234,10 +237,10 @@ def _evaluate_and_keep_best(model, val_set, config: ExperimentConfig, env: Distr
                 panels.append(comparison_panel(batch["image"][i].numpy(), batch["mask"][i].numpy(),
                                                predictions[i], config.class_names(), title=str(batch["name"][i])))
 
-    meter = evaluate(model, loader, config.data.num_classes, config.data.ignore_index, ec, env.device,
-                     keep_pictures if env.main else None)
-    meter.all_reduce()
-    metrics = meter.compute()
+    meters = evaluate(model, loader, build_meters(config, model.tokenizer), ec, env.device,
+                      keep_pictures if env.main else None)
+    meters.all_reduce()
+    metrics = meters.compute()
     if not env.main:
         return metrics
     score = lookup(metrics, ec.best_metric)

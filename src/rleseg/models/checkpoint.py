@@ -1,7 +1,8 @@
 """Model checkpoints: one self-describing ``.safetensors`` file.
 
 The file holds the weights as safetensors tensors and, in the safetensors header metadata, JSON strings:
-``format`` ("rleseg.pix2seq"), ``format_version``, ``config`` (the ModelConfig, the tokenizer's
+``format`` ("rleseg.pix2seq"), ``format_version``, ``config_class`` ("ModelConfig", or
+"VideoModelConfig" for the video models of models/video.py), ``config`` (its fields, the tokenizer's
 ``to_dict()`` included) and ``extra`` (whatever the caller passes, e.g. the training step). Nothing is
 unpickled on load. Files are written to a temporary name in the target folder and renamed into place,
 so an interrupted save never leaves a half-written checkpoint under the final name.
@@ -18,20 +19,22 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-from .pix2seq import ModelConfig, Pix2Seq, create_model
+from .pix2seq import ModelConfig, create_model
 
 FORMAT = "rleseg.pix2seq"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(model: Pix2Seq, path: str | Path, extra: dict | None = None) -> None:
+def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
     """Write ``model`` (weights + config + tokenizer) and the JSON-serialisable ``extra`` to ``path``."""
     path = Path(path)
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
+        "config_class": type(model.config).__name__,
         "config": json.dumps(dataclasses.asdict(model.config)),
         "extra": json.dumps(extra or {}),
     }
@@ -49,15 +52,15 @@ def save_checkpoint(model: Pix2Seq, path: str | Path, extra: dict | None = None)
 def read_checkpoint_info(path: str | Path) -> tuple[ModelConfig, dict]:
     """(ModelConfig, extra) of a checkpoint, without reading its weights."""
     metadata = _open(Path(path))[1]
-    return _config(Path(path), metadata), json.loads(metadata.get("extra", "{}"))
+    return _config(Path(path), metadata)[0], json.loads(metadata.get("extra", "{}"))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Pix2Seq:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model saved at ``path`` (tokenizer rebuilt from the file), on ``device``, in eval mode."""
     path = Path(path)
     handle, metadata = _open(path)
-    config = dataclasses.replace(_config(path, metadata), pretrained=False)  # weights come from the file
-    model = create_model(config)
+    config, build = _config(path, metadata)
+    model = build(dataclasses.replace(config, pretrained=False))  # the weights come from the file
     with handle as f:
         state = {name: f.get_tensor(name) for name in f.keys()}
     own = model.state_dict()
@@ -90,15 +93,24 @@ def _open(path: Path):
     return handle, metadata
 
 
-def _config(path: Path, metadata: dict) -> ModelConfig:
+def _config(path: Path, metadata: dict):
+    """(config, the function that builds a model from it)."""
+    kind = metadata.get("config_class", "ModelConfig")
+    if kind == "ModelConfig":
+        cls, build = ModelConfig, create_model
+    elif kind == "VideoModelConfig":
+        from .video import VideoModelConfig as cls
+        from .video import create_video_model as build
+    else:
+        raise ValueError(f"{path}: unknown model config class {kind!r}")
     try:
         fields = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: checkpoint config is missing or not valid JSON ({err})") from err
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"{path}: checkpoint config has unknown fields {unknown}")
     if not fields.get("tokenizer"):
         raise ValueError(f"{path}: checkpoint config holds no tokenizer")
-    return ModelConfig(**fields)
+    return cls(**fields), build

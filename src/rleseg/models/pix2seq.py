@@ -24,8 +24,9 @@ from .positions import sincos_grid, start_geometry
 
 @dataclass
 class ModelConfig:
+    head: str = "token"  # "token": this Pix2Seq; "dense": the per-pixel baseline of models/dense.py
     backbone: str = "resnet50"  # any timm model with features_only; the last feature map is used
-    pretrained: bool | str = False  # False, True (timm cache only, no download) or a local weights file
+    pretrained: bool | str = False  # False, True (timm's cache), "packaged" or a local weights file
     freeze_backbone: bool = False  # the paper froze its (COCO-pretrained) backbone
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     image_size: int = 640  # training/inference crop size; informative, any size the stride divides works
@@ -363,11 +364,12 @@ def tokenizer_from_dict(data: dict):
     return cls.from_dict(data)
 
 
-def create_model(config: str | ModelConfig, tokenizer=None) -> Pix2Seq:
+def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
     """A model for ``tokenizer`` from a preset name ("tiny", "small", "paper") or a ModelConfig.
 
     The tokenizer's ``to_dict()`` is stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted
-    when the config already holds one.
+    when the config already holds one. ``config.head`` "token" gives a :class:`Pix2Seq`, "dense" the
+    dense baseline (``rleseg.models.dense.DenseModel``).
     """
     if isinstance(config, str):
         if config not in PRESETS:
@@ -375,9 +377,15 @@ def create_model(config: str | ModelConfig, tokenizer=None) -> Pix2Seq:
         config = PRESETS[config]
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
+    if config.head not in ("token", "dense"):
+        raise ValueError(f"unknown model head {config.head!r}; expected 'token' or 'dense'")
     if tokenizer is None:
         if config.tokenizer is None:
             raise ValueError("no tokenizer: pass one, or a ModelConfig whose tokenizer field is set")
         tokenizer = tokenizer_from_dict(config.tokenizer)
     config = replace(config, tokenizer=tokenizer.to_dict())
+    if config.head == "dense":
+        from .dense import DenseModel
+
+        return DenseModel(config, tokenizer)
     return Pix2Seq(config, tokenizer)

@@ -31,8 +31,10 @@ runs longer than L = max_run (default one row) are split. Example::
 """
 
 from .grammar import Grammar, ImageGrammar
+from .panoptic import PanopticGroup, PanopticTokenizer
 from .runs import Runs, downsample_mask, mask_to_runs, runs_to_mask, upsample_mask
 from .tokenizer import Tokenizer
+from .video import VideoTokenizer, tac_to_video, video_to_tac
 from .vocab import EOS, PAD, TASKS, TokenRange, Vocab
 
 __all__ = [
@@ -41,12 +43,17 @@ __all__ = [
     "TASKS",
     "Grammar",
     "ImageGrammar",
+    "PanopticGroup",
+    "PanopticTokenizer",
     "Runs",
     "TokenRange",
     "Tokenizer",
+    "VideoTokenizer",
     "Vocab",
     "downsample_mask",
     "mask_to_runs",
     "runs_to_mask",
+    "tac_to_video",
     "upsample_mask",
+    "video_to_tac",
 ]

@@ -1,0 +1,282 @@
+"""``rleseg.load(checkpoint)`` -> :class:`Predictor`: label maps for whole images of any size.
+
+This is the one image-level inference path; ``rleseg predict`` and ``rleseg evaluate`` both use it:
+
+    image -> resize by ``scale`` -> sliding-window patches of the model's input size (``stride``) ->
+    generation, patches of several images sharing a batch -> each decoded mask upsampled (nearest) and
+    the patches stitched by vote at full resolution (``rleseg.data.patches.stitch``) -> label map of
+    the image's own size.
+
+Mode ``"patches"`` is the paper's pipeline. Mode ``"whole"`` scales the image so that its longer side
+is the model input, pads it to a square (image 0) and predicts it as one patch.
+
+Panoptic models give (semantic, instances): both maps are stitched by the same rule (each pixel from
+the patch in which it lies farthest from the border), so a pixel's class and instance come from one
+patch. Instance ids are made unique per patch and numbered 1..n per image; an object cut by patch
+borders stays split into one instance per patch (no merging across patches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .data.files import as_rgb, read_image, to_unit_float
+from .data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, stitch_patches_of_image
+from .tokens import EOS
+from .tokens.tokenizer import split_at_eos
+
+ImageLike = str | Path | np.ndarray
+
+
+@dataclass
+class InferenceOptions:
+    mode: Literal["patches", "whole"] = "patches"
+    stride: int | None = None  # window step in pixels of the resized image; None = the patch size
+    scale: float = 1.0  # images are resized by this before patching (mode "patches")
+    batch_size: int = 16  # patches per generation call
+    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
+    top_p: float = 1.0
+    constrained: bool = True  # grammar-constrained decoding
+    max_len: int | None = None  # tokens generated at most per patch (default: the model's max_seq_len)
+    seed: int | None = None  # seeds the predictor's own generator for sampling at temperature > 0
+
+    def check(self) -> None:
+        if self.mode not in ("patches", "whole"):
+            raise ValueError(f"mode must be 'patches' or 'whole', got {self.mode!r}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be a positive number of pixels, got {self.stride}")
+        if self.scale <= 0 or self.batch_size < 1:
+            raise ValueError(f"scale must be > 0 and batch_size >= 1, got {self.scale}, {self.batch_size}")
+
+
+@dataclass
+class ImagePrediction:
+    """One image's prediction and what generation did for it."""
+
+    labels: np.ndarray  # (H, W) int64 class map at the image's size
+    instances: np.ndarray | None  # (H, W) int64 instance ids 1..n (0 = none), panoptic models only
+    boxes: np.ndarray  # (K, 4) patch boxes (y0, x0, y1, x1) in the resized image
+    scale: float  # the resize factor applied before patching
+    tokens: list[np.ndarray] = field(default_factory=list)  # per patch: generated tokens up to EOS included
+    generated_runs: int = 0  # runs the sequences stand for (tokens / tokens per run)
+    invalid_runs: int = 0  # of those, runs the lenient decoder dropped (0 with constrained decoding)
+    truncated: int = 0  # sequences without EOS within max_len
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(len(t) for t in self.tokens))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model file, or a run folder (its ``best.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "best.safetensors"
+        if not best.is_file():
+            raise ValueError(f"{path}: a folder without best.safetensors; expected a run folder or a .safetensors file")
+        return best
+    if not path.exists():
+        raise ValueError(f"checkpoint {path} does not exist")
+    return path
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None means cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; expected e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but CUDA is not available here")
+    return device
+
+
+def load(checkpoint: str | Path, device: str | torch.device | None = None, **options: Any) -> Predictor:
+    """The model of ``checkpoint`` (a ``.safetensors`` file or a run folder) as a :class:`Predictor`.
+
+    ``options`` are :class:`InferenceOptions` fields, e.g. ``load("runs/x", mode="whole", stride=96)``.
+    """
+    from .models import load_checkpoint
+
+    device = resolve_device(device)
+    model = load_checkpoint(resolve_checkpoint(checkpoint), device)
+    return Predictor(model, InferenceOptions(**options), device)
+
+
+def as_image(image: ImageLike) -> np.ndarray:
+    """A path or an array ((H, W) grey, (H, W, 3|4) or (3, H, W)) -> (H, W, 3) float32.
+
+    Float arrays are taken as they are (the model reads [0, 1], as the datasets give it); uint8 is divided
+    by 255; deeper integer images are stretched as ``rleseg.data.files.read_image`` does.
+    """
+    if isinstance(image, str | Path):
+        return read_image(image)
+    array = as_rgb(np.asarray(image), Path("<array>"))
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    return to_unit_float(array)
+
+
+def _centrality(size: int) -> np.ndarray:
+    """(size, size) distance to the nearest border: the stitching score of panoptic patches."""
+    edge = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
+    return np.minimum(edge[:, None], edge[None, :])
+
+
+class Predictor:
+    """A loaded model that predicts full images (see the module doc for the pipeline).
+
+    ``predict(image)`` -> (H, W) int64 label map, or (semantic, instances) for a panoptic model;
+    ``predict_many(images)`` -> a list of those; ``run(images)`` -> :class:`ImagePrediction` per image,
+    with the generation counts, batching patches across images.
+    """
+
+    def __init__(self, model, options: InferenceOptions | None = None, device: str | torch.device | None = None):
+        self.options = options or InferenceOptions()
+        self.options.check()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.tokenizer = model.tokenizer
+        task = getattr(self.tokenizer, "task", None)
+        if task not in ("semantic", "panoptic"):
+            raise ValueError(f"this checkpoint's tokenizer is for {task!r}; predict and evaluate handle image and "
+                             "panoptic models")
+        self.panoptic = task == "panoptic"
+        self.num_classes = int(self.tokenizer.num_classes)
+        self.patch_size = int(model.config.image_size)
+        mask_h, mask_w = self.tokenizer.mask_size
+        if mask_h != mask_w or self.patch_size % mask_h:
+            raise ValueError(f"the model's input {self.patch_size} px is not a whole multiple of its square mask "
+                             f"grid; got mask size {self.tokenizer.mask_size}")
+        # Token models decode on the tokenizer's subsampled grid; a dense head predicts full patches.
+        self.factor = 1 if getattr(model.config, "head", "token") == "dense" else self.patch_size // mask_h
+        self.generator = None
+        if self.options.seed is not None:
+            self.generator = torch.Generator(self.device).manual_seed(self.options.seed)
+
+    # ----------------------------------------------------------------------------- public
+    def predict(self, image: ImageLike) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        return self.predict_many([image])[0]
+
+    def predict_many(self, images: Iterable[ImageLike]) -> list:
+        return [p.labels if p.instances is None else (p.labels, p.instances) for p in self.run(images)]
+
+    def run(self, images: Iterable[ImageLike]) -> Iterator[ImagePrediction]:
+        for prediction, _ in self.run_with((image, None) for image in images):
+            yield prediction
+
+    def run_with(self, items: Iterable[tuple[ImageLike, Any]]) -> Iterator[tuple[ImagePrediction, Any]]:
+        """``(image, anything)`` pairs -> ``(prediction, the same anything)``, in order; patches of
+        consecutive images share generation batches."""
+        pending: list[_Job] = []
+        queue: list[tuple[_Job, int]] = []
+        for image, payload in items:
+            job = self._start(as_image(image), payload)
+            pending.append(job)
+            queue += [(job, k) for k in range(len(job.boxes))]
+            while len(queue) >= self.options.batch_size:
+                self._generate(queue[: self.options.batch_size])
+                queue = queue[self.options.batch_size :]
+            while pending and pending[0].done:
+                yield self._finish(pending.pop(0))
+        while queue:
+            self._generate(queue[: self.options.batch_size])
+            queue = queue[self.options.batch_size :]
+        for job in pending:
+            yield self._finish(job)
+
+    def patch_config(self, scale: float) -> PatchConfig:
+        return PatchConfig(patch_size=self.patch_size, factor=self.factor, scale=scale)
+
+    def scale_for(self, shape: tuple[int, int]) -> float:
+        """The resize factor applied to an image of ``shape`` before patching."""
+        if self.options.mode == "whole":
+            return self.patch_size / max(shape)
+        return self.options.scale
+
+    # ----------------------------------------------------------------------------- internals
+    def _start(self, image: np.ndarray, payload: Any) -> _Job:
+        shape = image.shape[:2]
+        scale = self.scale_for(shape)
+        resized = resize(image, scaled_shape(shape, scale), -3, linear=True)
+        boxes = sliding_windows(resized.shape[:2], self.patch_size, self.options.stride)
+        crops = [crop(resized, box, 0.0, -3) for box in boxes]
+        return _Job(shape, scale, boxes, crops, [None] * len(boxes), payload)
+
+    @torch.no_grad()
+    def _generate(self, batch: list[tuple[_Job, int]]) -> None:
+        o = self.options
+        images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).permute(0, 3, 1, 2)
+        out = self.model.generate(images.to(self.device), max_len=o.max_len, temperature=o.temperature,
+                                  top_p=o.top_p, constrained=o.constrained, generator=self.generator)
+        for (job, k), row, mask in zip(batch, out.tokens.numpy(), out.masks, strict=True):
+            eos = np.flatnonzero(row == EOS)
+            job.results[k] = (row[: eos[0] + 1] if eos.size else row, mask)
+            job.crops[k] = None  # the pixels are no longer needed
+
+    def _finish(self, job: _Job) -> tuple[ImagePrediction, Any]:
+        tokens = [tokens for tokens, _ in job.results]
+        masks = [mask for _, mask in job.results]
+        config = self.patch_config(job.scale)
+        instances = None
+        if self.panoptic:
+            semantic = np.stack([m[0] for m in masks]).astype(np.int64)
+            ids = np.stack([m[1] for m in masks]).astype(np.int64)
+            offsets = np.concatenate(([0], np.cumsum(ids.reshape(len(ids), -1).max(1))[:-1]))
+            ids = np.where(ids > 0, ids + offsets[:, None, None], 0)  # unique across patches
+            score = np.broadcast_to(_centrality(semantic.shape[-1]), semantic.shape)
+            labels = stitch_patches_of_image(semantic, job.boxes, config, job.shape, self.num_classes, score)
+            stitched = stitch_patches_of_image(ids, job.boxes, config, job.shape, int(ids.max()) + 1, score)
+            instances = np.unique(stitched, return_inverse=True)[1].reshape(job.shape)
+            if not (stitched == 0).any():
+                instances += 1  # np.unique numbers from 0; 0 must stay "no instance"
+        else:
+            labels = stitch_patches_of_image(np.stack(masks), job.boxes, config, job.shape, self.num_classes)
+        counts = np.array([run_counts(self.tokenizer, t) for t in tokens]).reshape(-1, 2).sum(0)
+        prediction = ImagePrediction(
+            labels=labels.astype(np.int64),
+            instances=instances,
+            boxes=job.boxes,
+            scale=job.scale,
+            tokens=tokens,
+            generated_runs=int(counts[0]),
+            invalid_runs=int(counts[0] - counts[1]),
+            truncated=sum(int(t.size > 0 and not (t == EOS).any()) for t in tokens),  # dense heads: no tokens
+        )
+        return prediction, job.payload
+
+
+@dataclass
+class _Job:
+    shape: tuple[int, int]
+    scale: float
+    boxes: np.ndarray
+    crops: list
+    results: list
+    payload: Any
+
+    @property
+    def done(self) -> bool:
+        return all(r is not None for r in self.results)
+
+
+def run_counts(tokenizer, tokens: np.ndarray) -> tuple[int, int]:
+    """(runs the sequence stands for, runs the lenient decoder keeps) of one generated sequence.
+
+    A sequence of n run tokens stands for ceil(n / tokens_per_run) runs (panoptic: class tokens left
+    out); the difference is what ``decode(errors="ignore")`` dropped as malformed.
+    """
+    body = split_at_eos(np.asarray(tokens, np.int64), strict=False)
+    if getattr(tokenizer, "task", None) == "panoptic":
+        class_tokens = int(tokenizer.vocab["class"].contains(body).sum())
+        kept = sum(len(group.runs) for group in tokenizer.decode_groups(tokens, errors="ignore"))
+        return -(-(body.size - class_tokens) // tokenizer.tokens_per_run), kept
+    return -(-body.size // tokenizer.tokens_per_run), len(tokenizer.decode_runs(tokens, errors="ignore"))

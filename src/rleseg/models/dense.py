@@ -1,0 +1,202 @@
+"""The dense baseline: the token model's timm backbone under a U-Net style decoder that predicts a
+class logit per pixel at full input resolution, trained with cross-entropy + soft Dice.
+
+It is there to measure what the token formulation costs or gains (issue 10), so it is built, trained,
+evaluated and saved like the token model: ``model.head: dense`` in an experiment config, the same
+:func:`rleseg.models.create_model`, the same checkpoint file format. It speaks the token model's
+protocol with two differences (the engine picks the loss target by ``target_key`` and finds the
+resolution of the masks from their shape):
+
+- ``target_key = "mask"``: :meth:`DenseModel.loss` takes the batch's full-resolution ``mask``
+  (``ignore_index`` kept) where the token model takes ``tokens``;
+- :meth:`DenseModel.generate` accepts the sampling options and ignores them; its :class:`Generation`
+  holds argmax label maps at the image's own resolution and empty token / log-probability tensors.
+
+Read top to bottom: blocks, decoder, loss, model. Shapes use B = batch, C = classes, H x W = image,
+h x w = a feature map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rleseg.tokens.runs import label_dtype
+
+from .backbone import Backbone
+from .generate import Generation
+from .pix2seq import ModelConfig
+
+# The keyword options of Pix2Seq.generate: accepted (and ignored) so that callers need not know the head.
+SAMPLING_OPTIONS = frozenset({"max_len", "temperature", "top_k", "top_p", "constrained", "use_cache", "generator"})
+MIN_WIDTH = 16  # the decoder halves its width per finer level, down to this
+
+
+# ----------------------------------------------------------------------------- blocks
+class ConvNormAct(nn.Sequential):
+    """Conv (no bias: the norm has one) -> BatchNorm -> ReLU, keeping the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Upsample the coarser map to the skip's size, concatenate them, two 3x3 convolutions."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = ConvNormAct(in_channels + skip_channels, out_channels)
+        self.conv2 = ConvNormAct(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")  # (B, C_in, h, w) of the skip
+        return self.conv2(self.conv1(torch.cat([x, skip], dim=1)))  # (B, C_out, h, w)
+
+
+# ----------------------------------------------------------------------------- decoder
+class UNetDecoder(nn.Module):
+    """The backbone's maps, finest first, -> features (B, out_channels, h0, w0) at the finest map's size.
+
+    The coarsest map is projected to ``width`` channels; each finer level then gets an :class:`UpBlock`
+    whose width halves per level (down to MIN_WIDTH), so every level costs about the same.
+    """
+
+    def __init__(self, channels: list[int], width: int):
+        super().__init__()
+        levels = len(channels)
+        self.center = ConvNormAct(channels[-1], width, kernel=1)
+        widths = [max(MIN_WIDTH, width >> (levels - 1 - i)) for i in range(levels)]  # widths[-1] == width
+        self.blocks = nn.ModuleList(
+            UpBlock(widths[i + 1], channels[i], widths[i]) for i in reversed(range(levels - 1))
+        )  # coarse to fine
+        self.out_channels = widths[0]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.center(features[-1])
+        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
+            x = block(x, skip)
+        return x
+
+
+# ----------------------------------------------------------------------------- loss
+def ce_dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, smooth: float = 1.0
+) -> torch.Tensor:
+    """Mean pixel cross-entropy + (1 - soft Dice averaged over classes), a scalar.
+
+    logits (B, C, H, W) float; labels (B, H, W) int64. Pixels whose label is not a class 0..C-1
+    (``ignore_index``, 255 by default) count in neither term and get no gradient. The Dice of each class
+    pools the batch's pixels; ``smooth`` keeps a class absent from both labels and prediction at Dice 1.
+    A batch of ignored pixels only has loss 0.
+    """
+    num_classes = logits.shape[1]
+    valid = (labels >= 0) & (labels < num_classes)  # (B, H, W)
+    target = labels.masked_fill(~valid, 0)
+    ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)  # (B, H, W)
+    ce = (ce * valid).sum() / valid.sum().clamp(min=1)
+    classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
+    truth = ((target[:, None] == classes) & valid[:, None]).to(logits.dtype)  # (B, C, H, W) one-hot
+    probs = logits.softmax(dim=1) * valid[:, None]  # (B, C, H, W)
+    overlap = (probs * truth).sum(dim=(0, 2, 3))  # (C,)
+    total = probs.sum(dim=(0, 2, 3)) + truth.sum(dim=(0, 2, 3))  # (C,)
+    dice = (2 * overlap + smooth) / (total + smooth)  # (C,)
+    return ce + (1 - dice.mean())
+
+
+# ----------------------------------------------------------------------------- model
+class Encoder(nn.Module):
+    """images (B, 3, H, W) in [0, 1] -> the backbone's feature maps, finest first.
+
+    A wrapper so that the backbone's parameter names start with ``encoder.backbone.`` as in the token
+    model (the optimizer's backbone learning rate keys on that prefix). Every level timm exposes is used,
+    unless ``backbone_kwargs`` names ``out_indices``.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        kwargs = dict(config.backbone_kwargs)
+        out_indices = kwargs.pop("out_indices", None)
+        self.backbone = Backbone(config.backbone, config.pretrained, config.freeze_backbone, out_indices, **kwargs)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.features(images)
+
+
+class DenseModel(nn.Module):
+    """Image -> per-pixel class logits. Build with :func:`rleseg.models.create_model` and a ModelConfig
+    whose ``head`` is "dense".
+
+    Of the config it uses backbone, pretrained, freeze_backbone, backbone_kwargs, dim (the decoder's
+    width at the coarsest level), dropout (before the classifier) and label_smoothing; the number of
+    classes comes from the tokenizer, which must be an image (semantic) tokenizer. The tokenizer is
+    kept only so that the model describes its task like the token model does (its mask size is not used:
+    predictions are at the image's resolution).
+
+    Images are (B, 3, H, W) float RGB in [0, 1], H and W divisible by the backbone stride (32 for ResNets).
+    """
+
+    target_key = "mask"  # the batch entry that loss() takes as its target
+
+    def __init__(self, config: ModelConfig, tokenizer):
+        super().__init__()
+        task = getattr(tokenizer, "task", None)
+        if task != "semantic":
+            raise ValueError(f"the dense head predicts semantic label maps; got a tokenizer for task {task!r}")
+        self.config, self.tokenizer = config, tokenizer
+        self.num_classes = int(tokenizer.num_classes)
+        self.encoder = Encoder(config)
+        self.decoder = UNetDecoder(self.encoder.backbone.feature_channels, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes, 1)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> logits (B, C, H, W) float (bilinearly upsampled from the finest map)."""
+        x = self.decoder(self.encoder(images))  # (B, D0, h0, w0)
+        logits = self.classifier(self.dropout(x))  # (B, C, h0, w0)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy + Dice (:func:`ce_dice_loss`) against masks (B, H, W) int64 at the images'
+        resolution; labels outside 0..C-1 (``ignore_index``) are left out. Returns a scalar."""
+        if masks.ndim != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"masks must be (B, H, W) = {(images.shape[0], *images.shape[-2:])} like the images, "
+                f"got {tuple(masks.shape)}"
+            )
+        return ce_dice_loss(self(images).float(), masks.long(), self.config.label_smoothing)
+
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, H, W) float32 in eval mode (the training mode is restored after)."""
+        was_training = self.training
+        self.eval()
+        logits = self(images).float()
+        self.train(was_training)
+        return logits
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, **sampling) -> Generation:
+        """Argmax label maps, in the token model's :class:`Generation` (all on the CPU):
+
+        masks: one (H, W) label map per image at the image's resolution (not the tokenizer's subsampled
+            grid), dtype ``label_dtype(num_classes)`` as the tokenizer's decode gives;
+        tokens: (B, 0) int64 and logprobs: (B, 0) float32, empty: there are no tokens.
+
+        The token model's sampling options (temperature, top_p, constrained, ...) are accepted and have
+        no effect; any other keyword is an error.
+        """
+        unknown = sorted(set(sampling) - SAMPLING_OPTIONS)
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
+        labels = self.predict_logits(images).argmax(dim=1).cpu().numpy()  # (B, H, W)
+        labels = labels.astype(label_dtype(self.num_classes))
+        batch = labels.shape[0]
+        empty = torch.zeros(batch, 0, dtype=torch.long), torch.zeros(batch, 0, dtype=torch.float32)
+        return Generation(*empty, list(np.ascontiguousarray(labels)))

@@ -1,0 +1,221 @@
+"""Video models: Pix2Seq over a window of N frames, writing the window's VideoTokenizer sequence.
+
+The three fusion modes differ only in the encoder; decoder, loss and generation (grammar-constrained
+by the VideoTokenizer) are the image model's, inherited from :class:`Pix2Seq`. Every video encoder is
+the image :class:`Encoder` (same parameters under the same names, so image weights load into a video
+model), and one frame goes through exactly the image model's computation. With L encoder layers:
+
+- ``"middle"`` (the paper's released video models): each frame goes through the shared backbone and
+  layers 1 .. L-1 on its own. In layer L only the reference frame's tokens go on: self-attention among
+  themselves, then cross-attention to the other frames' layer-L inputs (each tagged with the sin-cos
+  code of its time offset from the reference), then the MLP. The decoder reads one frame's worth of
+  tokens, memory (B, h*w, D).
+- ``"late"``: the same per-frame layers 1 .. L-1; then all frames' tokens are concatenated, tagged with
+  3-D position codes (each cell's 2-D sin-cos code plus the sin-cos code of its frame), and layer L is
+  joint self-attention over all of them. The decoder cross-attends to all, memory (B, N*h*w, D).
+- ``"static"``: the image encoder on the reference frame alone, memory (B, h*w, D); the decoder still
+  writes the whole window's sequence (method.md section 4: the paper reports it can match video models).
+
+The reference frame is ``reference_frame`` (default 0, as in the paper: the TAC sequence puts frame 0 in
+the least significant digit, and the window's first frame is the one a sliding window has seen least).
+Time codes are ``sincos(t) - sincos(0)``: zero at offset 0, so the reference frame (middle) and frame 0
+(late) carry exactly the image model's codes.
+
+Shapes: B = batch, N = frames per window, n = h*w feature-map cells per frame, D = width.
+
+    >>> from rleseg.tokens.video import VideoTokenizer
+    >>> tokenizer = VideoTokenizer(frames=2, mask_size=(16, 16), num_classes=3, temporal="tac")
+    >>> model = create_video_model("tiny", tokenizer, fusion="middle")
+    >>> loss = model.loss(clips, targets)              # clips (B, 2, 3, H, W) in [0, 1]
+    >>> out = model.generate(clips, temperature=0)     # out.masks: (2, 16, 16) label volumes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .pix2seq import PRESETS, Attention, Encoder, EncoderLayer, ModelConfig, Pix2Seq, tokenizer_from_dict
+from .positions import sincos, sincos_grid
+
+FUSIONS = ("middle", "late", "static")
+
+
+@dataclass
+class VideoModelConfig(ModelConfig):
+    """ModelConfig plus how frames are fused. Window length and temporal scheme are the tokenizer's
+    (``tokenizer["frames"]``, ``tokenizer["temporal"]``), stored with the config like any tokenizer."""
+
+    fusion: str = "middle"  # "middle" | "late" | "static", see the module docstring
+    reference_frame: int = 0  # the frame the decoder reads (middle) or the only frame seen (static)
+
+
+def time_code(offsets: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N,) frame offsets -> (N, dim) float: ``sincos(offset) - sincos(0)``, zero at offset 0."""
+    return sincos(offsets, dim) - sincos(torch.zeros(1), dim)
+
+
+# ----------------------------------------------------------------------------- blocks
+class FusionLayer(EncoderLayer):
+    """Middle fusion's last encoder layer: the image EncoderLayer with cross-attention to the other
+    frames between its self-attention and its MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
+        super().__init__(dim, heads, mlp_dim, dropout, drop_path)
+        self.ln_query, self.ln_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, heads, dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, n, D) reference-frame tokens, context (B, M, D) other frames' tokens -> (B, n, D).
+        Without context this is the image layer, so ``Encoder.forward`` still runs on a single frame."""
+        x = x + self.drop_path(self.attn(self.ln1(x)))
+        if context is not None:
+            x = x + self.drop_path(self.cross_attn(self.ln_query(x), context=self.ln_context(context)))
+        return x + self.drop_path(self.mlp(self.ln2(x)))
+
+
+# ----------------------------------------------------------------------------- encoders
+class WindowEncoder(Encoder):
+    """Base of the video encoders: the image Encoder (same parameters and names) run frame by frame.
+
+    forward: images (B, N, 3, H, W) float in [0, 1] -> memory (B, M, D) for the decoder.
+    """
+
+    def __init__(self, config: ModelConfig, frames: int, reference_frame: int):
+        super().__init__(config)
+        self.frames, self.reference = int(frames), int(reference_frame)
+
+    def check(self, images: torch.Tensor) -> None:
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"video images must be (B, N, 3, H, W), got shape {tuple(images.shape)}")
+        if images.shape[1] != self.frames:
+            raise ValueError(f"windows of {images.shape[1]} frames, but the model's tokenizer encodes {self.frames}")
+
+    def frame_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame through backbone, input projection and encoder layers 1 .. L-1 ->
+        (x (B, N, n, D), 2-D position codes (n, D)). Mirrors the start of ``Encoder.forward``."""
+        self.check(images)
+        features = self.backbone(images.flatten(0, 1))  # (B*N, C, h, w)
+        pos = sincos_grid(tuple(features.shape[-2:]), self.input_proj.out_features).to(features)  # (n, D)
+        x = self.dropout(self.input_proj(features.flatten(2).transpose(1, 2)) + pos)  # (B*N, n, D)
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        return x.unflatten(0, images.shape[:2]), pos  # (B, N, n, D)
+
+    def project(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The output head on x (B, M, D) with position codes (M, D); mirrors the end of ``Encoder.forward``."""
+        x = self.out_ln(self.out_proj(self.ln(x))) + pos
+        return self.out_mlp_ln(x + self.out_mlp(x))  # (B, M, D)
+
+
+class StaticEncoder(WindowEncoder):
+    """The image encoder on the reference frame only -> (B, n, D)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.check(images)
+        return super().forward(images[:, self.reference])
+
+
+class MiddleFusionEncoder(WindowEncoder):
+    """Per-frame layers 1 .. L-1; in layer L the reference frame cross-attends to the others -> (B, n, D).
+
+    The last layer is a :class:`FusionLayer` (the image layer's parameters under the same names, plus
+    the cross-attention). With one frame there is nothing to fuse and it stays the image layer.
+    """
+
+    def __init__(self, config: ModelConfig, frames: int, reference_frame: int):
+        super().__init__(config, frames, reference_frame)
+        if frames > 1:
+            c = config
+            self.layers[-1] = FusionLayer(c.dim, c.heads, c.mlp_dim, c.dropout, self.layers[-1].drop_path.p)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x, pos = self.frame_tokens(images)  # (B, N, n, D)
+        query = x[:, self.reference]  # (B, n, D)
+        if self.frames == 1:
+            return self.project(self.layers[-1](query), pos)
+        others = [t for t in range(self.frames) if t != self.reference]
+        code = time_code(torch.tensor(others) - self.reference, x.shape[-1]).to(x)  # (N-1, D)
+        context = (x[:, others] + code[None, :, None]).flatten(1, 2)  # (B, (N-1)*n, D)
+        return self.project(self.layers[-1](query, context), pos)  # (B, n, D)
+
+
+class LateFusionEncoder(WindowEncoder):
+    """Per-frame layers 1 .. L-1, then joint self-attention over all frames in layer L -> (B, N*n, D),
+    frame-major (all cells of frame 0, then frame 1, ...)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x, pos = self.frame_tokens(images)  # (B, N, n, D)
+        code = time_code(torch.arange(self.frames), x.shape[-1]).to(x)  # (N, D)
+        pos = (pos[None] + code[:, None]).flatten(0, 1)  # (N*n, D), 3-D codes: 2-D cell + time
+        x = (x + code[None, :, None]).flatten(1, 2)  # (B, N*n, D)
+        return self.project(self.layers[-1](x), pos)
+
+
+ENCODERS = {"middle": MiddleFusionEncoder, "late": LateFusionEncoder, "static": StaticEncoder}
+
+
+# ----------------------------------------------------------------------------- model
+class VideoPix2Seq(Pix2Seq):
+    """Window of frames -> the window's VideoTokenizer tokens. Build with :func:`create_video_model`.
+
+    Images are (B, N, 3, H, W) float RGB in [0, 1], N = ``tokenizer.frames``, H and W divisible by the
+    backbone stride. ``forward``, ``loss`` and ``generate`` behave as :class:`Pix2Seq`'s; generated
+    ``masks`` are (N, h, w) label volumes (``VideoTokenizer.decode``).
+    """
+
+    def __init__(self, config: VideoModelConfig, tokenizer):
+        if getattr(tokenizer, "task", None) != "video":
+            raise ValueError(f"a video model needs a VideoTokenizer, got {type(tokenizer).__name__}")
+        if config.fusion not in ENCODERS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
+        if not 0 <= config.reference_frame < tokenizer.frames:
+            raise ValueError(
+                f"reference_frame must be in 0 .. {tokenizer.frames - 1} (the tokenizer's frames), "
+                f"got {config.reference_frame}"
+            )
+        if config.encoder_layers < 1 and config.fusion != "static":
+            raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
+        super().__init__(config, tokenizer)
+        # Pix2Seq built an image Encoder; the video encoder is that Encoder with a window-aware forward.
+        self.encoder = ENCODERS[config.fusion](config, tokenizer.frames, config.reference_frame)
+        backbone = set(self.encoder.backbone.modules())
+        for module in self.encoder.modules():  # as Pix2Seq initialises its Linear layers
+            if isinstance(module, nn.Linear) and module not in backbone:
+                nn.init.normal_(module.weight, std=config.init_std)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor, input_tokens: torch.Tensor) -> torch.Tensor:
+        """images (B, N, 3, H, W), input_tokens (B, T) int64 starting with the video BOS ->
+        logits (B, T, V) float; logits[:, t] predict the token after input_tokens[:, t]."""
+        return super().forward(images, input_tokens)
+
+
+# ----------------------------------------------------------------------------- construction
+def create_video_model(
+    config: str | ModelConfig, tokenizer=None, fusion: str | None = None, reference_frame: int | None = None
+) -> VideoPix2Seq:
+    """A video model for a VideoTokenizer from a preset name ("tiny", "small", "paper") or a config.
+
+    A plain ModelConfig (or preset) becomes a VideoModelConfig with ``fusion`` (default "middle");
+    ``fusion`` / ``reference_frame`` given here override the config's. The tokenizer's ``to_dict()`` is
+    stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted when the config holds one.
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
+    if not isinstance(config, VideoModelConfig):
+        config = VideoModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
+    changes = {k: v for k, v in (("fusion", fusion), ("reference_frame", reference_frame)) if v is not None}
+    if tokenizer is None:
+        if config.tokenizer is None:
+            raise ValueError("no tokenizer: pass a VideoTokenizer, or a config whose tokenizer field is set")
+        tokenizer = tokenizer_from_dict(config.tokenizer)
+    config = dataclasses.replace(config, tokenizer=tokenizer.to_dict(), **changes)
+    return VideoPix2Seq(config, tokenizer)

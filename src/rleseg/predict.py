@@ -1,0 +1,206 @@
+"""``rleseg predict``: label maps for images, folders of images (frame folders too) and videos.
+
+Output folder (written atomically, as ``rleseg evaluate``'s)::
+
+    labels/<name>.png        class labels: palette PNG (the index is the class; up to 256 classes),
+                             16-bit grey PNG beyond
+    instances/<name>.png     panoptic models: instance ids, 16-bit grey PNG (TIFF past 65535 instances)
+    overlays/<name>.png      class colours over the image (unless --no-overlays)
+    predictions.json         with --coco-json: COCO results format, one compressed RLE per class
+                             (semantic) or per instance and stuff class (panoptic)
+    summary.json             images, patches, tokens, seconds, images/s, tokens/s, invalid runs, truncated
+
+``<name>`` is the image's stem; images of a folder ``F`` are ``F/<stem>``; frames of a video ``V.mp4``
+are ``V/frame_000000`` ... Videos are read with PyAV (the ``video`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .api import Predictor, as_image
+from .data.files import IMAGE_SUFFIXES
+from .evaluate import _progress, atomic_output
+from .tokens.formats import instance_map_to_coco_rles, label_map_to_coco_rles
+from .visualize import overlay, palette
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str  # "image", "folder" or "video"
+    files: tuple[Path, ...] = ()  # the images of a folder
+
+
+def collect_sources(paths: list[str | Path]) -> list[Source]:
+    """Check every input (exists, is an image, a folder with images, or a video) before any work."""
+    sources = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = tuple(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                                 and not p.name.startswith(".") and p.is_file()))
+            if not files:
+                raise ValueError(f"{path}: a folder without images; expected files ending in "
+                                 f"{', '.join(IMAGE_SUFFIXES)}")
+            sources.append(Source(path, "folder", files))
+        elif not path.exists():
+            raise ValueError(f"{path}: no such file or folder")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            sources.append(Source(path, "image"))
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            _require_av()
+            sources.append(Source(path, "video"))
+        else:
+            raise ValueError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
+                             f"({', '.join(VIDEO_SUFFIXES)}) nor a folder")
+    names = [name for s in sources if s.kind != "video" for name in _names(s)]
+    names += [s.path.stem for s in sources if s.kind == "video"]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"two inputs give the output name {duplicate!r}; rename one or predict them separately")
+    return sources
+
+
+def _names(source: Source) -> list[str]:
+    if source.kind == "image":
+        return [source.path.stem]
+    return [f"{source.path.name}/{f.stem}" for f in source.files]
+
+
+def _require_av():
+    try:
+        import av
+    except ImportError:
+        raise ValueError("reading videos needs PyAV: pip install 'rleseg[video]' (or pip install av)") from None
+    return av
+
+
+def video_frames(path: Path) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames of a video file, in order."""
+    av = _require_av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: holds no video stream")
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as error:
+        raise ValueError(f"{path}: cannot read the video ({error})") from None
+
+
+def _frame_count(path: Path) -> int | None:
+    av = _require_av()
+    try:
+        with av.open(str(path)) as container:
+            return int(container.streams.video[0].frames) or None if container.streams.video else None
+    except av.FFmpegError as error:
+        raise ValueError(f"{path}: cannot read the video ({error})") from None
+
+
+def iter_inputs(sources: list[Source]) -> Iterator[tuple[np.ndarray, tuple[str, str, np.ndarray]]]:
+    """(image, (output name, source description, image)) for every image and frame, read in order."""
+    for source in sources:
+        if source.kind == "image":
+            image = as_image(source.path)
+            yield image, (source.path.stem, str(source.path), image)
+        elif source.kind == "folder":
+            for file, name in zip(source.files, _names(source), strict=True):
+                image = as_image(file)
+                yield image, (name, str(file), image)
+        else:
+            for index, frame in enumerate(video_frames(source.path)):
+                image = as_image(frame)
+                yield image, (f"{source.path.stem}/frame_{index:06d}", f"{source.path}#{index}", image)
+
+
+def save_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    if num_classes <= 256:
+        image = Image.fromarray(labels.astype(np.uint8))
+        image.putpalette(palette(num_classes).tobytes())
+    else:
+        image = Image.fromarray(labels.astype(np.uint16))
+    image.save(path)
+
+
+def save_instances(path: Path, instances: np.ndarray) -> Path:
+    if instances.max(initial=0) < 2**16:
+        Image.fromarray(instances.astype(np.uint16)).save(path)
+        return path
+    import tifffile
+
+    path = path.with_suffix(".tif")
+    tifffile.imwrite(path, instances.astype(np.uint32))
+    return path
+
+
+def coco_annotations(name: str, labels: np.ndarray, instances: np.ndarray | None, num_classes: int) -> list[dict]:
+    """COCO results entries: per class (semantic), or per instance plus per stuff class (panoptic)."""
+    def entry(category: int, rle: dict, area: int) -> dict:
+        return {"image_id": name, "category_id": int(category), "score": 1.0, "area": int(area),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}}
+
+    out = []
+    stuff = labels if instances is None else np.where(instances == 0, labels, 0)
+    areas = np.bincount(stuff.ravel(), minlength=num_classes)
+    out += [entry(c, rle, areas[c]) for c, rle in label_map_to_coco_rles(stuff, num_classes).items()]
+    if instances is not None:
+        ids, first, areas = np.unique(instances.ravel(), return_index=True, return_counts=True)
+        category = dict(zip(ids.tolist(), labels.ravel()[first].tolist(), strict=True))
+        area = dict(zip(ids.tolist(), areas.tolist(), strict=True))
+        out += [entry(category[i], rle, area[i]) for i, rle in instance_map_to_coco_rles(instances).items()]
+    return out
+
+
+def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, coco_json: bool = False,
+                    overlays: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Predict every input into ``out`` (layout in the module doc); returns the summary."""
+    sources = collect_sources(inputs)
+    total = sum(1 if s.kind == "image" else len(s.files) for s in sources if s.kind != "video")
+    frames = [_frame_count(s.path) for s in sources if s.kind == "video"]
+    total = None if None in frames else total + sum(frames)
+    counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated"), 0)
+    annotations: list[dict] = []
+    started = time.perf_counter()
+    with atomic_output(out, overwrite) as tmp:
+        stream = predictor.run_with(iter_inputs(sources))
+        for pred, (name, origin, image) in _progress(stream, progress, "predict", total):
+            for folder in ("labels", "overlays", "instances"):
+                if folder == "labels" or (folder == "overlays" and overlays) or pred.instances is not None:
+                    (tmp / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            save_labels(tmp / "labels" / f"{name}.png", pred.labels, predictor.num_classes)
+            if pred.instances is not None:
+                save_instances(tmp / "instances" / f"{name}.png", pred.instances)
+            if overlays:
+                picture = overlay(image, pred.labels, predictor.num_classes)
+                Image.fromarray(picture).save(tmp / "overlays" / f"{name}.png")
+            if coco_json:
+                annotations += [{**a, "file_name": origin}
+                                for a in coco_annotations(name, pred.labels, pred.instances, predictor.num_classes)]
+            for key, value in (("images", 1), ("patches", len(pred.boxes)), ("tokens", pred.num_tokens),
+                               ("invalid_runs", pred.invalid_runs), ("truncated", pred.truncated)):
+                counts[key] += value
+        seconds = time.perf_counter() - started
+        summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
+                   "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
+                   "options": vars(predictor.options)}
+        if coco_json:
+            (tmp / "predictions.json").write_text(json.dumps(annotations) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return (f"{summary['images']} images ({summary['patches']} patches, {summary['tokens']} tokens) in "
+            f"{summary['seconds']:.1f} s: {summary['images_per_s']:.2f} images/s, {summary['tokens_per_s']:.0f} "
+            f"tokens/s on {summary['device']}; invalid runs {summary['invalid_runs']}, truncated sequences "
+            f"{summary['truncated']}")

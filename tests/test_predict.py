@@ -1,0 +1,198 @@
+"""``rleseg predict`` and ``rleseg.load``: images, folders, frame folders, videos, COCO JSON, bad input."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rleseg
+from rleseg.cli import main
+from rleseg.models import ModelConfig, create_model, save_checkpoint
+from rleseg.tokens import Tokenizer
+from rleseg.tokens.formats import coco_rles_to_instance_map, coco_rles_to_label_map
+from rleseg.tokens.panoptic import PanopticTokenizer
+
+MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
+         "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are shared with other test processes
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_checkpoint(path, tokenizer, noise: float = 0.5):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(**MODEL), tokenizer)
+    with torch.no_grad():  # an untrained decoder predicts background everywhere: make the output vary
+        for p in model.decoder.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", Tokenizer((16, 16), 3))
+
+
+@pytest.fixture(scope="module")
+def panoptic_checkpoint(tmp_path_factory):
+    tokenizer = PanopticTokenizer((16, 16), 3, thing_classes=[1])
+    return make_checkpoint(tmp_path_factory.mktemp("pan") / "model.safetensors", tokenizer)
+
+
+def image_file(path, shape, seed=0):
+    array = (np.random.default_rng(seed).random((*shape, 3)) * 255).astype(np.uint8)
+    Image.fromarray(array).save(path)
+    return array
+
+
+def run(*argv):
+    return main([str(a) for a in argv] + ["--no-progress"])
+
+
+def test_png_larger_than_the_patch_matches_the_python_api(checkpoint, tmp_path, capsys):
+    array = image_file(tmp_path / "big.png", (100, 150))
+    out = tmp_path / "out"
+    assert run("predict", checkpoint, tmp_path / "big.png", "--out", out, "--stride", 48, "--coco-json") == 0
+    assert "images/s" in capsys.readouterr().out
+    labels = np.array(Image.open(out / "labels" / "big.png"))
+    assert Image.open(out / "labels" / "big.png").mode == "P" and labels.shape == (100, 150)
+    assert Image.open(out / "overlays" / "big.png").size == (150, 100)
+    predictor = rleseg.load(checkpoint, device="cpu", stride=48)
+    assert np.array_equal(predictor.predict(array), labels)
+    assert len(np.unique(labels)) > 1  # a constant map would make the comparisons weak
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["patches"] == 6 and summary["tokens"] > 0
+    assert summary["invalid_runs"] == 0 and summary["images_per_s"] > 0 and summary["tokens_per_s"] > 0
+    coco = json.loads((out / "predictions.json").read_text())
+    rles = {a["category_id"]: {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()} for a in coco}
+    assert np.array_equal(coco_rles_to_label_map(rles, (100, 150)), labels)
+    assert all(a["image_id"] == "big" and a["area"] == (labels == a["category_id"]).sum() for a in coco)
+
+
+def test_predict_many_batches_across_images(checkpoint, tmp_path):
+    images = [np.random.default_rng(s).random((h, w, 3)).astype(np.float32) for s, (h, w) in
+              enumerate([(64, 64), (30, 90), (130, 70)])]
+    batched = rleseg.load(checkpoint, device="cpu", batch_size=4).predict_many(images)
+    single = [rleseg.load(checkpoint, device="cpu", batch_size=1).predict(image) for image in images]
+    assert [b.shape for b in batched] == [(64, 64), (30, 90), (130, 70)]
+    assert all(np.array_equal(a, b) for a, b in zip(batched, single, strict=True))
+
+
+def test_folder_and_frame_folder(checkpoint, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "frames").mkdir()
+    image_file(tmp_path / "photos" / "a.png", (40, 50), 1)
+    image_file(tmp_path / "photos" / "b.jpg", (64, 80), 2)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, skipped in folders")
+    for i in range(3):
+        image_file(tmp_path / "frames" / f"{i:04d}.png", (48, 64), 10 + i)
+    out = tmp_path / "out"
+    assert run("predict", checkpoint, tmp_path / "photos", tmp_path / "frames", "--out", out, "--mode", "whole") == 0
+    labels = sorted(p.relative_to(out / "labels").as_posix() for p in (out / "labels").rglob("*.png"))
+    assert labels == ["frames/0000.png", "frames/0001.png", "frames/0002.png", "photos/a.png", "photos/b.png"]
+    assert np.array(Image.open(out / "labels" / "photos" / "b.png")).shape == (64, 80)
+    assert (out / "overlays" / "frames" / "0002.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["patches"] == 5  # whole mode: one per image
+
+
+def test_video(checkpoint, tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(4):
+            frame = np.full((64, 96, 3), 40 * i, np.uint8)
+            frame[10:40, 20 + 10 * i : 60 + 10 * i] = 220
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out"
+    assert run("predict", checkpoint, path, "--out", out) == 0
+    frames = sorted((out / "labels" / "clip").iterdir())
+    assert [f.name for f in frames] == [f"frame_{i:06d}.png" for i in range(4)]
+    assert all(np.array(Image.open(f)).shape == (64, 96) for f in frames)
+    assert json.loads((out / "summary.json").read_text())["images"] == 4
+
+
+def test_panoptic_instances(panoptic_checkpoint, tmp_path):
+    image_file(tmp_path / "scene.png", (90, 110), 5)
+    out = tmp_path / "out"
+    argv = ("predict", panoptic_checkpoint, tmp_path / "scene.png", "--out", out, "--temperature", 1, "--seed", 0)
+    assert run(*argv, "--coco-json") == 0
+    semantic = np.array(Image.open(out / "labels" / "scene.png"))
+    instances = np.array(Image.open(out / "instances" / "scene.png"))
+    assert semantic.shape == instances.shape == (90, 110) and instances.max() > 0
+    ids = np.unique(instances[instances > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))  # renumbered 1..n
+    assert (semantic[instances > 0] == 1).all()  # class and instance of a pixel come from the same patch
+    coco = json.loads((out / "predictions.json").read_text())
+    things = {i + 1: a for i, a in enumerate(a for a in coco if a["category_id"] == 1)}
+    rles = {k: {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()} for k, a in things.items()}
+    rebuilt = coco_rles_to_instance_map(rles, (90, 110))
+    assert len(things) == len(ids) and np.array_equal(rebuilt > 0, instances > 0)
+    predictor = rleseg.load(panoptic_checkpoint, device="cpu", temperature=1.0, seed=0)
+    sem, inst = predictor.predict(tmp_path / "scene.png")
+    assert np.array_equal(sem, semantic) and np.array_equal(inst, instances)
+
+
+def test_import_rleseg_stays_torch_free_and_load_is_lazy():
+    code = ("import sys, rleseg\nbefore = 'torch' in sys.modules\nfrom rleseg.api import load\n"
+            "print(before, rleseg.load is load)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+# ----------------------------------------------------------------------------- bad input
+def expect_user_error(capsys, argv, out, match):
+    assert run(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rleseg: error:") and match in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_bad_inputs(capsys, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    image_file(tmp_path / "ok.png", (64, 64))
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
+    (tmp_path / "empty").mkdir()
+    for bad, match in ((tmp_path / "notes.txt", "not an image"), (tmp_path / "missing.png", "no such file"),
+                       (tmp_path / "empty", "a folder without images"), (tmp_path / "broken.png", "cannot read"),
+                       (tmp_path / "broken.mp4", "cannot read the video")):
+        # ok.png first: the failure comes after output was written, and still nothing remains.
+        expect_user_error(capsys, ["predict", checkpoint, tmp_path / "ok.png", bad, "--out", out, "--batch-size", 1],
+                          out, match)
+
+
+def test_bad_checkpoint(capsys, tmp_path):
+    image_file(tmp_path / "ok.png", (64, 64))
+    corrupt = tmp_path / "model.safetensors"
+    corrupt.write_bytes(b"not a safetensors file at all")
+    out = tmp_path / "out"
+    expect_user_error(capsys, ["predict", corrupt, tmp_path / "ok.png", "--out", out], out, "corrupt")
+    expect_user_error(capsys, ["predict", tmp_path, tmp_path / "ok.png", "--out", out], out, "best.safetensors")
+
+
+def test_bad_device(capsys, checkpoint, tmp_path):
+    image_file(tmp_path / "ok.png", (64, 64))
+    out = tmp_path / "out"
+    expect_user_error(capsys, ["predict", checkpoint, tmp_path / "ok.png", "--out", out, "--device", "gpu"], out,
+                      "not a torch device")

@@ -1,0 +1,309 @@
+"""Contracts of rleseg.models.video: each fusion mode's shapes and what its memory depends on, one frame
+reduces every mode to the image encoder, cached == uncached generation, constrained samples decode
+strictly, a small middle-fusion model overfits clips exactly under volume / TAC / LTAC, checkpoints
+round-trip. Everything random-init, offline, CPU."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from rleseg.models import ModelConfig, create_model, load_checkpoint, save_checkpoint
+from rleseg.models.pix2seq import Encoder
+from rleseg.models.video import FUSIONS, VideoModelConfig, VideoPix2Seq, create_video_model, time_code
+from rleseg.tokens import PAD, Tokenizer
+from rleseg.tokens.video import VideoTokenizer
+
+
+def micro_config(**changes) -> ModelConfig:
+    """timm's 0.4 M-parameter test_resnet (stride 32): 64 x 64 frames give 2 x 2 = 4 cells per frame."""
+    fields = dict(
+        backbone="test_resnet", image_size=64, dim=32, heads=4, mlp_dim=64, encoder_layers=2, decoder_layers=2,
+        dropout=0.0, drop_path=0.0, max_seq_len=128,
+    )
+    return ModelConfig(**{**fields, **changes})
+
+
+def moving_squares(rng, count: int, frames: int, size: int, num_classes: int) -> list[np.ndarray]:
+    """(frames, size, size) clips of two rectangles of random classes, each moving one step per frame."""
+    clips = []
+    for _ in range(count):
+        clip = np.zeros((frames, size, size), np.uint8)
+        for _ in range(2):
+            r, c = rng.integers(0, size - 6, 2)
+            h, w = rng.integers(2, 6, 2)
+            dr, dc = rng.integers(-1, 2, 2)
+            label = rng.integers(1, num_classes)
+            for t in range(frames):
+                rr, cc = np.clip(r + t * dr, 0, size - h), np.clip(c + t * dc, 0, size - w)
+                clip[t, rr : rr + h, cc : cc + w] = label
+        clips.append(clip)
+    return clips
+
+
+def padded(tokenizer, clips: list[np.ndarray]) -> torch.Tensor:
+    seqs = [tokenizer.encode(c) for c in clips]
+    out = torch.full((len(seqs), max(map(len, seqs))), PAD, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = torch.from_numpy(seq)
+    return out
+
+
+def image_encoding(model, images: torch.Tensor) -> torch.Tensor:
+    """The image model's encoder computation (Encoder.forward) with the video model's weights, on
+    frames (B, 3, H, W)."""
+    return Encoder.forward(model.encoder, images)
+
+
+def loud(model):
+    """Larger random weights than the 0.02 init, so that every path's effect is well above float noise."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the CPU cores are shared with other test processes (see test_model.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> VideoTokenizer:
+    return VideoTokenizer(3, (16, 16), num_classes=3, temporal="tac", scheme="class")
+
+
+# ----------------------------------------------------------------------------- shapes and what memory sees
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_forward_shapes_loss_and_memory(fusion, tokenizer):
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(), tokenizer, fusion=fusion)
+    assert isinstance(model.config, VideoModelConfig) and model.config.fusion == fusion
+    assert model.config.tokenizer == tokenizer.to_dict() and model.config.tokenizer["frames"] == 3
+    clips = torch.rand(2, 3, 3, 64, 96)
+    memory = model.encoder(clips)
+    cells = 2 * 3
+    assert memory.shape == (2, cells * (3 if fusion == "late" else 1), 32)
+    targets = padded(tokenizer, moving_squares(np.random.default_rng(0), 2, 3, 16, 3))
+    logits = model(clips, targets)
+    assert logits.shape == (2, targets.shape[1], tokenizer.vocab.size) and logits.dtype == torch.float32
+    loss = model.loss(clips, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()  # every parameter takes part (DistributedDataParallel requires it)
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without gradient: {unused[:5]}"
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_one_frame_reduces_to_the_image_encoder(fusion):
+    """With N = 1 there is nothing to fuse: every mode's memory is the image Encoder's on that frame."""
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(), VideoTokenizer(1, (8, 8), 3, scheme="class"), fusion=fusion).eval()
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(model.encoder(images[:, None]), image_encoding(model, images), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reference", [0, 2])
+def test_middle_fusion_reads_the_reference_frame_and_attends_to_the_others(reference, tokenizer):
+    torch.manual_seed(0)
+    model = loud(create_video_model(micro_config(), tokenizer, fusion="middle", reference_frame=reference))
+    clips = torch.rand(2, 3, 3, 64, 64)
+    other = 1
+    changed = clips.clone()
+    changed[:, other] = 1.0  # a white frame
+    with torch.no_grad():
+        memory = model.encoder(clips)
+        assert (memory - model.encoder(changed)).abs().max() > 1e-2  # fused: another frame matters
+        # Without the cross-attention's output, layer L is the image layer: memory = image encoder(reference).
+        layer = model.encoder.layers[-1]
+        layer.cross_attn.proj.weight.zero_()
+        layer.cross_attn.proj.bias.zero_()
+        expected = image_encoding(model, clips[:, reference])
+        torch.testing.assert_close(model.encoder(clips), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_static_sees_only_its_frame_and_late_fusion_mixes_all(tokenizer):
+    torch.manual_seed(0)
+    clips = torch.rand(2, 3, 3, 64, 64)
+    changed = clips.clone()
+    changed[:, 2] = 1.0  # a white frame
+    static = loud(create_video_model(micro_config(), tokenizer, fusion="static"))
+    late = loud(create_video_model(micro_config(), tokenizer, fusion="late"))
+    with torch.no_grad():
+        torch.testing.assert_close(static.encoder(clips), static.encoder(changed))
+        torch.testing.assert_close(static.encoder(clips), image_encoding(static, clips[:, 0]))
+        static.encoder.reference = 2  # what reference_frame=2 builds
+        torch.testing.assert_close(static.encoder(clips), image_encoding(static, clips[:, 2]))
+        before, after = late.encoder(clips), late.encoder(changed)
+    assert (before[:, :4] - after[:, :4]).abs().max() > 1e-2  # frame 0's cells see frame 2
+
+
+def test_time_code_is_zero_at_offset_zero_and_distinct_elsewhere():
+    code = time_code(torch.arange(-3, 4), 64)
+    assert code.shape == (7, 64) and torch.equal(code[3], torch.zeros(64))
+    assert torch.cdist(code, code).add(torch.eye(7)).min() > 0.1
+
+
+def test_bad_inputs_are_refused(tokenizer):
+    model = create_video_model(micro_config(), tokenizer)
+    with pytest.raises(ValueError, match=r"\(B, N, 3, H, W\)"):
+        model.encoder(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="windows of 2 frames, but the model's tokenizer encodes 3"):
+        model.encoder(torch.rand(1, 2, 3, 64, 64))
+    with pytest.raises(ValueError, match="needs a VideoTokenizer"):
+        create_video_model(micro_config(), Tokenizer((16, 16), 3))
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        create_video_model(micro_config(), tokenizer, fusion="early")
+    with pytest.raises(ValueError, match=r"reference_frame must be in 0 \.\. 2"):
+        create_video_model(micro_config(), tokenizer, reference_frame=3)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        create_video_model(micro_config())
+    with pytest.raises(ValueError, match="unknown model preset"):
+        create_video_model("huge", tokenizer)
+
+
+def test_presets_and_config_tokenizer(tokenizer):
+    model = create_video_model("tiny", tokenizer, fusion="late")
+    assert model.config.dim == 128 and model.config.fusion == "late"
+    again = create_video_model(model.config)  # tokenizer rebuilt from the config
+    assert again.tokenizer.to_dict() == tokenizer.to_dict() and again.config == model.config
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_image_weights_load_into_video_models(fusion, tokenizer):
+    """The video encoders keep the image Encoder's parameter names; middle fusion adds only its
+    cross-attention. A static model with an image model's weights is that image model on frame 0."""
+    torch.manual_seed(0)
+    image = create_model(micro_config(), tokenizer)  # the plain image model, fed the video tokens
+    video = create_video_model(micro_config(), tokenizer, fusion=fusion)
+    result = video.load_state_dict(image.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all(".cross_attn." in k or ".ln_query." in k or ".ln_context." in k for k in result.missing_keys)
+    assert bool(result.missing_keys) == (fusion == "middle")
+    if fusion == "static":
+        clips, tokens = torch.rand(2, 3, 3, 64, 64), torch.randint(0, tokenizer.vocab.size, (2, 7))
+        image.eval(), video.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(video(clips, tokens), image(clips[:, 0], tokens))
+
+
+# ----------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_cached_and_uncached_generation_agree(fusion, tokenizer):
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(), tokenizer, fusion=fusion)
+    with torch.no_grad():  # a sharper random model, so sequences differ in length and content
+        model.decoder.output_bias.normal_(0.0, 2.0)
+    clips = torch.rand(3, 3, 3, 64, 64)
+    runs = [
+        model.generate(clips, max_len=40, use_cache=cache, generator=torch.Generator().manual_seed(1))
+        for cache in (True, False)
+    ]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=1e-4)
+    greedy = [model.generate(clips, max_len=40, temperature=0, use_cache=cache).tokens for cache in (True, False)]
+    assert torch.equal(greedy[0], greedy[1])
+
+
+@pytest.mark.parametrize(
+    "temporal,scheme,starts,order",
+    [
+        ("volume", "lac", "1d", "C"),
+        ("volume", "class", "2d", "F"),
+        ("tac", "class", "1d", "C"),
+        ("tac", "lac", "2d", "C"),
+    ],
+)
+def test_constrained_samples_decode_strictly(temporal, scheme, starts, order):
+    tokenizer = VideoTokenizer(2, (8, 12), 3, temporal=temporal, scheme=scheme, starts=starts, order=order)
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(max_seq_len=48), tokenizer, fusion="middle")
+    with torch.no_grad():
+        model.decoder.output_bias.normal_(0.0, 3.0)
+    out = model.generate(torch.rand(6, 2, 3, 64, 64), max_len=48, generator=torch.Generator().manual_seed(0))
+    assert out.tokens[0, 0] != tokenizer.bos
+    for seq, mask in zip(out.tokens.numpy(), out.masks, strict=True):
+        np.testing.assert_array_equal(tokenizer.decode(seq, errors="strict"), mask)
+        assert mask.shape == (2, 8, 12)
+    assert sum(int((m > 0).sum()) for m in out.masks) > 0  # the random model did write runs
+
+
+# ----------------------------------------------------------------------------- overfitting
+@pytest.mark.parametrize("temporal,scheme", [("volume", "lac"), ("tac", "class"), ("tac", "lac")])
+def test_middle_fusion_overfits_clips_exactly(temporal, scheme):
+    """4 fixed clips of 2 frames (moving rectangles, 16 x 16 masks); greedy decoding must reproduce each
+    volume exactly. TAC with scheme 'lac' is LTAC."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    tokenizer = VideoTokenizer(2, (16, 16), 3, temporal=temporal, scheme=scheme)
+    clips = moving_squares(rng, 4, 2, 16, 3)
+    targets = padded(tokenizer, clips)
+    images = torch.rand(4, 2, 3, 64, 64)
+    model = create_video_model(
+        micro_config(dim=64, mlp_dim=128, encoder_layers=1, max_seq_len=targets.shape[1] + 8), tokenizer
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    exact = [False] * 4
+    for step in range(1, 401):
+        loss = model.loss(images, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0:
+            out = model.generate(images, temperature=0)
+            exact = [bool((a == b).all()) for a, b in zip(out.masks, clips, strict=True)]
+            if all(exact):
+                break
+    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) clips reproduced: {exact}"
+    assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
+
+
+# ----------------------------------------------------------------------------- the training protocol
+def test_video_batches_train_and_evaluate_through_the_engine_protocol():
+    """SyntheticVideoDataset batches (image (B, N, 3, P, P), tokens) go through engine.train_step and
+    generate; decoded volumes score with VideoMeter against the batch's subsampled masks."""
+    from rleseg.data import Collate, PatchConfig
+    from rleseg.data.video import SyntheticVideoDataset
+    from rleseg.engine import LossOf, TrainConfig, train_step
+    from rleseg.metrics import VideoMeter
+
+    tokenizer = VideoTokenizer(2, (16, 16), 3, temporal="tac", scheme="lac")
+    dataset = SyntheticVideoDataset(tokenizer, 2, length=2, config={"frames": 3}, patch=PatchConfig(64, 4))
+    batch = Collate(max_seq_len=128)([dataset[i] for i in range(len(dataset))])
+    assert batch["image"].shape == (4, 2, 3, 64, 64)
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(), tokenizer, fusion="middle")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss, norm = train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"))
+    assert np.isfinite(loss) and norm > 0
+    out = model.generate(batch["image"], max_len=64, temperature=0)
+    meter = VideoMeter(3, boundary_tolerance=None)
+    meter.update(np.stack(out.masks), batch["mask_small"].numpy())
+    assert meter.compute()["num_videos"] == 4
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_checkpoint_round_trip(fusion, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = create_video_model(micro_config(), tokenizer, fusion=fusion, reference_frame=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    save_checkpoint(model, tmp_path / "video.safetensors", extra={"step": 3})
+    loaded = load_checkpoint(tmp_path / "video.safetensors")
+    assert isinstance(loaded, VideoPix2Seq) and loaded.config == model.config
+    assert loaded.tokenizer.to_dict() == tokenizer.to_dict()
+    model.eval()
+    clips, targets = torch.rand(2, 3, 3, 64, 64), torch.randint(0, tokenizer.vocab.size, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(clips, targets), model(clips, targets))
