@@ -1,10 +1,11 @@
 """The configs shipped in rleseg/configs: each loads, builds its tokenizer and datasets, and batches
-within its max_seq_len; the panoptic stardist config trains and reports PQ."""
+within its max_seq_len; the panoptic configs train and report PQ."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from rleseg.config import ConfigError
 from rleseg.data import Collate
 from rleseg.experiment import BUNDLED_CONFIGS, build_datasets, build_model_config, build_tokenizer, load_config
 from rleseg.train import train
@@ -32,6 +33,7 @@ def _ipsc_like_folder(root):
 
 
 def _overrides(name, tmp_path):
+    """What a config that reads files needs to run here (a config of files added later needs a line)."""
     if name != "paper-ipsc":
         return []
     _ipsc_like_folder(tmp_path / "ipsc")
@@ -53,7 +55,7 @@ def test_config_builds_and_batches_within_max_seq_len(name, tmp_path):
     assert batch["num_truncated"] == 0
     assert int(batch["lengths"].max()) <= max_seq_len
     side = config.data.patch.patch_size
-    assert batch["image"].shape == (len(spread), 3, side, side)
+    assert len(batch["image"]) == len(spread) and batch["image"].shape[-3:] == (3, side, side)  # [N,] 3, P, P
     # max_seq_len covers the p99 of the training sequences (what each config's comment says it measured).
     spread = np.linspace(0, len(train_set) - 1, min(200, len(train_set))).round().astype(int)
     lengths = [len(train_set[int(i)]["tokens"]) for i in spread]
@@ -69,20 +71,33 @@ def test_config_builds_and_batches_within_max_seq_len(name, tmp_path):
     assert len(sample["tokens"]) <= max_seq_len
 
 
-def test_stardist_panoptic_trains_and_reports_pq(tmp_path):
-    # A model as small as tests/test_train.py's TINY, on 64-pixel stardist patches.
+@pytest.mark.parametrize(("name", "extra", "stuff"), [
+    pytest.param("stardist-panoptic", ["data.patch.stride_range=[32, 64]"], [], id="stardist-panoptic"),
+    pytest.param("synthetic-panoptic", ["data.train_options={length: 8}", "data.val_options={length: 4}"], [2],
+                 id="synthetic-panoptic"),
+])
+def test_panoptic_config_trains_and_reports_pq(name, extra, stuff, tmp_path):
+    # A model as small as tests/test_train.py's TINY, on 64-pixel patches, for two steps.
     tiny = [
         "model.dim=64", "model.heads=2", "model.mlp_dim=128", "model.encoder_layers=1", "model.decoder_layers=1",
-        "data.patch.patch_size=64", "data.patch.factor=4", "data.patch.stride_range=[32, 64]",
-        "train.steps=2", "train.minutes=null", "train.batch_size=4", "train.warmup_steps=1",
-        "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=1",
-        f"output.dir={tmp_path / 'run'}",
+        "data.patch.patch_size=64", "data.patch.factor=4", "train.steps=2", "train.minutes=null",
+        "train.batch_size=4", "train.warmup_steps=1", "eval.max_samples=4", "eval.batch_size=4",
+        "output.tensorboard=false", "output.pictures=1", f"output.dir={tmp_path / 'run'}", *extra,
     ]
-    result = train(load_config("stardist-panoptic", tiny))
+    result = train(load_config(name, tiny))
     assert result.step == 2 and not result.interrupted
     panoptic = result.metrics["panoptic"]
     assert panoptic["num_images"] == 4
-    assert panoptic["config"]["thing_classes"] == [1]
-    for group in ("all", "things"):
-        assert 0.0 <= panoptic[group]["pq"] <= 1.0
+    assert (panoptic["config"]["thing_classes"], panoptic["config"]["stuff_classes"]) == ([1], stuff)
+    for group in ("all", "things", *(["stuff"] if stuff else [])):
+        assert 0.0 <= panoptic[group]["pq"] <= 1.0, group
     assert (result.run_dir / "metrics.json").is_file()
+
+
+def test_bad_split_options_name_the_option():
+    config = load_config("stardist-tiny", ["data.options={val_fraction: 0.25, nope: 1}"])
+    with pytest.raises(ConfigError, match="nope"):
+        build_datasets(config, build_tokenizer(config))
+    config = load_config("stardist-tiny", ["data.options={val_side: middle}"])
+    with pytest.raises(ValueError, match="val_side must be one of left, right, top, bottom"):
+        build_datasets(config, build_tokenizer(config))

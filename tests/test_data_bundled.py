@@ -155,6 +155,10 @@ def test_stardist_datasets_of_the_splits_see_only_their_region():
     train = build_dataset("stardist", tokenizer, split="train", patch=patch, val_fraction=0.25)
     val = build_dataset("stardist", tokenizer, split="val", patch=patch, val_fraction=0.25)
     assert (len(train), len(val)) == (8 * 6, 8 * 2)  # 512 rows; 384 and 128 columns of 64-pixel patches
+    again = build_dataset("stardist", tokenizer, split="train", patch=patch, val_fraction=0.25)
+    for item in (0, len(train) - 1):  # the same split and seed give the same samples
+        np.testing.assert_array_equal(again[item]["tokens"].numpy(), train[item]["tokens"].numpy())
+        np.testing.assert_array_equal(again[item]["image"].numpy(), train[item]["image"].numpy())
     full = stardist_nuclei().semantic[0]
     sample = val[len(val) - 1]  # bottom-right window of the validation strip = bottom-right of the image
     np.testing.assert_array_equal(sample["mask"].numpy(), full[448:, 448:])

@@ -11,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from rleseg.tokens import formats as fmt
 from rleseg.tokens import mask_to_runs
+from rleseg.tokens.formats import coco as coco_rle
 
 coco = pytest.importorskip("pycocotools.mask")
 
@@ -62,11 +63,11 @@ def reference_counts(mask: np.ndarray) -> list[int]:
 
 def compress(counts: list[int]) -> list[bytes]:
     """Our string codec on one mask's counts."""
-    return fmt._compress_counts(np.array(counts, dtype=np.int64), np.array([0, len(counts)]))
+    return coco_rle._compress_counts(np.array(counts, dtype=np.int64), np.array([0, len(counts)]))
 
 
 def decompress(text: bytes) -> list[int]:
-    counts, bounds = fmt._decompress_counts([text], ["test"])
+    counts, bounds = coco_rle._decompress_counts([text], ["test"])
     assert bounds.tolist() == [0, len(counts)]
     return counts.tolist()
 

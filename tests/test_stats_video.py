@@ -172,3 +172,68 @@ def test_panoptic_folder_and_errors(tmp_path):
     assert stats.num_images == 3
     with pytest.raises(MaskError, match="2-D integer instance map"):
         panoptic_stats([("bad", np.zeros((2, 3, 4), np.uint8))])
+
+
+# ------------------------------------------------------------------------------------------ command line
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    from rleseg.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_video_json_equals_library_and_table(capsys, tmp_path):
+    video = moving_video(8, 5, shape=(80, 80))
+    tifffile.imwrite(tmp_path / "v.tif", video)
+    code, out, _ = _run(capsys, "stats", tmp_path / "v.tif", "--video", 4, "--subsample", "1,2", "--json",
+                        "--out", tmp_path / "v.json")
+    assert code == 0
+    data = json.loads(out)
+    expected = path_video_stats(tmp_path / "v.tif", 4, StatsOptions(factors=(1, 2))).to_dict()
+    assert data == json.loads(json.dumps({"source": str(tmp_path / "v.tif"), **expected}))
+    assert json.loads((tmp_path / "v.json").read_text()) == data
+    code, out, _ = _run(capsys, "stats", tmp_path / "v.tif", "--video", 8, "--subsample", 1, "--starts", "1d",
+                        "--max-seq-len", 50)
+    assert code == 0
+    assert "windows of 1, 2, 4 frames" in out and "tokens/window" in out and "cut@50" in out
+    assert "Note: windows of 8 frames skipped" in out
+
+
+def test_cli_video_flags_infeasible_ltac(capsys, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(moving_video(9, 8, shape=(80, 80))):
+        Image.fromarray(frame).save(frames / f"{t}.png")
+    code, out, _ = _run(capsys, "stats", frames, "--video", 8, "--subsample", 1, "--starts", "1d")
+    assert code == 0
+    ltac8 = [line for line in out.splitlines() if line.startswith("| LTAC") and "| 8 " in line]
+    assert len(ltac8) == 1 and "infeasible (531205)" in ltac8[0]
+
+
+def test_cli_panoptic_json_equals_library_and_table(capsys, tmp_path):
+    for name, mask in instance_masks(3, 3):
+        Image.fromarray(mask.astype(np.uint16)).save(tmp_path / f"{name}.png")
+    code, out, _ = _run(capsys, "stats", tmp_path, "--panoptic", "--subsample", "1,2", "--json")
+    assert code == 0
+    expected = folder_panoptic_stats(tmp_path, StatsOptions(factors=(1, 2))).to_dict()
+    assert json.loads(out) == json.loads(json.dumps({"source": str(tmp_path), **expected}))
+    code, out, _ = _run(capsys, "stats", tmp_path, "--panoptic", "--subsample", "1,2")
+    assert code == 0 and "| PQ" in out and "instances per mask" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--video", "2", "--panoptic"], "not allowed with argument"),
+        (["--video", "0"], "--video: expected a positive integer"),
+    ],
+)
+def test_cli_user_errors(capsys, tmp_path, argv, message):
+    code, out, err = _run(capsys, "stats", tmp_path, *argv)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_cli_missing_video_is_a_user_error(capsys, tmp_path):
+    code, _, err = _run(capsys, "stats", tmp_path / "missing.tif", "--video", 2)
+    assert code == 2 and "no such file or directory" in err

@@ -25,6 +25,8 @@ import numpy as np
 
 from . import __version__
 from .stats import DatasetStats, MaskError, StatsOptions, folder_stats, read_label_mask
+from .stats.panoptic import PanopticStats, folder_panoptic_stats
+from .stats.video import VideoStats, path_video_stats
 from .tokens import Tokenizer, downsample_mask
 from .tokens.tokenizer import SCHEMES, START_MODES
 
@@ -178,7 +180,8 @@ def _add_stats(subparsers) -> None:
         "max; EOS included), vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode "
         "-> upsample against the full-resolution masks.",
     )
-    parser.add_argument("folder", type=Path, metavar="MASK_DIR", help="folder of label PNGs / TIFFs")
+    parser.add_argument("folder", type=Path, metavar="MASK_DIR",
+                        help="folder of label PNGs / TIFFs (with --video: also a multi-page TIFF)")
     _add_tokenizer_options(parser, many=True)
     parser.add_argument("--subsample", type=_list_of(_positive_int), default=(1, 2, 4, 8), metavar="N,N,...",
                         help="comma-separated subsampling factors (default: 1,2,4,8)")
@@ -194,6 +197,13 @@ def _add_stats(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--video", type=_positive_int, default=None, metavar="N",
+                      help="MASK_DIR is one video (its frames, in name order), a multi-page TIFF or a folder of "
+                      "them: tokens per window of 1, 2, 4 .. N frames under volume, TAC and LTAC")
+    mode.add_argument("--panoptic", action="store_true",
+                      help="the masks are instance maps (0 background, each id one instance): panoptic tokens, "
+                      "fidelity and PQ")
     parser.set_defaults(run=_run_stats)
 
 
@@ -206,6 +216,8 @@ def _stats_options(args: argparse.Namespace) -> StatsOptions:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
+    if args.video is not None or args.panoptic:
+        return _run_stats_mode(args)
     result = folder_stats(args.folder, _stats_options(args), args.pattern, args.recursive,
                           progress=not args.no_progress)
     if not result.rows:
@@ -312,6 +324,95 @@ def format_stats(result: DatasetStats, source: str) -> str:
               _table(header, rows[:_MAX_CLASS_ROWS])]
     if len(rows) > _MAX_CLASS_ROWS:
         lines.append(f"... and {len(rows) - _MAX_CLASS_ROWS} more classes (all of them in --json)")
+    return "\n".join(lines)
+
+
+def _run_stats_mode(args: argparse.Namespace) -> int:
+    """``stats --video N`` / ``stats --panoptic``: the modes of rleseg.stats.video and rleseg.stats.panoptic."""
+    options = _stats_options(args)
+    if args.video is not None:
+        result = path_video_stats(args.folder, args.video, options, args.pattern, args.recursive,
+                                  progress=not args.no_progress)
+        text = format_video_stats(result, str(args.folder))
+    else:
+        result = folder_panoptic_stats(args.folder, options, args.pattern, args.recursive,
+                                       progress=not args.no_progress)
+        text = format_panoptic_stats(result, str(args.folder))
+    data = {"source": str(args.folder), **result.to_dict()}
+    if args.out is not None:
+        _write_json(args.out, data)
+    print(json.dumps(data, indent=1) if args.json else text)
+    if args.out is not None and not args.json:
+        print(f"JSON written to {args.out}")
+    return 0
+
+
+def format_video_stats(result: VideoStats, source: str) -> str:
+    """The on-screen report of ``stats --video``: one row per encoding x window size x starts x factor."""
+    opts = result.options
+    lines = [
+        f"{source}: {result.num_videos} video(s), {result.num_frames} frames, {result.num_classes} classes"
+        + (" (largest label + 1)" if result.num_classes_inferred else "")
+        + f"; windows of {', '.join(map(str, result.frames))} frames (stride N); order {opts.order}, downsample "
+        f"{opts.downsample_method}, max_run {opts.max_run or 'one row'}, max_vocab {result.max_vocab:,}",
+        "",
+    ]
+    header = ["encoding", "N", "starts", "factor", "frame", "vocab", "windows", "tokens/window", "p99",
+              "tokens/frame", "growth", "mIoU", "mBF"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        vocab = str(row.vocab_size) if row.feasible else f"infeasible ({row.vocab_size})"
+        cells = [row.encoding, str(row.frames), row.starts, str(row.factor), "x".join(map(str, row.mask_size)),
+                 vocab, str(row.windows), f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}",
+                 "-" if row.growth is None else f"{row.growth:.3f}", _score(row.fidelity.miou),
+                 _score(row.fidelity.mbf)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines += [
+        _table(header, rows),
+        "",
+        "Tokens per window include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. growth = tokens of "
+        "the windows / tokens of the same frames encoded one by one (below 1: the window compresses). volume = "
+        "frame-major volume with LAC, TAC = time-as-class with separate class tokens, LTAC = TAC with LAC. "
+        "mIoU / mBF: per window, frames pooled, at full resolution after nearest upsampling.",
+    ]
+    lines.extend(f"Note: {note}" for note in result.notes)
+    return "\n".join(lines)
+
+
+def format_panoptic_stats(result: PanopticStats, source: str) -> str:
+    """The on-screen report of ``stats --panoptic``: one row per starts x factor."""
+    opts = result.options
+    lines = [
+        f"{source}: {result.num_images} instance masks, {result.instances:.1f} instances per mask; order "
+        f"{opts.order}, downsample {opts.downsample_method}, max_run {opts.max_run or 'one row'}, boundary "
+        f"tolerance {opts.tolerance}px",
+        "",
+    ]
+    header = ["starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "instances", "mIoU", "mBF",
+              "PQ", "SQ", "RQ"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        cells = [row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
+                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max), f"{row.instances:.1f}",
+                 _score(row.fidelity.miou), _score(row.fidelity.mbf), _score(row.quality.pq),
+                 _score(row.quality.sq), _score(row.quality.rq)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines += [
+        _table(header, rows),
+        "",
+        "Tokens per mask include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. instances: per mask "
+        "after subsampling and decoding. mIoU / mBF: foreground vs background; PQ / SQ / RQ: the instances "
+        "(COCO panopticapi rules, background void), at full resolution after nearest upsampling.",
+    ]
+    lines.extend(f"Note: {note}" for note in result.notes)
     return "\n".join(lines)
 
 

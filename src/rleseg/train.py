@@ -27,7 +27,7 @@ from .experiment import ExperimentConfig, build_datasets, build_meters, build_mo
 from .sampling import ResumableSampler
 from .visualize import comparison_panel
 
-CALIBRATION_STEPS = 5  # steps timed before a wall-clock budget sets the schedule's length
+CALIBRATION_STEPS = 10  # steps timed before a wall-clock budget first sets the schedule's length
 
 
 @dataclass
@@ -156,7 +156,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     stream = batches()
     target_key = getattr(model, "target_key", "tokens")  # dense models learn from masks
     started, seen, interrupted, losses = time.perf_counter() - state["elapsed"], 0, False, []
-    call_started = time.perf_counter()
+    call_started, call_start_step = time.perf_counter(), state["step"]
     with StopFlag() as stop:
         while state["step"] < state["total_steps"]:
             lr = learning_rate(state["step"], state["total_steps"], tc)
@@ -167,7 +167,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             losses.append(loss)
             seen += tc.batch_size * tc.accumulate * env.world
             state["elapsed"] = time.perf_counter() - started
-            _fit_budget(state, tc, seen)
+            _fit_budget(state, tc, call_start_step, call_started)
             if env.main:
                 truncated = sum(b["num_truncated"] for b in micro)
                 progress.update(1)
@@ -203,14 +203,22 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     return TrainResult(run_dir, state["step"], metrics, interrupted, model, losses)
 
 
-def _fit_budget(state: dict, tc, seen: int) -> None:
-    """Once the first steps are timed, shorten the schedule so that it ends within ``tc.minutes``."""
-    if tc.minutes is None or state["step"] != CALIBRATION_STEPS or state.get("budgeted"):
+def _fit_budget(state: dict, tc, call_start_step: int, call_started: float) -> None:
+    """Shorten the schedule so that it ends within ``tc.minutes``, from the step time measured so far.
+
+    Refitted at steps 10, 20, 40, ... of this call: the first steps (start-up, warm caches) are slow, and
+    the machine's speed may drift. A time-budgeted schedule is therefore not bit-reproducible.
+    """
+    if tc.minutes is not None and state["elapsed"] >= tc.minutes * 60:
+        state["total_steps"] = state["step"]  # out of time: end here, whatever the estimate said
         return
-    per_step = state["elapsed"] / CALIBRATION_STEPS
-    affordable = int(tc.minutes * 60 / per_step)
-    state["total_steps"] = max(state["step"], min(tc.steps, affordable))
-    state["budgeted"] = True
+    blocks, rest = divmod(state["step"] - call_start_step, CALIBRATION_STEPS)
+    if tc.minutes is None or blocks == 0 or rest or blocks & (blocks - 1):
+        return  # only after CALIBRATION_STEPS * 2**k steps of this call
+    done = blocks * CALIBRATION_STEPS
+    per_step = (time.perf_counter() - call_started) / done
+    remaining = tc.minutes * 60 - state["elapsed"]
+    state["total_steps"] = max(state["step"], min(tc.steps, state["step"] + int(remaining / per_step)))
 
 
 def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:

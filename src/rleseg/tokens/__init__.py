@@ -32,9 +32,10 @@ runs longer than L = max_run (default one row) are split. Example::
 
 from .grammar import Grammar, ImageGrammar
 from .panoptic import PanopticGroup, PanopticTokenizer
+from .panoptic_grammar import PanopticGrammar
 from .runs import Runs, downsample_mask, mask_to_runs, runs_to_mask, upsample_mask
 from .tokenizer import Tokenizer
-from .video import VideoTokenizer, tac_to_video, video_to_tac
+from .video import VideoTokenizer, tac_to_video, video_to_tac, video_vocab_size
 from .vocab import EOS, PAD, TASKS, TokenRange, Vocab
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TASKS",
     "Grammar",
     "ImageGrammar",
+    "PanopticGrammar",
     "PanopticGroup",
     "PanopticTokenizer",
     "Runs",
@@ -56,4 +58,5 @@ __all__ = [
     "tac_to_video",
     "upsample_mask",
     "video_to_tac",
+    "video_vocab_size",
 ]
