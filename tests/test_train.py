@@ -157,3 +157,15 @@ def test_panoptic_run_reports_panoptic_quality(tmp_path):
     assert set(metrics["panoptic"]["all"]) == {"pq", "sq", "rq", "n"}
     assert 0.0 <= metrics["panoptic"]["all"]["pq"] <= 1.0
     assert "pooled" in metrics  # the semantic scores of the painted instances come too
+
+
+def test_demo_fast_mode_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    overrides = [arg for item in [*TINY, "train.steps=3", "eval.max_samples=4"] for arg in ("--set", item)]
+    assert main(["demo", "--minutes", "2", "--out", str(out), *overrides]) == 0
+    for name in ("report.md", "best.safetensors", "metrics.json", "config.yaml", "tokens.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "pictures").glob("step_*.png"))
+    report = (out / "report.md").read_text()
+    assert "all-background prediction" in report and "![tokens](tokens.png)" in report
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out

@@ -24,13 +24,15 @@ CONFIG = Path(__file__).with_name("configs") / "synthetic-tiny.yaml"
 FOREGROUND_DICE = "pooled.mean_without_background.dice"
 
 
-def run_demo(minutes: float, out: Path, overrides: list[str] = ()) -> Path:
-    """Train and evaluate the demo model; returns the path of the markdown report."""
+def run_demo(minutes: float, out: Path, overrides: list[str] = ()) -> Path | None:
+    """Train and evaluate the demo model; returns the path of the markdown report (None if interrupted)."""
     config = load_config(CONFIG, [f"output.dir={out}", f"train.minutes={minutes}", *overrides])
     print(f"rleseg demo: training the '{config.model.get('preset')}' token model on generated shapes for at most "
           f"{minutes:g} min ({config.data.num_classes} classes, {config.data.patch.patch_size}px patches, "
           f"{config.data.patch.mask_size[0]}x{config.data.patch.mask_size[1]} masks, {config.tokenizer.scheme} tokens)")
     result = train(config)
+    if result.interrupted:
+        return None
     tokenizer = build_tokenizer(config)
     _, val = build_datasets(config, tokenizer)
     count = min(len(val), config.eval.max_samples or len(val))

@@ -1,0 +1,158 @@
+"""The on-screen tables of ``rleseg stats``: one per configuration, then per-class fidelity."""
+
+from __future__ import annotations
+
+from .core import DatasetStats
+from .panoptic import PanopticStats
+from .video import VideoStats
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table with columns padded to equal width (numbers right-aligned)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if _is_number(c) else c.ljust(w)
+                                 for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+    except ValueError:
+        return False
+    return True
+
+
+def format_score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# Instance-id masks read as label maps can have thousands of "classes"; the screen shows the first ones.
+_MAX_CLASS_ROWS = 50
+
+
+def format_stats(result: DatasetStats, source: str) -> str:
+    """The on-screen report: a table per configuration, then per-class subsampling fidelity."""
+    opts = result.options
+    common = sorted(result.mask_sizes.items(), key=lambda item: -item[1])
+    sizes = ", ".join(f"{size} ({count})" for size, count in common[:4])
+    if len(common) > 4:
+        sizes += f" and {len(common) - 4} more sizes"
+    lines = [
+        f"{source}: {result.num_images} masks, {result.num_classes} classes"
+        + (" (largest label + 1)" if result.num_classes_inferred else "")
+        + f", sizes {sizes}; order {opts.order}, downsample {opts.downsample_method}, "
+        f"max_run {opts.max_run or 'one row'}, boundary tolerance {opts.tolerance}px",
+        "",
+    ]
+    header = ["scheme", "starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "mIoU", "mBF"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        cells = [row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
+                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
+                 format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines.append(_table(header, rows))
+    lines.append("")
+    first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
+    lines.append(
+        "Tokens per mask include EOS, not BOS. Choose max_seq_len >= p99 of the chosen row (fits >= 99% of the "
+        f"masks), e.g. {first[0].scheme}/{first[0].starts}: max_seq_len >= p99 = "
+        + ", ".join(f"{r.p99} (factor {r.factor})" for r in first) + "."
+    )
+    lines.append("mIoU / mBF: mean over foreground classes of the per-class mean over the images where the class "
+                 "is in the ground truth or the reconstruction, scored at full resolution after nearest upsampling.")
+    lines.extend(f"Note: {note}" for note in result.notes)
+
+    factors = list(result.subsampling)
+    header = ["class", *(f"IoU@{f}" for f in factors), *(f"BF@{f}" for f in factors)]
+    rows = []
+    for c in range(result.num_classes):
+        scores = [result.subsampling[f] for f in factors]
+        if all(s.images[c] == 0 for s in scores):
+            continue
+        rows.append([str(c), *(format_score(s.iou[c]) for s in scores), *(format_score(s.bf[c]) for s in scores)])
+    lines += ["", "Per class, subsampling alone (encoding is lossless, so every scheme shares it"
+              + (" when nothing is cut):" if opts.max_seq_len is not None else "):"),
+              _table(header, rows[:_MAX_CLASS_ROWS])]
+    if len(rows) > _MAX_CLASS_ROWS:
+        lines.append(f"... and {len(rows) - _MAX_CLASS_ROWS} more classes (all of them in --json)")
+    return "\n".join(lines)
+
+
+
+def format_video_stats(result: VideoStats, source: str) -> str:
+    """The on-screen report of ``stats --video``: one row per encoding x window size x starts x factor."""
+    opts = result.options
+    lines = [
+        f"{source}: {result.num_videos} video(s), {result.num_frames} frames, {result.num_classes} classes"
+        + (" (largest label + 1)" if result.num_classes_inferred else "")
+        + f"; windows of {', '.join(map(str, result.frames))} frames (stride N); order {opts.order}, downsample "
+        f"{opts.downsample_method}, max_run {opts.max_run or 'one row'}, max_vocab {result.max_vocab:,}",
+        "",
+    ]
+    header = ["encoding", "N", "starts", "factor", "frame", "vocab", "windows", "tokens/window", "p99",
+              "tokens/frame", "growth", "mIoU", "mBF"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        vocab = str(row.vocab_size) if row.feasible else f"infeasible ({row.vocab_size})"
+        cells = [row.encoding, str(row.frames), row.starts, str(row.factor), "x".join(map(str, row.mask_size)),
+                 vocab, str(row.windows), f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}",
+                 "-" if row.growth is None else f"{row.growth:.3f}", format_score(row.fidelity.miou),
+                 format_score(row.fidelity.mbf)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines += [
+        _table(header, rows),
+        "",
+        "Tokens per window include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. growth = tokens of "
+        "the windows / tokens of the same frames encoded one by one (below 1: the window compresses). volume = "
+        "frame-major volume with LAC, TAC = time-as-class with separate class tokens, LTAC = TAC with LAC. "
+        "mIoU / mBF: per window, frames pooled, at full resolution after nearest upsampling.",
+    ]
+    lines.extend(f"Note: {note}" for note in result.notes)
+    return "\n".join(lines)
+
+
+def format_panoptic_stats(result: PanopticStats, source: str) -> str:
+    """The on-screen report of ``stats --panoptic``: one row per starts x factor."""
+    opts = result.options
+    lines = [
+        f"{source}: {result.num_images} instance masks, {result.instances:.1f} instances per mask; order "
+        f"{opts.order}, downsample {opts.downsample_method}, max_run {opts.max_run or 'one row'}, boundary "
+        f"tolerance {opts.tolerance}px",
+        "",
+    ]
+    header = ["starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "instances", "mIoU", "mBF",
+              "PQ", "SQ", "RQ"]
+    if opts.max_seq_len is not None:
+        header.append(f"cut@{opts.max_seq_len}")
+    rows = []
+    for row in result.rows:
+        cells = [row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
+                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max), f"{row.instances:.1f}",
+                 format_score(row.fidelity.miou), format_score(row.fidelity.mbf), format_score(row.quality.pq),
+                 format_score(row.quality.sq), format_score(row.quality.rq)]
+        if row.truncated is not None:
+            cells.append(f"{100 * row.truncated:.1f}%")
+        rows.append(cells)
+    lines += [
+        _table(header, rows),
+        "",
+        "Tokens per mask include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. instances: per mask "
+        "after subsampling and decoding. mIoU / mBF: foreground vs background; PQ / SQ / RQ: the instances "
+        "(COCO panopticapi rules, background void), at full resolution after nearest upsampling.",
+    ]
+    lines.extend(f"Note: {note}" for note in result.notes)
+    return "\n".join(lines)
