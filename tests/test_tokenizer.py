@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from helpers import sample_under_grammar
 from rleseg.tokens import (
     EOS,
     PAD,
@@ -293,19 +294,6 @@ def test_to_dict_round_trips_through_json(scheme, starts, order):
 
 
 # ------------------------------------------------------------------------------------------ grammar
-def _sample_under_grammar(tok, rng, batch, max_len):
-    grammar = tok.grammar(batch)
-    out = np.zeros((batch, max_len), np.int64)
-    for step in range(max_len):
-        allowed = grammar.allowed(max_len - step)
-        assert allowed.any(axis=1).all()
-        assert np.array_equal(allowed[:, PAD], grammar.done)
-        choice = np.array([rng.choice(np.flatnonzero(row)) for row in allowed])
-        grammar.advance(choice)
-        out[:, step] = choice
-        if grammar.done.all():
-            return out[:, : step + 1]
-    return out
 
 
 @pytest.mark.parametrize(("scheme", "starts", "order"), COMBOS)
@@ -314,7 +302,7 @@ def test_grammar_samples_always_decode_strictly(scheme, starts, order):
     for shape, max_run, max_len in [((5, 7), None, 40), ((4, 4), 3, 9), ((1, 9), 2, 25), ((3, 3), 9, 6)]:
         tok = make_tokenizer(scheme, starts, order, shape, 4, max_run)
         for _ in range(5):
-            for row in _sample_under_grammar(tok, rng, 6, max_len):
+            for row in sample_under_grammar(tok, rng, 6, max_len):
                 assert (row == EOS).sum() == 1
                 tok.decode(row, errors="strict")
 

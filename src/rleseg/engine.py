@@ -52,13 +52,18 @@ class EvalConfig:
     best_metric: str = "pooled.mean_without_background.dice"  # a dotted path into the metrics
 
 
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine or linear decay to ``lr * min_lr_ratio``."""
+def learning_rate(step: int, total_steps: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine or linear decay to ``lr * min_lr_ratio``.
+
+    With a wall-clock budget, ``time_fraction`` (the share of the budget used) moves the decay along when it
+    is ahead of the steps, so the schedule ends on time even if the machine slows down.
+    """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    progress = min(1.0, max(progress, time_fraction))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * decay)
 

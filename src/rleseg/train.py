@@ -132,7 +132,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     if env.world > 1:
         loss_of = torch.nn.parallel.DistributedDataParallel(loss_of)
     if tc.compile:
-        loss_of = torch.compile(loss_of)
+        loss_of = torch.compile(loss_of, dynamic=True)  # token lengths vary by batch: no recompiles
     collate = Collate(model.config.max_seq_len)
     sampler = ResumableSampler(len(train_set), tc.seed, env.rank, env.world)
     writer = _tensorboard(run_dir, config) if env.main else None
@@ -159,7 +159,8 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     call_started, call_start_step = time.perf_counter(), state["step"]
     with StopFlag() as stop:
         while state["step"] < state["total_steps"]:
-            lr = learning_rate(state["step"], state["total_steps"], tc)
+            budget_used = state["elapsed"] / (tc.minutes * 60) if tc.minutes else 0.0
+            lr = learning_rate(state["step"], state["total_steps"], tc, budget_used)
             set_learning_rate(optimizer, lr)
             micro = [next(stream) for _ in range(tc.accumulate)]
             loss, grad_norm = train_step(loss_of, micro, optimizer, tc, env.device, target_key)

@@ -86,15 +86,22 @@ class ImageGrammar:
             if not rows.any():
                 continue
             value = vocab[slot_name].value(tokens[rows])
-            if slot_name == "start":
-                self.start[rows] = value
-            elif slot_name == "coord":
-                first = rows & (self.slot == 0)
-                second = rows & (self.slot == 1)
-                self.major[first] = value[first[rows]]
-                self.start[second] = self.major[second] * tok.grid[1] + value[second[rows]]
+            if slot_name in ("start", "coord"):
+                record_start(self, slot_name, rows, value)
             elif slot_name == "length":
                 self.free[rows] = self.start[rows] + value
             elif slot_name == "lac":
                 self.free[rows] = self.start[rows] + (value - 1) % tok.max_run + 1
         self.slot = np.where(live, (self.slot + 1) % tok.tokens_per_run, self.slot)
+
+
+def record_start(state, slot_name: str, rows: np.ndarray, value: np.ndarray) -> None:
+    """Advance the start of the run being written: a 1-D start token, or the major then the minor
+    coordinate of a 2-D start. ``state`` has ``tok``, ``slot``, ``start`` and ``major``; ``rows`` is the
+    (B,) mask of the sequences whose token ``value`` (one per selected row) fills this slot."""
+    if slot_name == "start":
+        state.start[rows] = value
+        return
+    first, second = rows & (state.slot == 0), rows & (state.slot == 1)
+    state.major[first] = value[first[rows]]
+    state.start[second] = state.major[second] * state.tok.grid[1] + value[second[rows]]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .grammar import record_start
 from .vocab import EOS, PAD
 
 if TYPE_CHECKING:
@@ -94,12 +95,8 @@ class PanopticGrammar:
             if not rows.any():
                 continue
             value = vocab[slot_name].value(tokens[rows])
-            if slot_name == "start":
-                self.start[rows] = value
-            elif slot_name == "coord":
-                first, second = rows & (self.slot == 0), rows & (self.slot == 1)
-                self.major[first] = value[first[rows]]
-                self.start[second] = self.major[second] * tok.grid[1] + value[second[rows]]
+            if slot_name in ("start", "coord"):
+                record_start(self, slot_name, rows, value)
             else:  # length: the run is complete
                 end = self.start[rows] + value
                 self.claimed[rows] |= (self._pixels[None, :] >= self.start[rows, None]) & (

