@@ -26,7 +26,8 @@ def main(config_path: str, report_path: str) -> None:
         loader = DataLoader(Subset(val, range(count)), 2, collate_fn=Collate(result.model.config.max_seq_len))
         meters = evaluate(result.model, loader, build_meters(config, result.model.tokenizer), config.eval,
                           torch.device("cpu"))
-        report = {"world": dist.get_world_size(), "checksums": checksums, "ddp_metrics": result.metrics,
+        report = {"world": dist.get_world_size(), "checksums": checksums, "steps": result.step,
+                  "ddp_metrics": result.metrics,
                   "single_metrics": meters.compute()}
         with open(report_path, "w") as f:
             json.dump(report, f)

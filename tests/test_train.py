@@ -131,9 +131,11 @@ def test_config_errors_are_one_line(tmp_path, capsys, args, message):
 
 
 def test_two_process_ddp_stays_in_sync_and_pools_metrics_exactly(tmp_path):
-    """torchrun with 2 gloo ranks: identical weights on both ranks, and the DDP evaluation's pooled
-    metrics equal a single-process evaluation of the saved model."""
-    config = _write_config(tmp_path, "train.steps=3", "eval.max_samples=5", "data.val_options={length: 6}")
+    """torchrun with 2 gloo ranks: identical weights on both ranks after a time-budgeted run, and the DDP
+    evaluation's pooled metrics equal a single-process evaluation of the saved model."""
+    # A wall-clock budget too: the ranks must agree on when it runs out.
+    config = _write_config(tmp_path, "train.steps=500", "train.minutes=0.04", "eval.max_samples=5",
+                           "data.val_options={length: 6}")
     script = Path(__file__).with_name("ddp_worker.py")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
@@ -142,7 +144,7 @@ def test_two_process_ddp_stays_in_sync_and_pools_metrics_exactly(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "ddp.json").read_text())
-    assert report["world"] == 2
+    assert report["world"] == 2 and 1 <= report["steps"] < 500
     assert report["checksums"][0] == report["checksums"][1]
     ddp, single = report["ddp_metrics"], report["single_metrics"]
     assert ddp["num_images"] == single["num_images"] == 5  # the ranks evaluate 3 and 2 patches

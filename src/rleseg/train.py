@@ -86,13 +86,19 @@ class TrainResult:
     losses: list[float]  # training loss of each step of this call
 
 
-def _stop_everywhere(flag: bool, env: Distributed) -> bool:
-    """A stop seen by any rank stops all of them at the same step."""
+def _agree(state: dict, requested: bool, env: Distributed) -> bool:
+    """Make every rank take rank 0's clock and schedule length, and stop when any rank was asked to.
+
+    Ranks time their steps differently; without this a wall-clock budget would give them different
+    learning rates and step counts (diverging weights, then a hang in the next collective).
+    """
     if env.world == 1:
-        return flag
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value)
-    return bool(value.item())
+        return requested
+    own = [float(requested), float(state["total_steps"]), state["elapsed"]] if env.main else [float(requested), 0, 0]
+    shared = torch.tensor(own, dtype=torch.float64)
+    dist.all_reduce(shared)
+    state["total_steps"], state["elapsed"] = int(shared[1].item()), float(shared[2].item())
+    return bool(shared[0].item() > 0)
 
 
 def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
@@ -168,7 +174,9 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             losses.append(loss)
             seen += tc.batch_size * tc.accumulate * env.world
             state["elapsed"] = time.perf_counter() - started
-            _fit_budget(state, tc, call_start_step, call_started)
+            if env.main:
+                _fit_budget(state, tc, call_start_step, call_started)
+            requested = _agree(state, stop.signal is not None or state["step"] == stop_at_step, env)
             if env.main:
                 truncated = sum(b["num_truncated"] for b in micro)
                 progress.update(1)
@@ -180,8 +188,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                                         ("truncated", truncated), ("images_per_s", speed)):
                         writer.add_scalar(f"train/{name}", value, state["step"])
             finished = state["step"] >= state["total_steps"]
-            requested = stop.signal is not None or state["step"] == stop_at_step
-            if _stop_everywhere(requested, env) and not finished:
+            if requested and not finished:
                 interrupted = True
                 break
             every = config.eval.every

