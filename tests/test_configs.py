@@ -14,8 +14,8 @@ CONFIGS = sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
 
 
 def test_the_expected_configs_ship():
-    expected = {"paper-ipsc", "synthetic-tiny", "synthetic-panoptic", "stardist-tiny", "stardist-panoptic",
-                "trackastra-tiny", "mni152-tiny"}
+    expected = {"paper-ipsc", "paper-video", "synthetic-tiny", "synthetic-panoptic", "synthetic-video",
+                "stardist-tiny", "stardist-panoptic", "trackastra-tiny", "trackastra-video", "mni152-tiny"}
     assert expected <= set(CONFIGS)
 
 
@@ -32,13 +32,27 @@ def _ipsc_like_folder(root):
         Image.fromarray(mask).save(root / "masks" / f"cells_{i}.png")
 
 
+def _video_like_folder(root, frames=10):
+    """One sequence of 64x64 frames with 3-class masks of a moving square, in the video_folder layout."""
+    for sub in ("images", "masks"):
+        (root / sub / "seq0").mkdir(parents=True)
+    for t in range(frames):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10:30, 5 + 2 * t : 25 + 2 * t], mask[40:60, 30:50] = 1, 2
+        Image.fromarray((mask * 100).astype(np.uint8)).convert("RGB").save(root / "images" / "seq0" / f"f{t:03d}.png")
+        Image.fromarray(mask).save(root / "masks" / "seq0" / f"f{t:03d}.png")
+
+
 def _overrides(name, tmp_path):
-    """What a config that reads files needs to run here (a config of files added later needs a line)."""
-    if name != "paper-ipsc":
-        return []
-    _ipsc_like_folder(tmp_path / "ipsc")
-    # The paper's 640-pixel patches, shrunk so that the test is fast; everything else as shipped.
-    return [f"data.root={tmp_path / 'ipsc'}", "data.patch.patch_size=64"]
+    """What a config that reads files needs to run here (a config of files added later needs a line).
+    The paper's 640-pixel patches are shrunk so that the test is fast; everything else is as shipped."""
+    if name == "paper-ipsc":
+        _ipsc_like_folder(tmp_path / "ipsc")
+        return [f"data.root={tmp_path / 'ipsc'}", "data.patch.patch_size=64"]
+    if name == "paper-video":
+        _video_like_folder(tmp_path / "videos")
+        return [f"data.root={tmp_path / 'videos'}", "data.patch.patch_size=64", "data.patch.stride_range=null"]
+    return []
 
 
 @pytest.mark.parametrize("name", CONFIGS)

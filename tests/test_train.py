@@ -178,3 +178,16 @@ def test_a_wall_clock_budget_moves_the_decay_along():
     assert learning_rate(10, 100, config, time_fraction=0.5) == pytest.approx(0.5)  # time ahead of steps
     assert learning_rate(80, 100, config, time_fraction=0.5) == pytest.approx(0.2)  # steps ahead of time
     assert learning_rate(10, 100, config, time_fraction=1.0) == 0.0
+
+
+@pytest.mark.parametrize("fusion", ["middle", "late", "static"])
+def test_video_run_trains_each_fusion_and_reports_temporal_consistency(tmp_path, fusion):
+    config = tiny_config(
+        tmp_path, "train.steps=2", "tokenizer.task=video", "tokenizer.frames=2", "data.dataset=synthetic_video",
+        f"model.fusion={fusion}", "model.max_seq_len=256", "output.pictures=2",
+    )
+    result = train(config)
+    assert type(result.model).__name__ == "VideoPix2Seq" and result.model.config.fusion == fusion
+    assert result.metrics["num_images"] == 2 * 4  # frames are scored one by one: 4 windows of 2 frames
+    assert 0.0 <= result.metrics["temporal"]["pooled"]["pred_flip_rate"] <= 1.0
+    assert list((result.run_dir / "pictures").glob("step_*.png"))

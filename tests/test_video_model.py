@@ -176,6 +176,9 @@ def test_presets_and_config_tokenizer(tokenizer):
     assert model.config.dim == 128 and model.config.fusion == "late"
     again = create_video_model(model.config)  # tokenizer rebuilt from the config
     assert again.tokenizer.to_dict() == tokenizer.to_dict() and again.config == model.config
+    assert isinstance(create_model(model.config), VideoPix2Seq)  # create_model dispatches on the config class
+    with pytest.raises(ValueError, match="head must be 'token'"):
+        create_video_model(micro_config(head="dense"), tokenizer)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -251,7 +254,7 @@ def test_middle_fusion_overfits_clips_exactly(temporal, scheme):
     model = create_video_model(
         micro_config(dim=64, mlp_dim=128, encoder_layers=1, max_seq_len=targets.shape[1] + 8), tokenizer
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)  # 75-175 steps on 4 seeds
     exact = [False] * 4
     for step in range(1, 401):
         loss = model.loss(images, targets)

@@ -120,7 +120,9 @@ def build_meters(config: ExperimentConfig, tokenizer):
 
 
 def build_model_config(config: ExperimentConfig):
-    from .models import PRESETS, ModelConfig
+    """The ModelConfig of ``model.preset`` with the section's overrides; a VideoModelConfig (``fusion``,
+    ``reference_frame``) for video tokenizers."""
+    from .models import PRESETS, ModelConfig, VideoModelConfig
 
     section = dict(config.model)
     preset = section.pop("preset", "tiny")
@@ -128,7 +130,8 @@ def build_model_config(config: ExperimentConfig):
         raise ConfigError(f"model.preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     base = to_dict(PRESETS[preset])
     base.update(section)
-    model_config = from_dict(ModelConfig, base, "model")
+    kind = VideoModelConfig if config.tokenizer.task == "video" else ModelConfig
+    model_config = from_dict(kind, base, "model")
     return dataclasses.replace(model_config, image_size=config.data.patch.patch_size)
 
 

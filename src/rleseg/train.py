@@ -249,9 +249,15 @@ def _evaluate_and_keep_best(model, val_set, config: ExperimentConfig, env: Distr
 
     def keep_pictures(batch, generation, predictions):
         for i in range(len(predictions)):
-            if len(panels) < config.output.pictures:
-                panels.append(comparison_panel(batch["image"][i].numpy(), batch["mask"][i].numpy(),
-                                               predictions[i], config.class_names(), title=str(batch["name"][i])))
+            image, truth, name = batch["image"][i].numpy(), batch["mask"][i].numpy(), str(batch["name"][i])
+            if image.ndim == 3:  # a still image; a video window has a leading frame axis
+                image, truth, predicted = image[None], truth[None], predictions[i][None]
+            else:
+                predicted = predictions[i]
+            for t in range(len(image)):
+                if len(panels) < config.output.pictures:
+                    title = name if len(image) == 1 else f"{name} frame {t}"
+                    panels.append(comparison_panel(image[t], truth[t], predicted[t], config.class_names(), title))
 
     meters = evaluate(model, loader, build_meters(config, model.tokenizer), ec, env.device,
                       keep_pictures if env.main else None)

@@ -51,6 +51,7 @@ def build_dataset(
     if name == "synthetic_video":
         from .video import SyntheticVideoDataset
 
+        options.setdefault("frames", getattr(tokenizer, "frames", 1))
         return SyntheticVideoDataset(tokenizer, patch=patch, seed=seed, **options)
     if name == "folder":
         from .folder import FolderDataset
@@ -63,6 +64,7 @@ def build_dataset(
         from .video import VideoFolderDataset
 
         base = need_root()
+        options.setdefault("frames", getattr(tokenizer, "frames", 1))
         return VideoFolderDataset(
             base / split if (base / split).is_dir() else base, tokenizer, patch=patch, seed=seed, **options
         )

@@ -11,14 +11,19 @@ from .backbone import Backbone, load_backbone_weights, packaged_weights
 from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .generate import Generation
 from .pix2seq import PRESETS, ModelConfig, Pix2Seq, create_model, tokenizer_from_dict
+from .video import FUSIONS, VideoModelConfig, VideoPix2Seq, create_video_model
 
 __all__ = [
+    "FUSIONS",
     "PRESETS",
     "Backbone",
     "Generation",
     "ModelConfig",
     "Pix2Seq",
+    "VideoModelConfig",
+    "VideoPix2Seq",
     "create_model",
+    "create_video_model",
     "load_backbone_weights",
     "load_checkpoint",
     "packaged_weights",

@@ -248,7 +248,7 @@ class Pix2Seq(nn.Module):
         if config.dim % config.heads:
             raise ValueError(f"dim {config.dim} must be divisible by heads {config.heads}")
         self.config, self.tokenizer = config, tokenizer
-        self.encoder = Encoder(config)
+        self.encoder = self.build_encoder(config)
         self.decoder = Decoder(config, tokenizer)
         backbone = set(self.encoder.backbone.modules())  # keeps timm's own (or pretrained) init
         for module in self.modules():
@@ -256,6 +256,11 @@ class Pix2Seq(nn.Module):
                 nn.init.normal_(module.weight, std=config.init_std)
                 nn.init.zeros_(module.bias)
         self.register_buffer("token_loss_weight", self._token_loss_weight(), persistent=False)
+
+    def build_encoder(self, config: ModelConfig) -> Encoder:
+        """images -> memory (B, N, D). The video models (models/video.py) return an Encoder subclass that
+        reads windows of frames; ``self.config`` and ``self.tokenizer`` are set when this runs."""
+        return Encoder(config)
 
     def _token_loss_weight(self) -> torch.Tensor:
         c, vocab = self.config, self.tokenizer.vocab
@@ -369,7 +374,8 @@ def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
 
     The tokenizer's ``to_dict()`` is stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted
     when the config already holds one. ``config.head`` "token" gives a :class:`Pix2Seq`, "dense" the
-    dense baseline (``rleseg.models.dense.DenseModel``).
+    dense baseline (``rleseg.models.dense.DenseModel``); a ``VideoModelConfig`` gives a video model
+    (``rleseg.models.video.create_video_model``).
     """
     if isinstance(config, str):
         if config not in PRESETS:
@@ -379,6 +385,10 @@ def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
         raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
     if config.head not in ("token", "dense"):
         raise ValueError(f"unknown model head {config.head!r}; expected 'token' or 'dense'")
+    from .video import VideoModelConfig, create_video_model  # imported here: video.py imports this module
+
+    if isinstance(config, VideoModelConfig):
+        return create_video_model(config, tokenizer)
     if tokenizer is None:
         if config.tokenizer is None:
             raise ValueError("no tokenizer: pass one, or a ModelConfig whose tokenizer field is set")

@@ -179,14 +179,13 @@ class VideoPix2Seq(Pix2Seq):
             )
         if config.encoder_layers < 1 and config.fusion != "static":
             raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
+        if config.head != "token":
+            raise ValueError(f"video models write tokens: head must be 'token', got {config.head!r}")
         super().__init__(config, tokenizer)
-        # Pix2Seq built an image Encoder; the video encoder is that Encoder with a window-aware forward.
-        self.encoder = ENCODERS[config.fusion](config, tokenizer.frames, config.reference_frame)
-        backbone = set(self.encoder.backbone.modules())
-        for module in self.encoder.modules():  # as Pix2Seq initialises its Linear layers
-            if isinstance(module, nn.Linear) and module not in backbone:
-                nn.init.normal_(module.weight, std=config.init_std)
-                nn.init.zeros_(module.bias)
+
+    def build_encoder(self, config: VideoModelConfig) -> WindowEncoder:
+        """The image Encoder with a window-aware forward (Pix2Seq's hook, called from its __init__)."""
+        return ENCODERS[config.fusion](config, self.tokenizer.frames, config.reference_frame)
 
     def forward(self, images: torch.Tensor, input_tokens: torch.Tensor) -> torch.Tensor:
         """images (B, N, 3, H, W), input_tokens (B, T) int64 starting with the video BOS ->
