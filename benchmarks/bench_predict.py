@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="validation images per dataset")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="labels separated by ;")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} "
@@ -81,7 +81,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         images, config = validation_images(args.runs / f"{name}-token", args.images)
         patch = config.data.patch
-        chosen = {label: VARIANTS[label] for label in args.variants.split(",")}
+        chosen = {label: VARIANTS[label] for label in args.variants.split(";")}
         predictors = {label: predictor_for(args.runs / f"{name}-{run}", cache, constrained, patch.stride, patch.scale)
                       for label, (run, cache, constrained) in chosen.items()}
         best: dict[str, dict] = {}

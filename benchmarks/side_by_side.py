@@ -110,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):  # --datasets "": only the --extra runs
         jobs += [(name, "token", []), (name, "dense", ["model.head=dense"])]
     for extra in args.extra:
         name, label, overrides = extra.split(":", 2)

@@ -196,3 +196,12 @@ def test_bad_device(capsys, checkpoint, tmp_path):
     out = tmp_path / "out"
     expect_user_error(capsys, ["predict", checkpoint, tmp_path / "ok.png", "--out", out, "--device", "gpu"], out,
                       "not a torch device")
+
+
+def test_video_options_are_refused_for_an_image_model(capsys, checkpoint, tmp_path):
+    image_file(tmp_path / "ok.png", (64, 64))
+    out = tmp_path / "out"
+    expect_user_error(capsys, ["predict", checkpoint, tmp_path / "ok.png", "--out", out, "--window-stride", 2], out,
+                      "--window-stride is for video checkpoints")
+    with pytest.raises(ValueError, match="image model; predict_video needs a video checkpoint"):
+        rleseg.load(checkpoint).predict_video(np.zeros((3, 64, 64, 3), np.float32))

@@ -10,6 +10,14 @@ This is the one image-level inference path; ``rleseg predict`` and ``rleseg eval
 Mode ``"patches"`` is the paper's pipeline. Mode ``"whole"`` scales the image so that its longer side
 is the model input, pads it to a square (image 0) and predicts it as one patch.
 
+Video models (tokenizer task "video", windows of N frames) go through the same patching, generation
+and stitching, with a frame axis in front: ``predict_video(frames)`` cuts the sequence into windows of
+N frames every ``window_stride`` frames (the last window flush with the end), cuts every window into
+the same spatial patches (each patch is an (N, P, P) clip), stitches each frame of a window like an
+image, and merges the windows' overlapping frames by vote (``rleseg.data.patches.stitch_windows``).
+A sequence shorter than N frames is padded by repeating its last frame; the padded frames' outputs
+are dropped.
+
 Panoptic models give (semantic, instances): both maps are stitched by the same rule (each pixel from
 the patch in which it lies farthest from the border), so a pixel's class and instance come from one
 patch. Instance ids are made unique per patch and numbered 1..n per image; an object cut by patch
@@ -27,7 +35,16 @@ import numpy as np
 import torch
 
 from .data.files import as_rgb, read_image, to_unit_float
-from .data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, stitch_patches_of_image
+from .data.patches import (
+    PatchConfig,
+    crop,
+    resize,
+    scaled_shape,
+    sliding_windows,
+    stitch_patches_of_image,
+    stitch_windows,
+    window_starts,
+)
 from .tokens import EOS
 from .tokens.tokenizer import split_at_eos
 
@@ -59,7 +76,7 @@ class InferenceOptions:
 class ImagePrediction:
     """One image's prediction and what generation did for it."""
 
-    labels: np.ndarray  # (H, W) int64 class map at the image's size
+    labels: np.ndarray  # (H, W) int64 class map at the image's size; video models: (N, H, W) per window
     instances: np.ndarray | None  # (H, W) int64 instance ids 1..n (0 = none), panoptic models only
     boxes: np.ndarray  # (K, 4) patch boxes (y0, x0, y1, x1) in the resized image
     scale: float  # the resize factor applied before patching
@@ -71,6 +88,20 @@ class ImagePrediction:
     @property
     def num_tokens(self) -> int:
         return int(sum(len(t) for t in self.tokens))
+
+
+@dataclass
+class VideoPrediction:
+    """One sequence's prediction: per-frame labels and the generation counts of all its windows."""
+
+    labels: np.ndarray  # (T, H, W) int64
+    starts: np.ndarray  # (W,) first frame of each window (in the padded sequence if T < N)
+    padded: int  # frames added by repeating the last one (T < N), their outputs dropped
+    patches: int = 0  # spatial patches over all windows
+    tokens: int = 0
+    generated_runs: int = 0
+    invalid_runs: int = 0
+    truncated: int = 0
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -146,10 +177,11 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.tokenizer = model.tokenizer
         task = getattr(self.tokenizer, "task", None)
-        if task not in ("semantic", "panoptic"):
-            raise ValueError(f"this checkpoint's tokenizer is for {task!r}; predict and evaluate handle image and "
-                             "panoptic models")
+        if task not in ("semantic", "panoptic", "video"):
+            raise ValueError(f"this checkpoint's tokenizer is for {task!r}; predict and evaluate handle image, "
+                             "panoptic and video models")
         self.panoptic = task == "panoptic"
+        self.frames = int(self.tokenizer.frames) if task == "video" else None  # window length of video models
         self.num_classes = int(self.tokenizer.num_classes)
         self.patch_size = int(model.config.image_size)
         mask_h, mask_w = self.tokenizer.mask_size
@@ -167,9 +199,11 @@ class Predictor:
         return self.predict_many([image])[0]
 
     def predict_many(self, images: Iterable[ImageLike]) -> list:
+        self._refuse_video("predict(image)")
         return [p.labels if p.instances is None else (p.labels, p.instances) for p in self.run(images)]
 
     def run(self, images: Iterable[ImageLike]) -> Iterator[ImagePrediction]:
+        self._refuse_video("run(images)")
         for prediction, _ in self.run_with((image, None) for image in images):
             yield prediction
 
@@ -179,7 +213,8 @@ class Predictor:
         pending: list[_Job] = []
         queue: list[tuple[_Job, int]] = []
         for image, payload in items:
-            job = self._start(as_image(image), payload)
+            # Video models take windows: (N, H, W, 3) float arrays, made by run_video.
+            job = self._start(as_image(image) if self.frames is None else image, payload)
             pending.append(job)
             queue += [(job, k) for k in range(len(job.boxes))]
             while len(queue) >= self.options.batch_size:
@@ -193,6 +228,45 @@ class Predictor:
         for job in pending:
             yield self._finish(job)
 
+    def predict_video(self, frames: Iterable[ImageLike] | np.ndarray, window_stride: int | None = None) -> np.ndarray:
+        """Frames ((T, H, W, 3) array, or a list of images / paths) -> (T, H, W) int64 labels."""
+        return self.run_video(frames, window_stride).labels
+
+    def run_video(self, frames: Iterable[ImageLike] | np.ndarray, window_stride: int | None = None
+                  ) -> VideoPrediction:
+        """One sequence through windows of N frames every ``window_stride`` frames (default N), merged
+        per frame by vote; see the module doc."""
+        if self.frames is None:
+            raise ValueError("this checkpoint is an image model; predict_video needs a video checkpoint "
+                             "(tokenizer task 'video')")
+        video = np.asarray(frames) if isinstance(frames, np.ndarray) else list(frames)
+        if isinstance(video, np.ndarray) and video.ndim != 4:
+            raise ValueError(f"frames must be a (T, H, W, 3) array or a list of images, got shape {video.shape}")
+        if len(video) == 0:
+            raise ValueError("a video needs at least 1 frame, got 0")
+        video = np.stack([as_image(frame) for frame in video])
+        if video.ndim != 4:
+            raise ValueError(f"frames of one video must share one size, got {video.shape}")
+        stride = self.frames if window_stride is None else int(window_stride)
+        if stride < 1:
+            raise ValueError(f"window stride must be a positive number of frames, got {stride}")
+        count, padded = len(video), max(0, self.frames - len(video))
+        if padded:
+            video = np.concatenate([video, np.repeat(video[-1:], padded, axis=0)])
+        starts = window_starts(len(video), self.frames, stride)
+        windows = ((video[s : s + self.frames], None) for s in starts)
+        result = VideoPrediction(np.zeros(0, np.int64), starts, padded)
+        labels = []
+        for pred, _ in self.run_with(windows):
+            labels.append(pred.labels)
+            result.patches += len(pred.boxes)
+            result.tokens += pred.num_tokens
+            result.generated_runs += pred.generated_runs
+            result.invalid_runs += pred.invalid_runs
+            result.truncated += pred.truncated
+        result.labels = stitch_windows(np.stack(labels), starts, len(video), self.num_classes)[:count]
+        return result
+
     def patch_config(self, scale: float) -> PatchConfig:
         return PatchConfig(patch_size=self.patch_size, factor=self.factor, scale=scale)
 
@@ -203,18 +277,24 @@ class Predictor:
         return self.options.scale
 
     # ----------------------------------------------------------------------------- internals
+    def _refuse_video(self, call: str) -> None:
+        if self.frames is not None:
+            raise ValueError(f"this checkpoint is a video model (windows of {self.frames} frames); {call} takes "
+                             "single images: use predict_video(frames)")
+
     def _start(self, image: np.ndarray, payload: Any) -> _Job:
-        shape = image.shape[:2]
+        # Images (H, W, 3) or video windows (N, H, W, 3): the spatial axes are -3 and -2 in both.
+        shape = image.shape[-3:-1]
         scale = self.scale_for(shape)
         resized = resize(image, scaled_shape(shape, scale), -3, linear=True)
-        boxes = sliding_windows(resized.shape[:2], self.patch_size, self.options.stride)
+        boxes = sliding_windows(resized.shape[-3:-1], self.patch_size, self.options.stride)
         crops = [crop(resized, box, 0.0, -3) for box in boxes]
         return _Job(shape, scale, boxes, crops, [None] * len(boxes), payload)
 
     @torch.no_grad()
     def _generate(self, batch: list[tuple[_Job, int]]) -> None:
         o = self.options
-        images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).movedim(-1, -3)
         out = self.model.generate(images.to(self.device), max_len=o.max_len, temperature=o.temperature,
                                   top_p=o.top_p, constrained=o.constrained, generator=self.generator)
         for (job, k), row, mask in zip(batch, out.tokens.numpy(), out.masks, strict=True):
@@ -238,6 +318,10 @@ class Predictor:
             instances = np.unique(stitched, return_inverse=True)[1].reshape(job.shape)
             if not (stitched == 0).any():
                 instances += 1  # np.unique numbers from 0; 0 must stay "no instance"
+        elif self.frames is not None:  # (K, N, h, w): each frame of the window stitched like an image
+            stack = np.stack(masks)
+            labels = np.stack([stitch_patches_of_image(stack[:, f], job.boxes, config, job.shape, self.num_classes)
+                               for f in range(stack.shape[1])])
         else:
             labels = stitch_patches_of_image(np.stack(masks), job.boxes, config, job.shape, self.num_classes)
         counts = np.array([run_counts(self.tokenizer, t) for t in tokens]).reshape(-1, 2).sum(0)
@@ -275,6 +359,8 @@ def run_counts(tokenizer, tokens: np.ndarray) -> tuple[int, int]:
     out); the difference is what ``decode(errors="ignore")`` dropped as malformed.
     """
     body = split_at_eos(np.asarray(tokens, np.int64), strict=False)
+    if getattr(tokenizer, "task", None) == "video":
+        tokenizer = tokenizer.image  # a video sequence is its image tokenizer's sequence of the volume / TAC map
     if getattr(tokenizer, "task", None) == "panoptic":
         class_tokens = int(tokenizer.vocab["class"].contains(body).sum())
         kept = sum(len(group.runs) for group in tokenizer.decode_groups(tokens, errors="ignore"))

@@ -456,7 +456,11 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--tolerance", type=_non_negative_int, default=2, metavar="PX",
                         help="boundary F-score tolerance in pixels (default: 2)")
     parser.add_argument("--pictures", type=_non_negative_int, default=4, metavar="K",
-                        help="comparison pictures of the first K images (default: 4)")
+                        help="comparison pictures of the first K images (default: 4; video: frames of the first "
+                        "sequence)")
+    parser.add_argument("--window-stride", type=_positive_int, default=None, metavar="F",
+                        help="video models: a window of N frames every F frames, overlaps merged by vote "
+                        "(default: N, no overlap, as the paper evaluates)")
     _add_inference_options(parser)
     parser.set_defaults(run=_run_evaluate)
 
@@ -485,13 +489,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 class_names=args.class_names and list(args.class_names), num_classes=args.num_classes,
                 ignore_index=args.ignore_index, options=_inference_options(args), limit=args.limit,
                 pictures=args.pictures, tolerance=args.tolerance, device=args.device, overwrite=args.overwrite,
-                progress=not args.no_progress)
+                progress=not args.no_progress, window_stride=args.window_stride)
     semantic = results["semantic"]
     means = {agg: semantic[agg]["mean_without_background"] for agg in ("per_image", "pooled")}
     per_image, pooled = means["per_image"], means["pooled"]
     print(f"{results['num_images']} images, classes without background: mDice {format_score(per_image['dice'])}"
           f" / mIoU {format_score(per_image['iou'])} per image, {format_score(pooled['dice'])} /"
           f" {format_score(pooled['iou'])} pooled; report in {args.out}")
+    if "temporal" in results:
+        flips = results["temporal"]["pooled"]
+        print(f"{results['num_videos']} videos: flip rate {format_score(flips['pred_flip_rate'])} predicted, "
+              f"{format_score(flips['gt_flip_rate'])} in the ground truth")
     return 0
 
 
@@ -507,6 +515,9 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before patching (1)")
     parser.add_argument("--coco-json", action="store_true", help="also write predictions.json (COCO RLE)")
     parser.add_argument("--no-overlays", action="store_true", help="no overlay pictures")
+    parser.add_argument("--window-stride", type=_positive_int, default=None, metavar="F",
+                        help="video models: a window of N frames every F frames, overlaps merged per frame by vote "
+                        "(default: N)")
     _add_inference_options(parser)
     parser.set_defaults(run=_run_predict)
 
@@ -521,7 +532,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         predictor = load(args.checkpoint, args.device, scale=args.scale, **_inference_options(args))
         summary = predict_command(predictor, args.inputs, args.out, coco_json=args.coco_json,
                                   overlays=not args.no_overlays, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, window_stride=args.window_stride)
     print(summary_line(summary))
     return 0
 

@@ -11,6 +11,12 @@ error leaves nothing behind):
     pictures/       image | ground truth | prediction panels of the first images (model evaluation)
     tokens_<name>.png  the first patch of the first image as runs: ground-truth and generated tokens
 
+Video checkpoints (tokenizer task "video") are scored per whole sequence: every sequence of the data
+(the config's video dataset, or ``--images DIR --masks DIR`` laid out as ``VideoFolderDataset`` expects:
+one frame folder or TIFF stack per sequence) is predicted with ``Predictor.run_video`` (windows every
+``window_stride`` frames, default N as in the paper) and scored with ``VideoMeter``: metrics.json gains
+``num_videos`` and ``temporal`` (flip rates), and the table is ``per_frame.csv``.
+
 Scoring folders (``score_folders``) imports no torch: it reads PNG/TIFF label maps paired by file stem.
 Model evaluation (``evaluate_checkpoint``) predicts full images with :class:`rleseg.api.Predictor`
 (the paper's patch -> predict -> stitch pipeline, or whole images) and scores at full resolution.
@@ -159,10 +165,11 @@ def _progress(items, enabled: bool, desc: str, total: int | None = None):
 
 
 # ----------------------------------------------------------------------------- report files
-def write_report(folder: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def write_report(folder: Path, results: dict[str, Any], rows: list[dict[str, Any]], table: str = "per_image.csv"
+                 ) -> None:
     (folder / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     (folder / "metrics.md").write_text(markdown(results))
-    with (folder / "per_image.csv").open("w", newline="") as handle:
+    with (folder / table).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["name"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: "" if v is None else v for k, v in row.items()} for row in rows])
@@ -199,6 +206,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(["group", "PQ", "SQ", "RQ", "classes"],
                         [[g, pq[g]["pq"], pq[g]["sq"], pq[g]["rq"], pq[g]["n"]] for g in ("all", "things", "stuff")])
         lines += [""]
+    if "temporal" in results:
+        temporal = results["temporal"]
+        lines += [f"## Temporal consistency ({results['num_videos']} videos)", "",
+                  "Flip rate: share of pixels whose label changes between consecutive frames.", ""]
+        keys = ("pred_flip_rate", "gt_flip_rate", "ratio", "difference")
+        lines += [*_table(["aggregation", *keys], [[agg, *(temporal[agg][k] for k in keys)]
+                                                   for agg in ("per_video", "pooled")]), ""]
     if "generation" in results:
         gen = results["generation"]
         lines += ["## Generation", ""]
@@ -272,12 +286,14 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
                         masks: str | Path | None = None, mask_suffix: str = "", class_names: list[str] | None = None,
                         num_classes: int | None = None, ignore_index: int | None = None, options: dict | None = None,
                         limit: int | None = None, pictures: int = 4, tolerance: int | None = 2, device=None,
-                        overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                        overwrite: bool = False, progress: bool = True, window_stride: int | None = None
+                        ) -> dict[str, Any]:
     """Predict every image of a dataset with the model of ``checkpoint`` and write the report to ``out``.
 
     Data: ``images`` + ``masks`` folders (paired by stem), or the dataset of a run config (``config``,
     default the run folder's config.yaml) at ``split``. ``options``: :class:`rleseg.api.InferenceOptions`
-    fields.
+    fields. Video checkpoints: see the module doc (``limit`` counts sequences, ``pictures`` frames of
+    the first sequence, ``window_stride`` in frames).
     """
     from .api import InferenceOptions, Predictor, resolve_checkpoint, resolve_device
     from .models import load_checkpoint
@@ -289,6 +305,13 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
         raise ValueError(f"--num-classes {num_classes} does not match the checkpoint's {tokenizer.num_classes} "
                          f"classes ({path})")
     options = dict(options or {})
+    if getattr(tokenizer, "task", None) == "video":
+        return _evaluate_video(path, model, out, config=config, overrides=overrides, split=split, images=images,
+                               masks=masks, class_names=class_names, ignore_index=ignore_index, options=options,
+                               limit=limit, pictures=pictures, tolerance=tolerance, overwrite=overwrite,
+                               progress=progress, window_stride=window_stride)
+    if window_stride is not None:
+        raise ValueError("--window-stride is for video checkpoints; this one is an image model")
     dataset, names, ignore, source = _dataset(path, model, config, overrides, split, images, masks, mask_suffix,
                                               class_names, ignore_index, options)
     predictor = Predictor(model, InferenceOptions(**options))
@@ -363,8 +386,10 @@ def _dataset(path: Path, model, config, overrides, split, images, masks, mask_su
                          f"{tokenizer.num_classes} classes")
     train, val = build_datasets(experiment, tokenizer)
     dataset = val if split == "val" else train
-    if hasattr(dataset, "frames"):
-        raise ValueError(f"{config}: a video dataset; evaluate handles image datasets")
+    if hasattr(dataset, "frames") != (getattr(tokenizer, "task", None) == "video"):
+        kind = "a video" if hasattr(dataset, "frames") else "an image"
+        raise ValueError(f"{config}: {kind} dataset ({experiment.data.dataset}), but the checkpoint {path} is "
+                         f"{'not ' if kind == 'a video' else ''}a video model")
     options.setdefault("scale", experiment.data.patch.scale)
     if options.get("stride") is None:
         options["stride"] = experiment.data.patch.stride
@@ -399,3 +424,102 @@ def _first_tokens_picture(folder: Path, name: str, data: dict, pred, predictor, 
         pass
     panels.append(("generated", pred.tokens[0]))
     tokens_picture(tokenizer, panels).save(folder / f"tokens_{_safe(name)}.png")
+
+
+# ----------------------------------------------------------------------------- video model evaluation
+def _evaluate_video(path: Path, model, out, *, config, overrides, split, images, masks, class_names, ignore_index,
+                    options: dict, limit, pictures: int, tolerance, overwrite: bool, progress: bool,
+                    window_stride: int | None) -> dict[str, Any]:
+    from .api import InferenceOptions, Predictor
+    from .metrics import VideoMeter
+
+    tokenizer = model.tokenizer
+    with _video_dataset(path, model, config, overrides, split, images, masks, class_names, ignore_index,
+                        options) as (dataset, names, ignore, source):
+        predictor = Predictor(model, InferenceOptions(**options))
+        stride = tokenizer.frames if window_stride is None else window_stride
+        meter = VideoMeter(tokenizer.num_classes, ignore, 0, tolerance)
+        count = dataset.num_sequences() if limit is None else min(limit, dataset.num_sequences())
+        totals = dict.fromkeys(("windows", "patches", "tokens", "generated_runs", "invalid_runs", "truncated"), 0)
+        rows: list[dict[str, Any]] = []
+        with atomic_output(out, overwrite) as tmp:
+            for seq in _progress(range(count), progress, "evaluate"):
+                name = dataset.sequence_name(seq)
+                data = dataset.read_frames(seq, 0, dataset.sequence_length(seq))
+                pred = predictor.run_video(data["image"], stride)
+                gt = np.asarray(data["mask"])
+                try:
+                    scores = meter.update(pred.labels, gt)
+                except ValueError as error:
+                    raise ValueError(f"sequence {name}: {error}") from None
+                for key, value in (("windows", len(pred.starts)), ("patches", pred.patches), ("tokens", pred.tokens),
+                                   ("generated_runs", pred.generated_runs), ("invalid_runs", pred.invalid_runs),
+                                   ("truncated", pred.truncated)):
+                    totals[key] += value
+                for frame in range(len(gt)):
+                    row: dict[str, Any] = {"sequence": name, "frame": frame, "height": gt.shape[1],
+                                           "width": gt.shape[2],
+                                           "pixel_accuracy": _number(scores["pixel_accuracy"][frame])}
+                    for score in ("dice", "iou"):
+                        present = scores[score][frame][~np.isnan(scores[score][frame])]
+                        row[f"mean_{score}"] = _number(present.mean()) if present.size else None
+                    for score in ("dice", "iou"):
+                        row.update({f"{score}_{c}": _number(v) for c, v in enumerate(scores[score][frame])})
+                    rows.append(row)
+                if seq == 0:
+                    for frame in range(min(pictures, len(gt))):
+                        (tmp / "pictures").mkdir(exist_ok=True)
+                        title = f"{name} frame {frame}"
+                        panel = comparison_panel(thumbnail(data["image"][frame]), thumbnail(gt[frame]),
+                                                 thumbnail(pred.labels[frame]), names, title=title)
+                        panel.save(tmp / "pictures" / f"{_safe(name)}_frame_{frame:04d}.png")
+            o = predictor.options
+            settings = {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
+                        "factor": predictor.factor, "scale": o.scale, "frames": tokenizer.frames,
+                        "window_stride": stride, "temperature": o.temperature, "top_p": o.top_p,
+                        "max_len": o.max_len or model.config.max_seq_len, "ignore_index": ignore,
+                        "boundary_tolerance": tolerance}
+            computed = meter.compute()
+            results = {"source": {"checkpoint": str(path), **source}, "class_names": names,
+                       "num_images": computed["num_images"], "num_videos": computed["num_videos"],
+                       "semantic": {k: v for k, v in computed.items() if k not in ("num_videos", "temporal")},
+                       "temporal": computed["temporal"], "generation": {**totals, "constrained": o.constrained},
+                       "settings": settings}
+            write_report(tmp, results, rows, "per_frame.csv")
+    return results
+
+
+@contextlib.contextmanager
+def _video_dataset(path: Path, model, config, overrides, split, images, masks, class_names, ignore_index,
+                   options: dict):
+    """(dataset, class names, ignore_index, source) of a video evaluation, as :func:`_dataset`."""
+    from .data import PatchConfig
+    from .data.video import VideoFolderDataset
+
+    tokenizer = model.tokenizer
+    if images is None and masks is None:
+        yield _dataset(path, model, config, overrides, split, images, masks, "", class_names, ignore_index, options)
+        return
+    if images is None or masks is None:
+        raise ValueError("give both --images DIR and --masks DIR")
+    for folder in (Path(images), Path(masks)):
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder; a video model evaluates folders of sequences (one frame "
+                             "folder or multi-page TIFF per sequence)")
+    ignore = 255 if ignore_index is None else ignore_index
+    factor = model.config.image_size // tokenizer.mask_size[0]
+    # VideoFolderDataset reads ROOT/images and ROOT/masks: link the two folders under a scratch root.
+    root = Path(tempfile.mkdtemp(prefix="rleseg-video-"))
+    try:
+        (root / "images").symlink_to(Path(images).resolve(), target_is_directory=True)
+        (root / "masks").symlink_to(Path(masks).resolve(), target_is_directory=True)
+        patch = PatchConfig(patch_size=model.config.image_size, factor=factor)
+        try:
+            dataset = VideoFolderDataset(root, tokenizer, tokenizer.frames, patch=patch, ignore_index=ignore)
+        except ValueError as error:
+            raise ValueError(str(error).replace(str(root / "images"), str(images)).replace(
+                str(root / "masks"), str(masks))) from None
+        yield dataset, class_names_for(tokenizer.num_classes, class_names), ignore, {"images": str(images),
+                                                                                     "masks": str(masks)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -12,6 +12,13 @@ Output folder (written atomically, as ``rleseg evaluate``'s)::
 
 ``<name>`` is the image's stem; images of a folder ``F`` are ``F/<stem>``; frames of a video ``V.mp4``
 are ``V/frame_000000`` ... Videos are read with PyAV (the ``video`` extra).
+
+Video models (tokenizer task "video") take videos and frame folders only, each one sequence: it is
+predicted by ``Predictor.run_video`` (windows of N frames every ``window_stride`` frames, default N,
+merged per frame by vote; fewer than N frames are padded by repeating the last frame). Besides the
+per-frame files, ``overlays/<sequence>.mp4`` shows the overlays as a video (PyAV, MPEG-4 part 2 codec,
+the input video's frame rate, 5 fps for frame folders; sides padded to even numbers). The summary
+adds ``videos`` and ``windows``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +169,19 @@ def coco_annotations(name: str, labels: np.ndarray, instances: np.ndarray | None
     return out
 
 
+FOLDER_FPS = 5  # frame rate of overlay videos made from frame folders
+
+
 def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, coco_json: bool = False,
-                    overlays: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                    overlays: bool = True, overwrite: bool = False, progress: bool = True,
+                    window_stride: int | None = None) -> dict[str, Any]:
     """Predict every input into ``out`` (layout in the module doc); returns the summary."""
     sources = collect_sources(inputs)
+    if predictor.frames is not None:
+        return _predict_videos(predictor, sources, out, coco_json=coco_json, overlays=overlays, overwrite=overwrite,
+                               progress=progress, window_stride=window_stride)
+    if window_stride is not None:
+        raise ValueError("--window-stride is for video checkpoints; this one is an image model")
     total = sum(1 if s.kind == "image" else len(s.files) for s in sources if s.kind != "video")
     frames = [_frame_count(s.path) for s in sources if s.kind == "video"]
     total = None if None in frames else total + sum(frames)
@@ -199,8 +216,82 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
     return summary
 
 
+def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path, *, coco_json: bool,
+                    overlays: bool, overwrite: bool, progress: bool, window_stride: int | None) -> dict[str, Any]:
+    for source in sources:
+        if source.kind == "image":
+            raise ValueError(f"{source.path}: a single image, but this checkpoint is a video model (windows of "
+                             f"{predictor.frames} frames); give a video file or a folder of frames")
+    counts = dict.fromkeys(("images", "videos", "windows", "patches", "tokens", "invalid_runs", "truncated"), 0)
+    annotations: list[dict] = []
+    started = time.perf_counter()
+    with atomic_output(out, overwrite) as tmp:
+        for source in _progress(sources, progress, "predict"):
+            if source.kind == "folder":
+                frames, fps = [as_image(file) for file in source.files], FOLDER_FPS
+                names, origins = _names(source), [str(file) for file in source.files]
+                sequence = source.path.name
+            else:
+                frames, fps = [as_image(frame) for frame in video_frames(source.path)], _frame_rate(source.path)
+                sequence = source.path.stem
+                names = [f"{sequence}/frame_{i:06d}" for i in range(len(frames))]
+                origins = [f"{source.path}#{i}" for i in range(len(frames))]
+            if not frames:
+                raise ValueError(f"{source.path}: holds no frames; a video needs at least 1")
+            if len({frame.shape for frame in frames}) > 1:
+                raise ValueError(f"{source.path}: frames of different sizes; one video's frames must share one size")
+            pred = predictor.run_video(np.stack(frames), window_stride)
+            pictures = []
+            for folder in ("labels", "overlays") if overlays else ("labels",):
+                (tmp / folder / sequence).mkdir(parents=True, exist_ok=True)
+            for image, labels, name, origin in zip(frames, pred.labels, names, origins, strict=True):
+                save_labels(tmp / "labels" / f"{name}.png", labels, predictor.num_classes)
+                if overlays:
+                    pictures.append(overlay(image, labels, predictor.num_classes))
+                    Image.fromarray(pictures[-1]).save(tmp / "overlays" / f"{name}.png")
+                if coco_json:
+                    annotations += [{**a, "file_name": origin}
+                                    for a in coco_annotations(name, labels, None, predictor.num_classes)]
+            if overlays:
+                write_video(tmp / "overlays" / f"{sequence}.mp4", pictures, fps)
+            for key, value in (("images", len(frames)), ("videos", 1), ("windows", len(pred.starts)),
+                               ("patches", pred.patches), ("tokens", pred.tokens),
+                               ("invalid_runs", pred.invalid_runs), ("truncated", pred.truncated)):
+                counts[key] += value
+        seconds = time.perf_counter() - started
+        stride = predictor.frames if window_stride is None else window_stride
+        summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
+                   "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
+                   "options": {**vars(predictor.options), "frames": predictor.frames, "window_stride": stride}}
+        if coco_json:
+            (tmp / "predictions.json").write_text(json.dumps(annotations) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _frame_rate(path: Path) -> Fraction | int:
+    av = _require_av()
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return Fraction(rate) if rate else FOLDER_FPS
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: Fraction | int) -> None:
+    """(H, W, 3) uint8 frames -> an MPEG-4 video; odd sides are padded by one black pixel (yuv420p)."""
+    av = _require_av()
+    height, width = frames[0].shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.pad(frame, pad), format="rgb24")))
+        container.mux(stream.encode())
+
+
 def summary_line(summary: dict[str, Any]) -> str:
-    return (f"{summary['images']} images ({summary['patches']} patches, {summary['tokens']} tokens) in "
+    videos = f"{summary['videos']} videos ({summary['windows']} windows), " if "videos" in summary else ""
+    return videos + (f"{summary['images']} images ({summary['patches']} patches, {summary['tokens']} tokens) in "
             f"{summary['seconds']:.1f} s: {summary['images_per_s']:.2f} images/s, {summary['tokens_per_s']:.0f} "
             f"tokens/s on {summary['device']}; invalid runs {summary['invalid_runs']}, truncated sequences "
             f"{summary['truncated']}")
