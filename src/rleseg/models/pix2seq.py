@@ -369,6 +369,17 @@ def tokenizer_from_dict(data: dict):
     return cls.from_dict(data)
 
 
+def resolve_config(config: str | ModelConfig) -> ModelConfig:
+    """A preset name ("tiny", "small", "paper") or a ModelConfig, as a ModelConfig."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
+    return config
+
+
 def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
     """A model for ``tokenizer`` from a preset name ("tiny", "small", "paper") or a ModelConfig.
 
@@ -377,12 +388,7 @@ def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
     dense baseline (``rleseg.models.dense.DenseModel``); a ``VideoModelConfig`` gives a video model
     (``rleseg.models.video.create_video_model``).
     """
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
+    config = resolve_config(config)
     if config.head not in ("token", "dense"):
         raise ValueError(f"unknown model head {config.head!r}; expected 'token' or 'dense'")
     from .video import VideoModelConfig, create_video_model  # imported here: video.py imports this module

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .pix2seq import PRESETS, Attention, Encoder, EncoderLayer, ModelConfig, Pix2Seq, tokenizer_from_dict
+from .pix2seq import Attention, Encoder, EncoderLayer, ModelConfig, Pix2Seq, resolve_config, tokenizer_from_dict
 from .positions import sincos, sincos_grid
 
 FUSIONS = ("middle", "late", "static")
@@ -203,12 +203,7 @@ def create_video_model(
     ``fusion`` / ``reference_frame`` given here override the config's. The tokenizer's ``to_dict()`` is
     stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted when the config holds one.
     """
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
+    config = resolve_config(config)
     if not isinstance(config, VideoModelConfig):
         config = VideoModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
     changes = {k: v for k, v in (("fusion", fusion), ("reference_frame", reference_frame)) if v is not None}
