@@ -35,3 +35,18 @@ def hela_masks() -> np.ndarray:
         pytest.skip(f"{path} is missing")
     tifffile = pytest.importorskip("tifffile")
     return tifffile.imread(path)
+
+
+def assert_grammar_allows(tok, sequences: list[np.ndarray]) -> None:
+    """Teacher forcing and constrained decoding agree: every token of every encoded sequence is allowed
+    at its step, and every sequence ends the grammar."""
+    max_len = max(s.size for s in sequences)
+    batch = np.zeros((len(sequences), max_len), np.int64)
+    for i, s in enumerate(sequences):
+        batch[i, : s.size] = s
+    grammar = tok.grammar(len(sequences))
+    for step in range(max_len):
+        allowed = grammar.allowed(max_len - step)
+        assert allowed[np.arange(len(sequences)), batch[:, step]].all(), f"step {step}"
+        grammar.advance(batch[:, step])
+    assert grammar.done.all()

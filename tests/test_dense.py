@@ -1,10 +1,6 @@
 """The dense baseline (models/dense.py): shapes, the CE + Dice loss and its ignored pixels, learning,
 the token model's protocol (generate, checkpoints, engine, config), and packaged backbone weights."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import importlib.util
 from dataclasses import replace
 
@@ -22,15 +18,6 @@ from rleseg.models.dense import DenseModel, ce_dice_loss
 from rleseg.tokens import Tokenizer
 
 IGNORE = 255
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the cores are shared with other test processes (see test_model.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dense_config(**changes) -> ModelConfig:

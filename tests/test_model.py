@@ -1,10 +1,6 @@
 """Contracts of rleseg.models: shapes, cached == uncached generation, constrained samples decode strictly,
 a small model overfits 4 images exactly, checkpoints round-trip. Everything random-init, offline, CPU."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch
@@ -42,16 +38,6 @@ def padded(tokenizer: Tokenizer, masks: list[np.ndarray]) -> torch.Tensor:
     for i, seq in enumerate(seqs):
         out[i, : len(seq)] = torch.from_numpy(seq)
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CPU cores are shared with other test processes, and OpenMP threads that
-    wait for each other slow down badly when a core is taken away."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

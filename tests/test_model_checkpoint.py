@@ -1,10 +1,7 @@
 """Checkpoints (safetensors + JSON metadata) and backbone weights files: round trips and clear errors."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,15 +11,6 @@ from safetensors.torch import save_file
 
 from rleseg.models import ModelConfig, create_model, load_checkpoint, read_checkpoint_info, save_checkpoint
 from rleseg.tokens import Tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the cores are shared with other test processes (see test_model.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def micro_config(**changes) -> ModelConfig:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import hela_masks, sample_under_grammar
+from helpers import assert_grammar_allows, hela_masks, sample_under_grammar
 from rleseg.tokens import EOS, downsample_mask, upsample_mask
 from rleseg.tokens.formats import coco_panoptic_ids, coco_panoptic_rgb, coco_to_panoptic, panoptic_to_coco
 from rleseg.tokens.panoptic import PanopticTokenizer
@@ -303,17 +303,7 @@ def test_grammar_allows_every_ground_truth_sequence():
     rng = np.random.default_rng(4)
     for starts, order in COMBOS:
         tok = PanopticTokenizer((6, 7), 5, [1, 3], starts, order, max_run=4)
-        sequences = [tok.encode(*random_panoptic(rng, (6, 7), 5, [1, 3])) for _ in range(5)]
-        max_len = max(s.size for s in sequences)
-        batch = np.zeros((len(sequences), max_len), np.int64)
-        for i, s in enumerate(sequences):
-            batch[i, : s.size] = s
-        grammar = tok.grammar(len(sequences))
-        for step in range(max_len):
-            allowed = grammar.allowed(max_len - step)
-            assert allowed[np.arange(len(sequences)), batch[:, step]].all(), f"step {step}"
-            grammar.advance(batch[:, step])
-        assert grammar.done.all()
+        assert_grammar_allows(tok, [tok.encode(*random_panoptic(rng, (6, 7), 5, [1, 3])) for _ in range(5)])
 
 
 def test_grammar_rules_on_a_tiny_mask():

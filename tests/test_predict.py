@@ -1,9 +1,5 @@
 """``rleseg predict`` and ``rleseg.load``: images, folders, frame folders, videos, COCO JSON, bad input."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import json
 import subprocess
 import sys
@@ -22,14 +18,6 @@ from rleseg.tokens.panoptic import PanopticTokenizer
 
 MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
          "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the cores are shared with other test processes
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_checkpoint(path, tokenizer, noise: float = 0.5):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import sample_under_grammar
+from helpers import assert_grammar_allows, sample_under_grammar
 from rleseg.tokens import (
     EOS,
     PAD,
@@ -314,17 +314,7 @@ def test_grammar_allows_every_ground_truth_sequence(scheme, starts, order):
     tok = make_tokenizer(scheme, starts, order, (6, 9), 4, max_run=5)
     masks = [upsample_mask(rng.integers(0, tok.num_classes, (3, 5)), 2, (6, 9)) for _ in range(4)]
     masks.append(np.full((6, 9), tok.num_classes - 1, np.uint8))
-    sequences = [tok.encode(m) for m in masks]
-    max_len = max(s.size for s in sequences)
-    batch = np.zeros((len(sequences), max_len), np.int64)
-    for i, s in enumerate(sequences):
-        batch[i, : s.size] = s
-    grammar = tok.grammar(len(sequences))
-    for step in range(max_len):
-        allowed = grammar.allowed(max_len - step)
-        assert allowed[np.arange(len(sequences)), batch[:, step]].all(), f"step {step}"
-        grammar.advance(batch[:, step])
-    assert grammar.done.all()
+    assert_grammar_allows(tok, [tok.encode(m) for m in masks])
 
 
 def test_grammar_forces_eos_when_budget_runs_out():

@@ -1,10 +1,6 @@
 """Video checkpoints through ``rleseg.load(...).predict_video``, ``rleseg evaluate`` and ``rleseg predict``:
 window merging on hand-built cases, a tiny trained run end to end, and bad input."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import csv
 import json
 from types import SimpleNamespace
@@ -31,14 +27,6 @@ TINY_VIDEO = [
     "data.val_options={length: 2}", "train.steps=1", "train.batch_size=2", "train.warmup_steps=1",
     "eval.max_samples=2", "eval.batch_size=2", "output.tensorboard=false", "output.pictures=0",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the cores are shared with other test processes
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

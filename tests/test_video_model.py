@@ -3,10 +3,6 @@ reduces every mode to the image encoder, cached == uncached generation, constrai
 strictly, a small middle-fusion model overfits clips exactly under volume / TAC / LTAC, checkpoints
 round-trip. Everything random-init, offline, CPU."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch
@@ -66,15 +62,6 @@ def loud(model):
             if isinstance(module, torch.nn.Linear):
                 module.weight.normal_(0.0, 0.3)
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CPU cores are shared with other test processes (see test_model.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import hela_masks, sample_under_grammar
+from helpers import assert_grammar_allows, hela_masks, sample_under_grammar
 from rleseg.tokens import EOS, Tokenizer, downsample_mask, mask_to_runs, upsample_mask
 from rleseg.tokens.video import VideoTokenizer, tac_to_video, video_to_tac, video_vocab_size
 
@@ -279,16 +279,7 @@ def test_grammar_samples_always_decode_strictly(temporal, scheme, starts, order)
 def test_grammar_allows_ground_truth():
     tok = VideoTokenizer(3, (6, 5), 3, "tac", "lac", "2d")
     videos_ = [synthetic_video(np.random.default_rng(s), 3, (6, 5), 3) for s in range(4)]
-    sequences = [tok.encode(v) for v in videos_]
-    max_len = max(s.size for s in sequences)
-    batch = np.zeros((len(sequences), max_len), np.int64)
-    for i, s in enumerate(sequences):
-        batch[i, : s.size] = s
-    grammar = tok.grammar(len(sequences))
-    for step in range(max_len):
-        assert grammar.allowed(max_len - step)[np.arange(len(sequences)), batch[:, step]].all()
-        grammar.advance(batch[:, step])
-    assert grammar.done.all()
+    assert_grammar_allows(tok, [tok.encode(v) for v in videos_])
 
 
 # ------------------------------------------------------------------------------------------ real data
