@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from rleseg.tokens import PAD
+from rleseg.tokens import PAD, upsample_mask
 
 
 def sample_under_grammar(tok, rng: np.random.Generator, batch: int, max_len: int) -> np.ndarray:
@@ -37,6 +39,18 @@ def hela_masks() -> np.ndarray:
     return tifffile.imread(path)
 
 
+def stardist_mask() -> np.ndarray:
+    """stardist's 2-D nuclei instance mask ``mask2d.tif`` (512x512), read without importing stardist."""
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("stardist (test data) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "images" / "mask2d.tif"
+    if not path.exists():
+        pytest.skip(f"{path} is missing")
+    tifffile = pytest.importorskip("tifffile")
+    return tifffile.imread(path)
+
+
 def assert_grammar_allows(tok, sequences: list[np.ndarray]) -> None:
     """Teacher forcing and constrained decoding agree: every token of every encoded sequence is allowed
     at its step, and every sequence ends the grammar."""
@@ -50,3 +64,20 @@ def assert_grammar_allows(tok, sequences: list[np.ndarray]) -> None:
         assert allowed[np.arange(len(sequences)), batch[:, step]].all(), f"step {step}"
         grammar.advance(batch[:, step])
     assert grammar.done.all()
+
+
+@st.composite
+def labelled_masks(draw, max_side=24, max_classes=6):
+    """Masks that are noisy, blobby (upsampled), empty or full, with their class count."""
+    height = draw(st.integers(1, max_side))
+    width = draw(st.integers(1, max_side))
+    num_classes = draw(st.integers(2, max_classes))
+    kind = draw(st.sampled_from(["noise", "blobs", "empty", "full"]))
+    if kind == "empty":
+        return np.zeros((height, width), np.uint8), num_classes
+    if kind == "full":
+        return np.full((height, width), num_classes - 1, np.uint8), num_classes
+    cell = 1 if kind == "noise" else draw(st.integers(2, 6))
+    labels = st.integers(0, num_classes - 1)
+    small = draw(hnp.arrays(np.uint8, (-(-height // cell), -(-width // cell)), elements=labels))
+    return upsample_mask(small, cell, (height, width)), num_classes

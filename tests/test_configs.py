@@ -115,3 +115,14 @@ def test_bad_split_options_name_the_option():
     config = load_config("stardist-tiny", ["data.options={val_side: middle}"])
     with pytest.raises(ValueError, match="val_side must be one of left, right, top, bottom"):
         build_datasets(config, build_tokenizer(config))
+
+
+@pytest.mark.parametrize("name", ["synthetic-tiny", "stardist-tiny", "trackastra-tiny", "mni152-tiny"])
+def test_cpu_configs_use_the_pointer_start_head(name):
+    """The learning-efficiency settings (docs/results.md): 1-D starts, so that the default start head points."""
+    from rleseg.experiment import build_model
+
+    config = load_config(name)
+    model = build_model(config, build_tokenizer(config))
+    assert model.config.start_head == "pointer" and model.start_proj is not None
+    assert config.train.precision == "bf16" and config.data.patch.downsample == "mode"

@@ -254,19 +254,25 @@ def test_small_model_overfits_four_images_exactly(scheme, starts):
     targets = padded(tokenizer, masks)
     images = torch.rand(4, 3, 64, 64)
     model = create_model(micro_config(dim=64, mlp_dim=128), tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    exact = [False] * 4
-    for step in range(1, 401):
+    overfit_exactly(model, images, targets, masks)
+
+
+def overfit_exactly(model, images, targets, truths, lr: float = 1e-3, every: int = 50, steps: int = 400) -> None:
+    """Train on one fixed batch until greedy decoding reproduces every truth (checked every ``every`` steps);
+    fail after ``steps``. The generated tokens must then be the targets."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    exact = [False] * len(truths)
+    for step in range(1, steps + 1):
         loss = model.loss(images, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 50 == 0:
+        if step % every == 0:
             out = model.generate(images, temperature=0)
-            exact = [bool((a == b).all()) for a, b in zip(out.masks, masks, strict=True)]
+            exact = [bool((a == b).all()) for a, b in zip(out.masks, truths, strict=True)]
             if all(exact):
                 break
-    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) masks reproduced: {exact}"
+    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) reproduced: {exact}"
     assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
 
 

@@ -12,6 +12,7 @@ from rleseg.models.pix2seq import Encoder
 from rleseg.models.video import FUSIONS, VideoModelConfig, VideoPix2Seq, create_video_model, time_code
 from rleseg.tokens import PAD, Tokenizer
 from rleseg.tokens.video import VideoTokenizer
+from test_model import overfit_exactly
 
 
 def micro_config(**changes) -> ModelConfig:
@@ -241,20 +242,7 @@ def test_middle_fusion_overfits_clips_exactly(temporal, scheme):
     model = create_video_model(
         micro_config(dim=64, mlp_dim=128, encoder_layers=1, max_seq_len=targets.shape[1] + 8), tokenizer
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)  # 75-175 steps on 4 seeds
-    exact = [False] * 4
-    for step in range(1, 401):
-        loss = model.loss(images, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 25 == 0:
-            out = model.generate(images, temperature=0)
-            exact = [bool((a == b).all()) for a, b in zip(out.masks, clips, strict=True)]
-            if all(exact):
-                break
-    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) clips reproduced: {exact}"
-    assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
+    overfit_exactly(model, images, targets, clips, lr=2e-3, every=25)  # 75-175 steps on 4 seeds
 
 
 # ----------------------------------------------------------------------------- the training protocol

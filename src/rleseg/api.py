@@ -62,6 +62,7 @@ class InferenceOptions:
     constrained: bool = True  # grammar-constrained decoding
     max_len: int | None = None  # tokens generated at most per patch (default: the model's max_seq_len)
     seed: int | None = None  # seeds the predictor's own generator for sampling at temperature > 0
+    eos_by_mass: bool = False  # end a sequence only where EOS holds half the allowed probability
 
     def check(self) -> None:
         if self.mode not in ("patches", "whole"):
@@ -296,7 +297,8 @@ class Predictor:
         o = self.options
         images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).movedim(-1, -3)
         out = self.model.generate(images.to(self.device), max_len=o.max_len, temperature=o.temperature,
-                                  top_p=o.top_p, constrained=o.constrained, generator=self.generator)
+                                  top_p=o.top_p, constrained=o.constrained, generator=self.generator,
+                                  eos_by_mass=o.eos_by_mass)
         for (job, k), row, mask in zip(batch, out.tokens.numpy(), out.masks, strict=True):
             eos = np.flatnonzero(row == EOS)
             job.results[k] = (row[: eos[0] + 1] if eos.size else row, mask)

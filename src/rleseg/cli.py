@@ -29,7 +29,7 @@ from .stats.panoptic import folder_panoptic_stats
 from .stats.report import format_panoptic_stats, format_score, format_stats, format_video_stats
 from .stats.video import path_video_stats
 from .tokens import Tokenizer, downsample_mask
-from .tokens.tokenizer import SCHEMES, START_MODES
+from .tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
 
 EXIT_USER_ERROR = 2
 EXAMPLES = Path(__file__).with_name("examples")
@@ -93,12 +93,14 @@ def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
     if many:
         parser.add_argument("--schemes", type=_list_of(str, SCHEMES), default=SCHEMES, metavar="LIST",
                             help="comma-separated schemes (default: lac,class,binary; binary only for 2 classes)")
-        parser.add_argument("--starts", type=_list_of(str, START_MODES), default=START_MODES, metavar="LIST",
-                            help="comma-separated start modes (default: 1d,2d)")
+        parser.add_argument("--starts", type=_list_of(str, START_MODES), default=ABSOLUTE_START_MODES,
+                            metavar="LIST", help="comma-separated start modes among 1d,2d,relative (default: 1d,2d; "
+                            "relative not with --video or --panoptic)")
     else:
         parser.add_argument("--scheme", choices=SCHEMES, default="lac", help="token scheme (default: lac)")
         parser.add_argument("--starts", choices=START_MODES, default="1d",
-                            help="1d: one flat-index token per start; 2d: row and column tokens (default: 1d)")
+                            help="1d: one flat-index token per start; 2d: row and column tokens; relative: one "
+                            "token for the gap after the previous run (default: 1d)")
     parser.add_argument("--order", choices=("C", "F"), default="C",
                         help="raster order: C row-major, F column-major (default: C)")
     parser.add_argument("--max-run", type=_positive_int, default=None, metavar="L",
@@ -250,6 +252,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _run_stats_mode(args: argparse.Namespace) -> int:
     """``stats --video N`` / ``stats --panoptic``: the modes of rleseg.stats.video and rleseg.stats.panoptic."""
+    if "relative" in args.starts:
+        raise UserError("--starts relative is for image statistics only, not with --video or --panoptic")
     options = _stats_options(args)
     if args.video is not None:
         result = path_video_stats(args.folder, args.video, options, args.pattern, args.recursive,
@@ -395,6 +399,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="sample without the token grammar (malformed runs are dropped and counted)")
     parser.add_argument("--max-len", type=_positive_int, default=None, metavar="N",
                         help="tokens generated at most per patch (default: the model's max_seq_len)")
+    parser.add_argument("--eos-by-mass", action="store_true",
+                        help="end a sequence only where EOS holds at least half the allowed probability")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling at temperature > 0")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
@@ -403,7 +409,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 def _inference_options(args: argparse.Namespace) -> dict:
     return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
-            "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed}
+            "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
+            "eos_by_mass": args.eos_by_mass}
 
 
 def _add_evaluate(subparsers) -> None:

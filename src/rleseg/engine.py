@@ -48,6 +48,7 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
     top_p: float = 1.0
     constrained: bool = True
+    eos_by_mass: bool = False  # see Pix2Seq.generate
     boundary_tolerance: int = 2
     best_metric: str = "pooled.mean_without_background.dice"  # a dotted path into the metrics
 
@@ -197,7 +198,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], meters: Meters, config: 
     """
     for batch in batches:
         images = batch["image"].to(device)
-        out = model.generate(images, temperature=config.temperature, top_p=config.top_p, constrained=config.constrained)
+        out = model.generate(images, temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
+                             eos_by_mass=config.eos_by_mass)
         full = meters.update(out.masks, batch)
         if on_batch is not None:
             on_batch(batch, out, full)

@@ -22,7 +22,7 @@ from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
 class TokenizerConfig:
     task: Literal["semantic", "panoptic", "video"] = "semantic"
     scheme: Literal["lac", "class", "binary"] = "lac"  # panoptic sequences always use "class" tokens
-    starts: Literal["1d", "2d"] = "1d"
+    starts: Literal["1d", "2d", "relative"] = "1d"  # relative: semantic task only
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
     thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances

@@ -30,7 +30,8 @@ from .generate import Generation
 from .pix2seq import ModelConfig
 
 # The keyword options of Pix2Seq.generate: accepted (and ignored) so that callers need not know the head.
-SAMPLING_OPTIONS = frozenset({"max_len", "temperature", "top_k", "top_p", "constrained", "use_cache", "generator"})
+SAMPLING_OPTIONS = frozenset({"max_len", "temperature", "top_k", "top_p", "constrained", "use_cache", "generator",
+                              "eos_by_mass"})
 MIN_WIDTH = 16  # the decoder halves its width per finer level, down to this
 
 

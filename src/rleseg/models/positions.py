@@ -32,7 +32,7 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
     "start" tokens (flat index on the scan grid) get the 2-D code of (major, minor) = divmod(index, minor
     size), i.e. (row, col) for order "C"; a tokenizer's ``start_grid`` (e.g. (frames, H, W) for video
     volume starts, giving a 3-D code) overrides its ``grid``. 2-D "coord" tokens get the 1-D code of their
-    coordinate. Rows are scaled to
+    coordinate, relative "gap" tokens the 1-D code of their gap. Rows are scaled to
     ``norm``, the expected norm of a randomly initialised embedding row.
     """
     table = torch.zeros(tokenizer.vocab.size, dim)
@@ -43,7 +43,7 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
                 code = sincos_grid(grid, dim)
             else:  # no grid known for these starts: their 1-D order still carries nearness
                 code = sincos(torch.arange(span.size), dim)
-        elif name == "coord":
+        elif name in ("coord", "gap"):
             code = sincos(torch.arange(span.size), dim)
         else:
             continue

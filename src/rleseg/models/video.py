@@ -38,7 +38,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .pix2seq import Attention, Encoder, EncoderLayer, ModelConfig, Pix2Seq, resolve_config, tokenizer_from_dict
+from .pix2seq import (
+    Attention,
+    Encoder,
+    EncoderLayer,
+    ModelConfig,
+    Pix2Seq,
+    resolve_config,
+    tokenizer_from_dict,
+    uses_pyramid,
+)
 from .positions import sincos, sincos_grid
 
 FUSIONS = ("middle", "late", "static")
@@ -181,6 +190,9 @@ class VideoPix2Seq(Pix2Seq):
             raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
         if config.head != "token":
             raise ValueError(f"video models write tokens: head must be 'token', got {config.head!r}")
+        if uses_pyramid(config):
+            raise ValueError("start_head 'pointer' and aux_dense_weight are for image models; video models "
+                             "take start_head 'table' and aux_dense_weight 0")
         super().__init__(config, tokenizer)
 
     def build_encoder(self, config: VideoModelConfig) -> WindowEncoder:

@@ -59,6 +59,8 @@ class ImageGrammar:
             values = self._values[name][None, :]
             if name == "start":
                 ok = values >= self.free[:, None]
+            elif name == "gap":  # counted from the previous run's end, the run must start inside the mask
+                ok = values < (tok.num_pixels - self.free)[:, None]
             elif name == "coord" and slot == 0:
                 ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
             elif name == "coord":
@@ -86,7 +88,9 @@ class ImageGrammar:
             if not rows.any():
                 continue
             value = vocab[slot_name].value(tokens[rows])
-            if slot_name in ("start", "coord"):
+            if slot_name == "gap":
+                self.start[rows] = self.free[rows] + value
+            elif slot_name in ("start", "coord"):
                 record_start(self, slot_name, rows, value)
             elif slot_name == "length":
                 self.free[rows] = self.start[rows] + value

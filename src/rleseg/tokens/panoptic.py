@@ -48,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .runs import Runs, check_label_map, flat_runs, label_dtype, paint_runs
-from .tokenizer import Tokenizer, parse_tokens, split_at_eos
+from .tokenizer import Tokenizer, check_absolute_starts, parse_tokens, split_at_eos
 from .vocab import EOS
 
 
@@ -96,7 +96,7 @@ class PanopticTokenizer:
         num_classes: C, background 0 included.
         thing_classes: the classes (in 1 .. C-1) whose pixels form instances; the other foreground
             classes are stuff.
-        starts, order, max_run: as for :class:`Tokenizer`.
+        starts, order, max_run: as for :class:`Tokenizer`, starts "1d" or "2d" only.
 
     Attributes:
         vocab: the token layout (the image "class" scheme's); ``bos`` is its panoptic BOS.
@@ -114,6 +114,7 @@ class PanopticTokenizer:
         order: str = "C",
         max_run: int | None = None,
     ):
+        check_absolute_starts(starts, "panoptic")
         self.image = Tokenizer(mask_size, num_classes, "class", starts, order, max_run)
         self.mask_size, self.num_classes = self.image.mask_size, self.image.num_classes
         self.starts, self.order, self.max_run = starts, order, self.image.max_run

@@ -8,7 +8,18 @@ from .runs import Runs, check_label_map, check_order, default_max_run, label_dty
 from .vocab import EOS, PAD, Vocab
 
 SCHEMES = ("lac", "class", "binary")
-START_MODES = ("1d", "2d")
+START_MODES = ("1d", "2d", "relative")
+# Per start mode, the slots of a run's start; their name is also the start tokens' range.
+START_SLOTS = {"1d": ("start",), "2d": ("coord", "coord"), "relative": ("gap",)}
+# Video and panoptic sequences write absolute starts only.
+ABSOLUTE_START_MODES = ("1d", "2d")
+
+
+def check_absolute_starts(starts: str, owner: str) -> None:
+    """ValueError unless ``owner``, a tokenizer that writes absolute starts only, supports ``starts``."""
+    if starts not in ABSOLUTE_START_MODES:
+        hint = "; relative starts are for the image Tokenizer only" if starts == "relative" else ""
+        raise ValueError(f"{owner} starts must be one of {ABSOLUTE_START_MODES}, got {starts!r}{hint}")
 
 
 def parse_tokens(tokens) -> np.ndarray:
@@ -45,7 +56,8 @@ class Tokenizer:
             tokens) or "binary" (C = 2; no class token).
         starts: "1d" (one token, the flat index) or "2d" (two tokens from one shared coordinate range:
             the major then the minor coordinate of the start in scan order, i.e. (row, col) for
-            order "C" and (col, row) for order "F").
+            order "C" and (col, row) for order "F") or "relative" (one "gap" token: the start minus the
+            end of the previous run in scan order, 0 for the first run; values 0 .. H*W-1).
         order: raster order of the flattening, "C" or "F".
         max_run: longest run L; default one row in scan order (W for "C", H for "F").
     """
@@ -92,13 +104,12 @@ class Tokenizer:
             value_ranges = [("class", foreground, 1), ("length", self.max_run, 1)]
         else:
             value_ranges = [("length", self.max_run, 1)]
-        start_range = ("start", self.num_pixels, 0) if self.starts == "1d" else ("coord", max(self.grid), 0)
-        return [*value_ranges, start_range]
+        start_values = max(self.grid) if self.starts == "2d" else self.num_pixels
+        return [*value_ranges, (START_SLOTS[self.starts][0], start_values, 0)]
 
     def _slots(self) -> tuple[str, ...]:
-        start = ("start",) if self.starts == "1d" else ("coord", "coord")
         body = {"lac": ("lac",), "class": ("length", "class"), "binary": ("length",)}[self.scheme]
-        return start + body
+        return START_SLOTS[self.starts] + body
 
     @property
     def tokens_per_run(self) -> int:
@@ -127,6 +138,11 @@ class Tokenizer:
         vocab = self.vocab
         if self.starts == "1d":
             columns = [vocab["start"].token(runs.starts)]
+        elif self.starts == "relative":
+            gaps = runs.starts - previous_ends(runs)
+            if np.any(gaps < 0):
+                raise ValueError("relative starts need runs sorted by start and disjoint")
+            columns = [vocab["gap"].token(gaps)]
         else:
             major, minor = np.divmod(runs.starts, self.grid[1])
             columns = [vocab["coord"].token(major), vocab["coord"].token(minor)]
@@ -159,11 +175,11 @@ class Tokenizer:
         strict = errors == "strict"
         body = split_at_eos(parse_tokens(tokens), strict)
         run_tokens = self._strict_run_tokens(body) if strict else self._valid_run_tokens(body)
-        in_grid = self._in_grid(run_tokens)
         runs = self._runs_from_tokens(run_tokens)
+        in_grid = self._in_grid(run_tokens, runs)
         valid = in_grid & (runs.ends <= self.num_pixels)
         if strict:
-            self._check_strict_runs(runs, in_grid, valid)
+            self._check_strict_runs(run_tokens, runs, in_grid, valid)
         elif not valid.all():
             runs = Runs(runs.starts[valid], runs.lengths[valid], runs.classes[valid])
         return runs
@@ -200,19 +216,32 @@ class Tokenizer:
         first = np.flatnonzero(match)
         return body[first[:, None] + np.arange(k)]
 
-    def _in_grid(self, run_tokens: np.ndarray) -> np.ndarray:
+    def _in_grid(self, run_tokens: np.ndarray, runs: Runs) -> np.ndarray:
+        """Which runs start inside the mask (1-D start tokens always do)."""
         if self.starts == "1d":
             return np.ones(len(run_tokens), dtype=bool)
+        if self.starts == "relative":
+            return runs.starts < self.num_pixels
         coord = self.vocab["coord"]
         return (coord.value(run_tokens[:, 0]) < self.grid[0]) & (coord.value(run_tokens[:, 1]) < self.grid[1])
 
     def _runs_from_tokens(self, run_tokens: np.ndarray) -> Runs:
+        lengths, classes = self._lengths_and_classes(run_tokens)
+        return Runs(self._starts_from_tokens(run_tokens, lengths), lengths, classes)
+
+    def _starts_from_tokens(self, run_tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         vocab = self.vocab
         if self.starts == "1d":
-            starts = vocab["start"].value(run_tokens[:, 0])
-        else:
-            major, minor = (vocab["coord"].value(run_tokens[:, i]) for i in (0, 1))
-            starts = major * self.grid[1] + minor
+            return vocab["start"].value(run_tokens[:, 0])
+        if self.starts == "relative":
+            # Each gap counts from the previous run's end, so a start is the sum of all earlier gaps and
+            # lengths plus its own gap.
+            return np.cumsum(vocab["gap"].value(run_tokens[:, 0])) + np.cumsum(lengths) - lengths
+        major, minor = (vocab["coord"].value(run_tokens[:, i]) for i in (0, 1))
+        return major * self.grid[1] + minor
+
+    def _lengths_and_classes(self, run_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vocab = self.vocab
         if self.scheme == "lac":
             fused = vocab["lac"].value(run_tokens[:, -1]) - 1
             lengths, classes = fused % self.max_run + 1, fused // self.max_run + 1
@@ -221,16 +250,13 @@ class Tokenizer:
         else:
             lengths = vocab["length"].value(run_tokens[:, -1])
             classes = np.ones_like(lengths)
-        return Runs(starts, lengths, classes)
+        return lengths, classes
 
-    def _check_strict_runs(self, runs: Runs, in_grid: np.ndarray, valid: np.ndarray) -> None:
+    def _check_strict_runs(self, run_tokens: np.ndarray, runs: Runs, in_grid: np.ndarray, valid: np.ndarray) -> None:
         k = self.tokens_per_run
         if not in_grid.all():
             i = int(np.flatnonzero(~in_grid)[0])
-            raise ValueError(
-                f"run {i} (tokens at position {i * k}) starts outside the {self.grid[0]}x{self.grid[1]} "
-                f"scan grid"
-            )
+            raise ValueError(self._outside_message(i, run_tokens[i, 0], runs))
         bad = np.flatnonzero(~valid)
         if bad.size:
             i = int(bad[0])
@@ -246,6 +272,16 @@ class Tokenizer:
                     f"run {i} (tokens at position {i * k}) starts at {runs.starts[i]}, before the end "
                     f"{runs.ends[i - 1]} of the previous run; runs must be sorted and disjoint"
                 )
+
+    def _outside_message(self, i: int, token: int, runs: Runs) -> str:
+        position = i * self.tokens_per_run
+        if self.starts == "relative":
+            free = int(previous_ends(runs)[i])
+            return (
+                f"gap token {token} at position {position} (gap {int(self.vocab['gap'].value(token))} after "
+                f"pixel {free}, the end of the previous run) runs past the mask of {self.num_pixels} pixels"
+            )
+        return f"run {i} (tokens at position {position}) starts outside the {self.grid[0]}x{self.grid[1]} scan grid"
 
     # ----------------------------------------------------------------------------- misc
     def grammar(self, batch_size: int):
@@ -283,3 +319,8 @@ class Tokenizer:
             f"Tokenizer(mask_size={self.mask_size}, num_classes={self.num_classes}, scheme={self.scheme!r}, "
             f"starts={self.starts!r}, order={self.order!r}, max_run={self.max_run}, vocab_size={self.vocab.size})"
         )
+
+
+def previous_ends(runs: Runs) -> np.ndarray:
+    """For each run, the end of the run before it (0 for the first): where its relative start counts from."""
+    return np.concatenate(([0], runs.ends))[:-1]

