@@ -129,6 +129,7 @@ def fidelity_ceiling(config) -> dict[str, float]:
 
 def measure(dataset: str, lever: str, args) -> dict:
     overrides, prediction = LEVERS[lever]
+    overrides = [*overrides, f"train.seed={args.seed}"]
     record = run_one(dataset, lever, overrides, args.minutes, args.out, args.eval_only, pictures=2)
     record["prediction"] = prediction
     config = load_config(dataset, overrides)
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--decodings", default="",
                         help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (data order, initialisation)")
     parser.add_argument("--eval-only", action="store_true", help="re-score run folders already under --out")
     parser.add_argument("--list", action="store_true", help="print the levers and their predictions, then exit")
     args = parser.parse_args()

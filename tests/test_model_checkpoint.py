@@ -43,6 +43,31 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(a.tokens, b.tokens) and all((x == y).all() for x, y in zip(a.masks, b.masks, strict=True))
 
 
+@pytest.mark.parametrize("start_head", ["pointer", "table"])
+def test_pointer_checkpoints_round_trip_and_older_files_load_as_table(tmp_path, start_head):
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer((16, 16), num_classes=3)
+    model = create_model(micro_config(start_head=start_head), tokenizer).eval()
+    if model.start_proj is not None:
+        with torch.no_grad():
+            model.start_proj.weight.normal_(0.0, 0.05)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path)
+    images = torch.rand(2, 3, 64, 64)
+    a, b = model.generate(images, max_len=20, temperature=0), load_checkpoint(path).generate(images, max_len=20,
+                                                                                                temperature=0)
+    assert torch.equal(a.tokens, b.tokens)
+    if start_head == "table":  # a file written before start heads existed has no start_head field
+        with safe_open(str(path), framework="pt") as f:
+            metadata, state = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+        config = json.loads(metadata["config"])
+        del config["start_head"]
+        save_file(state, str(path), metadata={**metadata, "config": json.dumps(config)})
+        assert load_checkpoint(path).config.start_head == "table"
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     model = create_model(micro_config(), Tokenizer((4, 4), 2, "binary"))
     with pytest.raises(ValueError, match="does not exist"):

@@ -113,4 +113,5 @@ def _config(path: Path, metadata: dict):
         raise ValueError(f"{path}: checkpoint config has unknown fields {unknown}")
     if not fields.get("tokenizer"):
         raise ValueError(f"{path}: checkpoint config holds no tokenizer")
+    fields.setdefault("start_head", "table")  # written before start heads existed: the plain table
     return cls(**fields), build
