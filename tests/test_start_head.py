@@ -143,3 +143,15 @@ def test_auto_start_head_points_wherever_there_is_one_start_token_per_cell():
                                     VideoTokenizer(2, (8, 8), 3, temporal="tac")).config.start_head,
     }
     assert heads == {"1d": "pointer", "2d": "table", "panoptic": "pointer", "video": "table"}
+
+
+def test_pyramid_memory_adds_pooled_cells_to_what_the_decoder_reads():
+    tokenizer = Tokenizer((16, 16), 3)
+    model = pointer_model(tokenizer, pyramid_memory=True)
+    images = torch.rand(2, 3, 64, 64)
+    memory, _, _ = model.encode(images)
+    assert memory.shape == (2, 2 * 2 + 8 * 8, 32)  # the 2x2 stride-32 cells, then the 16x16 cells pooled 2x2
+    runs = [model.generate(images, max_len=30, temperature=0, use_cache=cache) for cache in (True, False)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    with pytest.raises(ValueError, match="pyramid_memory needs the pyramid"):
+        create_model(micro_config(start_head="table", pyramid_memory=True), tokenizer)

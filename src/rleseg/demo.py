@@ -8,6 +8,7 @@ pictures of predictions and of their token sequences.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def run_demo(minutes: float, out: Path, overrides: list[str] = ()) -> Path | Non
     _, val = build_datasets(config, tokenizer)
     count = min(len(val), config.eval.max_samples or len(val))
     samples = [val[i] for i in range(count)]
-    ceiling = _subsampling_ceiling(samples, config)
+    ceiling = subsampling_ceiling((sample["mask"].numpy() for sample in samples), config)
     background = _all_background(samples, config)
     _token_picture(result.model, samples[0], config, out / "tokens.png")
     report = _write_report(out, config, result, ceiling, background, count)
@@ -54,11 +55,11 @@ def _meter(config) -> SegmentationMeter:
                              boundary_tolerance=config.eval.boundary_tolerance)
 
 
-def _subsampling_ceiling(samples: list[dict], config) -> dict:
-    """Scores of a perfect token model: the ground truth subsampled, then upsampled back."""
+def subsampling_ceiling(masks: Iterable[np.ndarray], config) -> dict:
+    """Scores of a perfect token model: the ground-truth label maps subsampled as ``config.data.patch``
+    says, then upsampled back (SegmentationMeter.compute() of them)."""
     meter, factor = _meter(config), config.data.patch.factor
-    for sample in samples:
-        mask = sample["mask"].numpy()
+    for mask in masks:
         small = downsample_mask(mask, factor, config.data.patch.downsample)
         meter.update(upsample_mask(small, factor, mask.shape)[None], mask[None])
     return meter.compute()

@@ -333,9 +333,9 @@ class Pix2Seq(nn.Module):
                 self.start_proj = nn.Linear(config.dim, config.dim)
             if config.aux_dense_weight > 0:
                 self.aux_head = nn.Linear(config.dim, tokenizer.num_classes)
-        self.memory_proj = nn.Linear(config.dim, config.dim) if config.pyramid_memory else None
         if config.pyramid_memory and self.pyramid is None:
             raise ValueError("pyramid_memory needs the pyramid: start_head 'pointer' or aux_dense_weight > 0")
+        self.memory_proj = nn.Linear(config.dim, config.dim) if config.pyramid_memory else None
         backbone = set(self.encoder.backbone.modules())  # keeps timm's own (or pretrained) init
         for module in self.modules():
             if isinstance(module, nn.Linear) and module not in backbone:
@@ -491,15 +491,19 @@ def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Te
 
 
 # ----------------------------------------------------------------------------- construction
+def has_start_per_cell(tokenizer) -> bool:
+    """Whether an image or panoptic tokenizer writes one start token per mask cell (1-D starts): what the
+    pointer start head needs."""
+    start = tokenizer.vocab.ranges.get("start")
+    image = getattr(tokenizer, "task", None) in ("semantic", "panoptic")
+    return image and start is not None and start.size == math.prod(tokenizer.mask_size)
+
+
 def resolve_start_head(config: ModelConfig, tokenizer) -> ModelConfig:
-    """start_head "auto" -> "pointer" where the tokenizer has one start token per mask cell (1-D starts of an
-    image or panoptic tokenizer), else "table"."""
+    """start_head "auto" -> "pointer" where :func:`has_start_per_cell`, else "table"."""
     if config.start_head != "auto":
         return config
-    start = tokenizer.vocab.ranges.get("start")
-    cells = math.prod(getattr(tokenizer, "mask_size", (0,)))
-    image = getattr(tokenizer, "task", None) in ("semantic", "panoptic")
-    return replace(config, start_head="pointer" if image and start is not None and start.size == cells else "table")
+    return replace(config, start_head="pointer" if has_start_per_cell(tokenizer) else "table")
 
 
 def check_pyramid_task(config: ModelConfig, tokenizer) -> None:
@@ -507,8 +511,7 @@ def check_pyramid_task(config: ModelConfig, tokenizer) -> None:
     if getattr(tokenizer, "task", None) not in ("semantic", "panoptic"):
         raise ValueError("start_head 'pointer' and aux_dense_weight need an image tokenizer, "
                          f"got {type(tokenizer).__name__}")
-    start = tokenizer.vocab.ranges.get("start")
-    if config.start_head == "pointer" and (start is None or start.size != math.prod(tokenizer.mask_size)):
+    if config.start_head == "pointer" and not has_start_per_cell(tokenizer):
         raise ValueError("start_head 'pointer' needs 1-D starts (one start token per mask cell); "
                          f"the tokenizer has starts={tokenizer.starts!r}")
     if config.aux_dense_weight > 0 and tokenizer.task != "semantic":

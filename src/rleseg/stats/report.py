@@ -27,6 +27,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _length_table(header: list[str], rows: list[list[str]], results: list, max_seq_len: int | None) -> str:
+    """``_table`` plus, with --max-seq-len, a last column: the share of sequences it would cut (each result's
+    ``truncated``)."""
+    if max_seq_len is not None:
+        header = [*header, f"cut@{max_seq_len}"]
+        rows = [[*cells, f"{100 * result.truncated:.1f}%"] for cells, result in zip(rows, results, strict=True)]
+    return _table(header, rows)
+
+
 def format_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -50,17 +59,13 @@ def format_stats(result: DatasetStats, source: str) -> str:
         "",
     ]
     header = ["scheme", "starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "mIoU", "mBF"]
-    if opts.max_seq_len is not None:
-        header.append(f"cut@{opts.max_seq_len}")
     rows = []
     for row in result.rows:
         cells = [row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
                  f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
                  format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]
-        if row.truncated is not None:
-            cells.append(f"{100 * row.truncated:.1f}%")
         rows.append(cells)
-    lines.append(_table(header, rows))
+    lines.append(_length_table(header, rows, result.rows, opts.max_seq_len))
     lines.append("")
     first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
     lines.append(
@@ -88,7 +93,6 @@ def format_stats(result: DatasetStats, source: str) -> str:
     return "\n".join(lines)
 
 
-
 def format_video_stats(result: VideoStats, source: str) -> str:
     """The on-screen report of ``stats --video``: one row per encoding x window size x starts x factor."""
     opts = result.options
@@ -101,8 +105,6 @@ def format_video_stats(result: VideoStats, source: str) -> str:
     ]
     header = ["encoding", "N", "starts", "factor", "frame", "vocab", "windows", "tokens/window", "p99",
               "tokens/frame", "growth", "mIoU", "mBF"]
-    if opts.max_seq_len is not None:
-        header.append(f"cut@{opts.max_seq_len}")
     rows = []
     for row in result.rows:
         vocab = str(row.vocab_size) if row.feasible else f"infeasible ({row.vocab_size})"
@@ -110,11 +112,9 @@ def format_video_stats(result: VideoStats, source: str) -> str:
                  vocab, str(row.windows), f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}",
                  "-" if row.growth is None else f"{row.growth:.3f}", format_score(row.fidelity.miou),
                  format_score(row.fidelity.mbf)]
-        if row.truncated is not None:
-            cells.append(f"{100 * row.truncated:.1f}%")
         rows.append(cells)
     lines += [
-        _table(header, rows),
+        _length_table(header, rows, result.rows, opts.max_seq_len),
         "",
         "Tokens per window include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. growth = tokens of "
         "the windows / tokens of the same frames encoded one by one (below 1: the window compresses). volume = "
@@ -136,19 +136,15 @@ def format_panoptic_stats(result: PanopticStats, source: str) -> str:
     ]
     header = ["starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "instances", "mIoU", "mBF",
               "PQ", "SQ", "RQ"]
-    if opts.max_seq_len is not None:
-        header.append(f"cut@{opts.max_seq_len}")
     rows = []
     for row in result.rows:
         cells = [row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
                  f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max), f"{row.instances:.1f}",
                  format_score(row.fidelity.miou), format_score(row.fidelity.mbf), format_score(row.quality.pq),
                  format_score(row.quality.sq), format_score(row.quality.rq)]
-        if row.truncated is not None:
-            cells.append(f"{100 * row.truncated:.1f}%")
         rows.append(cells)
     lines += [
-        _table(header, rows),
+        _length_table(header, rows, result.rows, opts.max_seq_len),
         "",
         "Tokens per mask include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. instances: per mask "
         "after subsampling and decoding. mIoU / mBF: foreground vs background; PQ / SQ / RQ: the instances "
