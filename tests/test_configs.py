@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rleseg.config import ConfigError
 from rleseg.data import Collate
 from rleseg.experiment import BUNDLED_CONFIGS, build_datasets, build_model_config, build_tokenizer, load_config
 from rleseg.train import train
+from rleseg.typed_yaml import ConfigError
 
 CONFIGS = sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
 

@@ -1,27 +1,40 @@
 """The dense baseline (models/dense.py): shapes, the CE + Dice loss and its ignored pixels, learning,
-the token model's protocol (generate, checkpoints, engine, config), and packaged backbone weights."""
+the token model's protocol (predictions, checkpoints, engine, config), and packaged backbone weights."""
 
 import importlib.util
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from rleseg.engine import EvalConfig, Meters, TrainConfig, build_optimizer, evaluate
-from rleseg.experiment import ExperimentConfig, build_model
-from rleseg.models import PRESETS, ModelConfig, create_model, load_checkpoint, read_checkpoint_info, save_checkpoint
+from rleseg.engine import EvalConfig, PatchScores, TrainConfig, build_optimizer, validate
+from rleseg.experiment import ExperimentConfig, build_model, load_config
+from rleseg.models import (
+    DENSE_PRESETS,
+    PRESETS,
+    DenseConfig,
+    DenseModel,
+    create_model,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from rleseg.models.backbone import Backbone, load_backbone_weights, packaged_weights, read_weights
-from rleseg.models.dense import DenseModel, ce_dice_loss
-from rleseg.tokens import Tokenizer
+from rleseg.models.dense import ce_dice_loss
+from rleseg.tokens import Tokenizer, VideoTokenizer
+from rleseg.typed_yaml import ConfigError
 
 IGNORE = 255
 
 
-def dense_config(**changes) -> ModelConfig:
-    return replace(PRESETS["tiny"], head="dense", dim=32, **changes)
+def dense_config(**changes) -> DenseConfig:
+    return replace(DENSE_PRESETS["tiny"], width=32, **changes)
 
 
 def tokenizer(num_classes: int = 3) -> Tokenizer:
@@ -127,9 +140,8 @@ def test_runs_on_cuda():
     model = create_model(dense_config(backbone="test_resnet"), tokenizer()).cuda()
     images = torch.rand(2, 3, 64, 64, device="cuda")
     assert model.loss(images, torch.randint(0, 3, (2, 64, 64), device="cuda")).is_cuda
-    out = model.generate(images)
-    expected = model.predict_logits(images).argmax(1).cpu().numpy()
-    assert all((m == e).all() for m, e in zip(out.masks, expected, strict=True))
+    logits = model.predict_logits(images)
+    assert logits.is_cuda and logits.shape == (2, 3, 64, 64)
 
 
 # ----------------------------------------------------------------------------- learning
@@ -146,8 +158,7 @@ def test_loss_decreases_and_four_images_are_overfitted():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    out = model.generate(images)
-    predictions = torch.from_numpy(np.stack(out.masks)).long()
+    predictions = model.predict_logits(images).argmax(1)
     kept = masks != IGNORE
     accuracy = (predictions == masks)[kept].float().mean().item()
     foreground = (predictions == masks)[kept & (masks > 0)].float().mean().item()  # ~20% of the pixels
@@ -157,20 +168,16 @@ def test_loss_decreases_and_four_images_are_overfitted():
 
 
 # ----------------------------------------------------------------------------- the token model's protocol
-def test_generate_returns_full_resolution_argmax_maps():
+def test_predictions_are_full_resolution_logits_without_tokens():
     torch.manual_seed(0)
     model = create_model(dense_config(backbone="test_resnet"), tokenizer(4))
     model.train()
     images = torch.rand(3, 3, 32, 64)
-    out = model.generate(images, temperature=1.0, top_p=0.4, constrained=True)
-    assert model.training  # generate restores the mode
-    assert out.tokens.shape == (3, 0) and out.tokens.dtype == torch.int64
-    assert out.logprobs.shape == (3, 0) and out.logprobs.dtype == torch.float32
-    assert len(out.masks) == 3 and all(m.shape == (32, 64) and m.dtype == np.uint8 for m in out.masks)
-    expected = model.predict_logits(images).argmax(1).numpy()
-    assert all((m == e).all() for m, e in zip(out.masks, expected, strict=True))
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        model.generate(images, temprature=0.0)
+    logits = model.predict_logits(images)
+    assert model.training  # predict_logits restores the mode
+    assert logits.shape == (3, 4, 32, 64) and logits.dtype == torch.float32
+    assert torch.equal(logits, model.eval()(images))  # the eval-mode forward: dropout off, batch-norm statistics
+    assert model.target_key == "mask" and not hasattr(model, "generate")  # label maps are logits.argmax(1)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -183,7 +190,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "dense.safetensors"
     save_checkpoint(model, path, extra={"step": 3})
     config, extra = read_checkpoint_info(path)
-    assert config.head == "dense" and config == model.config and extra == {"step": 3}
+    assert isinstance(config, DenseConfig) and config == model.config and extra == {"step": 3}
     loaded = load_checkpoint(path)
     assert isinstance(loaded, DenseModel) and not loaded.training
     own, back = model.state_dict(), loaded.state_dict()
@@ -192,17 +199,17 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(model.predict_logits(images), loaded.predict_logits(images))
 
 
-def test_engine_evaluates_the_dense_model_at_full_resolution():
+def test_engine_validates_the_dense_model_at_full_resolution():
     torch.manual_seed(0)
     images, masks = synthetic_scenes(4, 32, seed=2)
     masks[1, :4] = IGNORE
     model = create_model(dense_config(backbone="test_resnet"), tokenizer())
     seen = []
     batches = [{"image": images[:2], "mask": masks[:2]}, {"image": images[2:], "mask": masks[2:]}]
-    meters = evaluate(model, batches, Meters("semantic", 3, IGNORE, None), EvalConfig(), torch.device("cpu"),
-                      on_batch=lambda batch, out, predictions: seen.append(predictions))
+    scores = validate(model, batches, PatchScores("semantic", 3, IGNORE, None), EvalConfig(), torch.device("cpu"),
+                      on_batch=lambda batch, predictions: seen.append(predictions))
     assert [p.shape for p in seen] == [(2, 32, 32), (2, 32, 32)]
-    metrics = meters.compute()
+    metrics = scores.compute()
     assert 0.0 <= metrics["pooled"]["mean"]["dice"] <= 1.0
 
 
@@ -215,17 +222,67 @@ def test_optimizer_gives_the_backbone_its_own_learning_rate():
         assert in_backbone == {group["lr_scale"] == 0.1}
 
 
-def test_experiment_config_selects_the_dense_head():
-    config = ExperimentConfig(model={"preset": "tiny", "head": "dense", "backbone": "test_resnet", "dim": 32})
-    assert isinstance(build_model(config, tokenizer()), DenseModel)
+def test_experiment_config_selects_the_dense_model():
+    config = ExperimentConfig(model={"preset": "tiny", "architecture": "dense", "backbone": "test_resnet", "dim": 32})
+    model = build_model(config, tokenizer())
+    assert isinstance(model, DenseModel) and model.config.width == 32  # a section's dim is the dense width
 
 
-def test_bad_heads_and_tokenizers_are_rejected():
-    with pytest.raises(ValueError, match="'token' or 'dense'"):
-        create_model(replace(PRESETS["tiny"], head="fcn"), tokenizer())
-    video = pytest.importorskip("rleseg.tokens.video")
+def test_a_token_config_switches_to_the_dense_model():
+    """``--set model.architecture=dense`` on a token config: its token-only keys are checked, then left out."""
+    token = load_config("stardist-tiny")
+    dense = load_config("stardist-tiny", ["model.architecture=dense"])
+    assert "max_seq_len" in dense.model
+    assert isinstance(build_model(dense, tokenizer()), DenseModel)
+    assert build_model(dense, tokenizer()).config == replace(
+        DENSE_PRESETS["tiny"], image_size=token.data.patch.patch_size, tokenizer=tokenizer().to_dict()
+    )
+    with pytest.raises(ConfigError, match=r"model\.max_seq_len must be an integer"):
+        load_config("stardist-tiny", ["model.architecture=dense", "model.max_seq_len=long"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.colour'"):
+        load_config("stardist-tiny", ["model.architecture=dense", "model.colour=red"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.width'"):  # the token model has no width
+        load_config("stardist-tiny", ["model.width=64"])
+
+
+def test_a_dense_experiment_trains_through_the_token_models_loop(tmp_path):
+    from rleseg.train import train
+
+    config = load_config(None, [
+        "model.architecture=dense", "model.backbone=test_resnet", "model.dim=16", "model.max_seq_len=64",
+        "data.patch.patch_size=64", "data.patch.factor=4", "data.train_options={length: 8}",
+        "data.val_options={length: 4}", "train.batch_size=4", "train.steps=2", "train.warmup_steps=1",
+        "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", f"output.dir={tmp_path / 'run'}",
+    ])
+    result = train(config)
+    assert isinstance(result.model, DenseModel) and result.model.config.width == 16
+    assert load_checkpoint(result.run_dir / "best.safetensors").config == result.model.config
+
+
+def test_a_dense_checkpoint_of_the_older_format_loads(tmp_path):
+    """Before DenseConfig, a dense model was saved as a ModelConfig with head "dense" and its width in dim."""
+    torch.manual_seed(0)
+    model = create_model(dense_config(backbone="test_resnet"), tokenizer())
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(model, path)
+    old = {**asdict(PRESETS["tiny"]), "head": "dense", "backbone": "test_resnet", "dim": 32,
+           "tokenizer": model.config.tokenizer}
+    with safe_open(str(path), framework="pt") as f:
+        state, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+    save_file(state, str(path), metadata={**metadata, "config_class": "ModelConfig", "config": json.dumps(old)})
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, DenseModel) and loaded.config == model.config
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model.predict_logits(images), loaded.predict_logits(images))
+
+
+def test_bad_architectures_and_tokenizers_are_rejected():
+    with pytest.raises(ConfigError, match="'token' or 'dense'"):
+        build_model(ExperimentConfig(model={"preset": "tiny", "architecture": "fcn"}), tokenizer())
+    with pytest.raises(ValueError, match="ModelConfig, VideoModelConfig, DenseConfig"):
+        create_model(asdict(dense_config()), tokenizer())
     with pytest.raises(ValueError, match="semantic"):
-        create_model(dense_config(backbone="test_resnet"), video.VideoTokenizer(2, (8, 8), 3))
+        create_model(dense_config(backbone="test_resnet"), VideoTokenizer(2, (8, 8), 3))
 
 
 def test_freeze_backbone_keeps_its_weights_and_statistics():

@@ -11,9 +11,9 @@ import torch
 import yaml
 from PIL import Image
 
-from rleseg.api import Predictor, run_counts
 from rleseg.cli import main
 from rleseg.experiment import config_to_dict, load_config
+from rleseg.inference import Predictor, predict_batch
 from rleseg.metrics import SegmentationMeter
 from rleseg.models import ModelConfig, create_model, save_checkpoint
 from rleseg.tokens import EOS, Tokenizer
@@ -110,14 +110,14 @@ def test_unconstrained_sampling_counts_invalid_and_truncated(checkpoint, data, t
 def test_run_counts_by_hand():
     tok = Tokenizer((2, 3), 3, "lac")
     good = tok.encode(np.array([[0, 1, 1], [2, 2, 0]]))  # 2 runs, 2 tokens each, then EOS
-    assert run_counts(tok, good) == (2, 2)
+    assert tok.count_runs(good) == (2, 2)
     stray = np.concatenate([good[:2], [good[1]], good[2:]])  # a lac token where a start belongs
-    assert run_counts(tok, stray) == (3, 2)
-    assert run_counts(tok, good[:-2]) == (2, 1)  # cut inside the second run, no EOS
+    assert tok.count_runs(stray) == (3, 2)
+    assert tok.count_runs(good[:-2]) == (2, 1)  # cut inside the second run, no EOS
     pan = PanopticTokenizer((2, 4), 3, thing_classes=[1])
     tokens = pan.encode(np.array([[1, 1, 0, 2], [1, 0, 1, 2]]), np.array([[5, 5, 0, 0], [5, 0, 7, 0]]))
-    assert run_counts(pan, tokens) == (5, 5)
-    assert run_counts(pan, np.append(tokens[:-2], EOS)) == (5, 3)  # the last group lost its class token
+    assert pan.count_runs(tokens) == (5, 5)
+    assert pan.count_runs(np.append(tokens[:-2], EOS)) == (5, 3)  # the last group lost its class token
 
 
 def write_maps(folder, maps):
@@ -199,7 +199,7 @@ def test_stitched_prediction_equals_its_patches(checkpoint):
     labels = Predictor(model).predict(image)
     assert labels.shape == (128, 192)
     crops = torch.from_numpy(np.stack([image[y : y + 64, x : x + 64] for y in (0, 64) for x in (0, 64, 128)]))
-    masks = model.generate(crops.permute(0, 3, 1, 2), temperature=0).masks
+    masks = predict_batch(model, crops.permute(0, 3, 1, 2)).masks
     expected = np.block([[upsample_mask(masks[3 * r + c], 4) for c in range(3)] for r in range(2)])
     assert np.array_equal(labels, expected) and len(np.unique(expected)) > 1
 

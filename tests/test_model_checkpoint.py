@@ -9,15 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from helpers import decoded, micro_config
 from rleseg.models import ModelConfig, create_model, load_checkpoint, read_checkpoint_info, save_checkpoint
 from rleseg.tokens import Tokenizer
-
-
-def micro_config(**changes) -> ModelConfig:
-    fields = dict(
-        backbone="test_resnet", dim=32, heads=4, mlp_dim=64, encoder_layers=1, decoder_layers=1, max_seq_len=32
-    )
-    return ModelConfig(**{**fields, **changes})
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -40,7 +34,8 @@ def test_checkpoint_round_trip(tmp_path):
     tokens = torch.tensor([[tokenizer.bos, 20, 21, 5], [tokenizer.bos, 1, 0, 0]])
     assert torch.equal(model(images, tokens), loaded(images, tokens))
     a, b = model.generate(images, max_len=20, temperature=0), loaded.generate(images, max_len=20, temperature=0)
-    assert torch.equal(a.tokens, b.tokens) and all((x == y).all() for x, y in zip(a.masks, b.masks, strict=True))
+    masks = decoded(tokenizer, a.tokens), decoded(tokenizer, b.tokens)
+    assert torch.equal(a.tokens, b.tokens) and all((x == y).all() for x, y in zip(*masks, strict=True))
 
 
 @pytest.mark.parametrize("start_head", ["pointer", "table"])
@@ -66,6 +61,9 @@ def test_pointer_checkpoints_round_trip_and_older_files_load_as_table(tmp_path, 
         del config["start_head"]
         save_file(state, str(path), metadata={**metadata, "config": json.dumps(config)})
         assert load_checkpoint(path).config.start_head == "table"
+        # Files written before the dense model had a config of its own say which model in a "head" field.
+        save_file(state, str(path), metadata={**metadata, "config": json.dumps({**config, "head": "token"})})
+        assert type(load_checkpoint(path).config) is ModelConfig
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -92,6 +90,10 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "1", "config": config})
     with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
         load_checkpoint(odd)
+    save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "1", "config": config,
+                                         "config_class": "UNetConfig"})
+    with pytest.raises(ValueError, match="unknown model config class 'UNetConfig'"):
+        load_checkpoint(odd)
     save_file(state, str(odd), metadata={"format": "rleseg.pix2seq", "format_version": "9", "config": config})
     with pytest.raises(ValueError, match="format version '9'"):
         load_checkpoint(odd)
@@ -110,6 +112,8 @@ def test_create_model_errors_and_rebuild_from_config():
         create_model(micro_config())
     with pytest.raises(ValueError, match="unknown timm backbone"):
         create_model(micro_config(backbone="no_such_net"), tokenizer)
+    with pytest.raises(ValueError, match="one of ModelConfig, VideoModelConfig, DenseConfig, got dict"):
+        create_model({"dim": 32}, tokenizer)
     rebuilt = create_model(create_model(micro_config(), tokenizer).config)
     assert rebuilt.tokenizer.to_dict() == tokenizer.to_dict()
 

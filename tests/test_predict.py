@@ -140,7 +140,7 @@ def test_panoptic_instances(panoptic_checkpoint, tmp_path):
 
 
 def test_import_rleseg_stays_torch_free_and_load_is_lazy():
-    code = ("import sys, rleseg\nbefore = 'torch' in sys.modules\nfrom rleseg.api import load\n"
+    code = ("import sys, rleseg\nbefore = 'torch' in sys.modules\nfrom rleseg.inference import load\n"
             "print(before, rleseg.load is load)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "True"], done.stderr

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model
-from rleseg.models.pix2seq import drop_outweighed_eos
-from rleseg.tokens import EOS, Tokenizer
-from test_model import micro_config, overfit_exactly, padded, random_masks
+from rleseg.models.generate import drop_outweighed_eos
+from rleseg.tokens import EOS, PanopticTokenizer, Tokenizer, VideoTokenizer
 
 
 def pointer_model(tokenizer, **changes):
@@ -65,11 +65,8 @@ def test_pointer_needs_one_start_token_per_cell_and_an_image_model():
         create_model(micro_config(start_head="pointer"), Tokenizer((16, 16), 3, starts="2d"))
     with pytest.raises(ValueError, match="start_head must be one of"):
         create_model(micro_config(start_head="pointers"), Tokenizer((16, 16), 3))
-    from rleseg.models.video import create_video_model
-    from rleseg.tokens.video import VideoTokenizer
-
     with pytest.raises(ValueError, match="image models"):
-        create_video_model(micro_config(start_head="pointer"), VideoTokenizer(2, (8, 8), 3, temporal="volume"))
+        create_model(micro_config(start_head="pointer"), VideoTokenizer(2, (8, 8), 3, temporal="volume"))
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -130,17 +127,13 @@ def test_eos_by_mass_generation_is_never_shorter():
 
 
 def test_auto_start_head_points_wherever_there_is_one_start_token_per_cell():
-    from rleseg.models.video import create_video_model
-    from rleseg.tokens.panoptic import PanopticTokenizer
-    from rleseg.tokens.video import VideoTokenizer
-
     heads = {
         "1d": create_model(micro_config(start_head="auto"), Tokenizer((16, 16), 3)).config.start_head,
         "2d": create_model(micro_config(start_head="auto"), Tokenizer((16, 16), 3, starts="2d")).config.start_head,
         "panoptic": create_model(micro_config(start_head="auto"),
                                  PanopticTokenizer((16, 16), 3, thing_classes=[1])).config.start_head,
-        "video": create_video_model(micro_config(start_head="auto"),
-                                    VideoTokenizer(2, (8, 8), 3, temporal="tac")).config.start_head,
+        "video": create_model(micro_config(start_head="auto"),
+                              VideoTokenizer(2, (8, 8), 3, temporal="tac")).config.start_head,
     }
     assert heads == {"1d": "pointer", "2d": "table", "panoptic": "pointer", "video": "table"}
 

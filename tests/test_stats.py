@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from rleseg.stats import MaskError, StatsOptions, find_masks, folder_stats, image_stats, read_label_mask
+from rleseg.imageio import MaskError, read_label_map
+from rleseg.stats import StatsOptions, find_masks, folder_stats, image_stats
 from rleseg.tokens import Tokenizer, downsample_mask
 
 
@@ -188,7 +189,7 @@ def test_invalid_options(options):
 
 
 # ----------------------------------------------------------------------------- reading masks
-def test_read_label_mask_formats(tmp_path):
+def test_read_label_map_formats(tmp_path):
     labels = (np.arange(12 * 10).reshape(12, 10) % 7).astype(np.uint8)
     Image.fromarray(labels).save(tmp_path / "gray.png")
     palette = Image.fromarray(labels, mode="P")
@@ -200,12 +201,12 @@ def test_read_label_mask_formats(tmp_path):
     Image.fromarray(np.repeat(labels[..., None], 3, axis=-1)).save(tmp_path / "grey_rgb.png")
     for name, expected in [("gray.png", labels), ("palette.png", labels), ("wide.png", labels.astype(np.int64) * 1000),
                            ("labels.tif", labels), ("float.tiff", labels), ("grey_rgb.png", labels)]:
-        np.testing.assert_array_equal(read_label_mask(tmp_path / name), expected.astype(np.int64))
+        np.testing.assert_array_equal(read_label_map(tmp_path / name), expected.astype(np.int64))
     assert [p.name for p in find_masks(tmp_path)] == ["float.tiff", "gray.png", "grey_rgb.png", "labels.tif",
                                                       "palette.png", "wide.png"]
 
 
-def test_read_label_mask_refuses_bad_files(tmp_path):
+def test_read_label_map_refuses_bad_files(tmp_path):
     colour = np.zeros((4, 4, 3), np.uint8)
     colour[1, 2] = (255, 0, 0)
     Image.fromarray(colour).save(tmp_path / "rgb.png")
@@ -218,7 +219,7 @@ def test_read_label_mask_refuses_bad_files(tmp_path):
                           ("stack.tif", "2-D"), ("negative.tif", "negative"), ("mask.jpg", "unsupported"),
                           ("missing.png", "no such file")]:
         with pytest.raises(MaskError, match=message) as error:
-            read_label_mask(tmp_path / name)
+            read_label_map(tmp_path / name)
         assert name in str(error.value)
 
 

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from rleseg.stats import MaskError, StatsOptions
+from rleseg.imageio import MaskError
+from rleseg.stats import StatsOptions
 from rleseg.stats.panoptic import folder_panoptic_stats, panoptic_stats
 from rleseg.stats.video import ENCODINGS, iter_videos, path_video_stats, video_stats, window_sizes
 from rleseg.tokens import downsample_mask, upsample_mask

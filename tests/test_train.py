@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from rleseg.cli import main
-from rleseg.engine import TrainConfig, learning_rate
+from rleseg.data.sampler import epoch_order
+from rleseg.engine import TrainConfig, build_optimizer, learning_rate
 from rleseg.experiment import load_config
-from rleseg.sampling import epoch_order
-from rleseg.train import train
+from rleseg.train import fit_schedule, train
+from rleseg.training_state import TrainingState, load_run_checkpoint
 
 # A model and data small enough to train for a few steps in seconds on 2 CPU cores.
 TINY = [
@@ -77,13 +78,37 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_trainer_json_keeps_the_keys_of_existing_checkpoints(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=2")
+    result = train(config)
+    folder = result.run_dir / "checkpoints" / "step_0000002"
+    info = json.loads((folder / "trainer.json").read_text())
+    assert set(info) == {"optimizer", "rng", "step", "epoch", "position", "total_steps", "elapsed", "best"}
+    # trainer.json as rleseg wrote it before TrainingState (one flat JSON object) still loads.
+    info.update(step=1, epoch=3, position=4, total_steps=5, elapsed=6.5, best=None)
+    (folder / "trainer.json").write_text(json.dumps(info))
+    state = load_run_checkpoint(folder, result.model, build_optimizer(result.model, config.train))
+    assert state == TrainingState(step=1, epoch=3, position=4, total_steps=5, elapsed=6.5, best=None)
+
+
+def test_a_wall_clock_budget_refits_the_schedule_after_10_20_40_steps():
+    config = TrainConfig(steps=1000, minutes=1.0)  # 60 s
+    # At 1 s per step with 30 s left, steps 10, 20 and 40 of this call refit; the others keep the length.
+    refits = [n for n in range(1, 100) if fit_schedule(100 + n, 1000, 30.0, config, n, float(n)) != 1000]
+    assert refits == [10, 20, 40, 80]
+    assert fit_schedule(110, 1000, 30.0, config, 10, 10.0) == 140
+    assert fit_schedule(110, 500, 0.0, config, 10, 0.01) == 1000  # never past train.steps
+    assert fit_schedule(110, 1000, 60.0, config, 3, 3.0) == 110  # out of time: end at this step
+    assert fit_schedule(110, 1000, 99.0, TrainConfig(steps=1000), 10, 10.0) == 1000  # no budget
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         train(tiny_config(tmp_path), resume=True)
 
 
 def _write_config(tmp_path: Path, *extra: str) -> Path:
-    from rleseg.config import to_dict
+    from rleseg.typed_yaml import to_dict
 
     path = tmp_path / "tiny.yaml"
     import yaml
@@ -101,6 +126,7 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
     )
     deadline = time.time() + 120
     run = tmp_path / "run"
+    # train() installs its signal handlers before it writes config.yaml: from then on SIGTERM is answered.
     while time.time() < deadline and not (run / "config.yaml").exists():
         time.sleep(0.2)
     time.sleep(3)  # let a few steps run

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 import rleseg
-from rleseg.api import Predictor
 from rleseg.cli import main
 from rleseg.experiment import load_config
+from rleseg.inference import Predictor
 from rleseg.models import Generation
 from rleseg.predict import write_video
-from rleseg.tokens import EOS, VideoTokenizer
+from rleseg.tokens import PAD, VideoTokenizer
 from rleseg.train import train
 
 TINY_VIDEO = [
@@ -43,6 +43,8 @@ class FakeVideoModel(torch.nn.Module):
     green channel; ``rule(label, position)`` turns the class in the red channel (label / 10) of each frame
     at ``position`` in the window into the generated class. Records the first frame of each window seen."""
 
+    target_key = "tokens"
+
     def __init__(self, rule):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
@@ -56,8 +58,11 @@ class FakeVideoModel(torch.nn.Module):
         labels = torch.round(images[:, :, 0, ::2, ::2] * 10).long()  # (B, N, 4, 4), the block's top-left pixel
         position = torch.arange(3).view(1, 3, 1, 1)
         masks = self.rule(labels, position).numpy()
-        tokens = torch.full((len(images), 1), EOS)
-        return Generation(tokens, torch.zeros(tokens.shape), list(masks))
+        rows = [self.tokenizer.encode(mask) for mask in masks]  # each ends in EOS
+        tokens = torch.full((len(rows), max(map(len, rows))), PAD)
+        for row, sequence in zip(tokens, rows, strict=True):
+            row[: len(sequence)] = torch.from_numpy(sequence)
+        return Generation(tokens, torch.zeros(tokens.shape))
 
 
 def frames_with(labels: np.ndarray) -> np.ndarray:

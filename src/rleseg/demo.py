@@ -7,19 +7,19 @@ pictures of predictions and of their token sequences.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from .atomic import write_text
 from .engine import lookup
 from .experiment import build_datasets, build_tokenizer, load_config
+from .inference import predict_batch
 from .metrics import SegmentationMeter
-from .tokens import downsample_mask, mask_to_runs, upsample_mask
+from .tokens import downsample_mask, upsample_mask
 from .train import train
-from .visualize import draw_runs
+from .visualize import tokens_picture
 
 CONFIG = Path(__file__).with_name("configs") / "synthetic-tiny.yaml"
 FOREGROUND_DICE = "pooled.mean_without_background.dice"
@@ -74,16 +74,12 @@ def _all_background(samples: list[dict], config) -> dict:
 
 
 def _token_picture(model, sample: dict, config, path: Path) -> None:
-    """Ground-truth runs | predicted runs of one validation sample, each run a bar on the mask grid."""
-    num_classes, order = config.data.num_classes, config.tokenizer.order
+    """Ground-truth runs | generated runs (greedy, constrained) of one validation sample, each run a bar on
+    the mask grid."""
     truth = np.where(sample["mask_small"].numpy() == config.data.ignore_index, 0, sample["mask_small"].numpy())
-    predicted = model.generate(sample["image"][None], temperature=0).masks[0]
-    scale = max(4, 256 // truth.shape[1])
-    tiles = [draw_runs(mask_to_runs(m, order), m.shape, num_classes, order, scale) for m in (truth, predicted)]
-    sheet = Image.new("RGB", (tiles[0].width * 2 + 8, tiles[0].height), (255, 255, 255))
-    sheet.paste(tiles[0], (0, 0))
-    sheet.paste(tiles[1], (tiles[0].width + 8, 0))
-    sheet.save(path)
+    generated = predict_batch(model, sample["image"][None]).tokens[0]
+    panels = [("ground truth", model.tokenizer.encode(truth)), ("generated", generated)]
+    tokens_picture(model.tokenizer, panels).save(path)
 
 
 def _class_table(metrics: dict, names: list[str]) -> list[str]:
@@ -141,7 +137,5 @@ def _write_report(out: Path, config, result, ceiling: dict, background: dict, co
         "```",
     ]
     path = out / "report.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
     return path

@@ -1,14 +1,16 @@
-"""The training step and the evaluation loop, as plain functions.
+"""The training step and the in-training validation on patches, as plain functions.
 
-They know nothing of the tokenizer's internals: a model has ``loss(images, target_tokens)`` and
-``generate(images, ...)`` returning decoded masks; batches are dicts from ``rleseg.data.Collate``.
+They know nothing of the tokenizer's or the model's internals: a model has ``loss(images, targets)``
+(``targets`` is the batch entry named by ``model.target_key``), and validation predicts through
+``rleseg.inference.predict_batch``, as inference does; batches are dicts from ``rleseg.data.Collate``.
+Scoring whole images from files is ``rleseg.evaluate``'s job, not this one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .inference import InferenceOptions, predict_batch
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
 from .tokens import upsample_mask
 
@@ -146,8 +149,8 @@ def train_step(
     return total / len(micro_batches), float(norm)
 
 
-class Meters:
-    """The meters an evaluation fills: semantic scores always (per frame for video), PQ for panoptic."""
+class PatchScores:
+    """The metrics a validation fills: semantic scores always (per frame for video), PQ for panoptic."""
 
     def __init__(self, task: str, num_classes: int, ignore_index: int, boundary_tolerance: int,
                  thing_classes: list[int] = (), stuff_classes: list[int] = ()):
@@ -187,23 +190,24 @@ class Meters:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[dict], meters: Meters, config: EvalConfig,
-             device: torch.device, on_batch=None) -> Meters:
-    """Generate masks for the patches of ``batches`` and score them at full patch resolution.
+def validate(model: nn.Module, batches: Iterable[dict], scores: PatchScores, config: EvalConfig,
+             device: torch.device, on_batch: Callable[[dict, np.ndarray], None] | None = None) -> PatchScores:
+    """Predict the patches of ``batches`` (:func:`rleseg.inference.predict_batch`) and score them at full
+    patch resolution.
 
     Decoded masks (the tokenizer's subsampled grid) are upsampled (nearest) to the patch size, so the
-    subsampling loss counts, as in the paper. ``on_batch(batch, generation, full_res_predictions)`` is
-    called after each batch (pictures, counters). Returns ``meters`` un-reduced: under DDP call
-    ``all_reduce`` before ``compute``.
+    subsampling loss counts, as in the paper. ``on_batch(batch, full_res_predictions)`` is called after
+    each batch (pictures, counters). Returns ``scores`` un-reduced: under DDP call ``all_reduce`` before
+    ``compute``.
     """
+    options = InferenceOptions(temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
+                               eos_by_mass=config.eos_by_mass)
     for batch in batches:
-        images = batch["image"].to(device)
-        out = model.generate(images, temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
-                             eos_by_mass=config.eos_by_mass)
-        full = meters.update(out.masks, batch)
+        predicted = predict_batch(model, batch["image"].to(device), options)
+        full = scores.update(predicted.masks, batch)
         if on_batch is not None:
-            on_batch(batch, out, full)
-    return meters
+            on_batch(batch, full)
+    return scores
 
 
 def lookup(metrics: dict, path: str) -> float:

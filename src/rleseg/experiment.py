@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.patches import PatchConfig
-from .engine import EvalConfig, TrainConfig
+from .engine import EvalConfig, PatchScores, TrainConfig
 from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
+from .typed_yaml import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 
 @dataclass
@@ -59,7 +59,8 @@ class OutputConfig:
 
 @dataclass
 class ExperimentConfig:
-    model: dict = field(default_factory=lambda: {"preset": "tiny"})  # a preset plus ModelConfig overrides
+    # A preset, an architecture ("token" or "dense") and overrides of that model's config fields.
+    model: dict = field(default_factory=lambda: {"preset": "tiny"})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,31 +112,44 @@ def build_tokenizer(config: ExperimentConfig):
         raise ConfigError(f"tokenizer: {error}") from None
 
 
-def build_meters(config: ExperimentConfig, tokenizer):
-    from .engine import Meters
-
-    return Meters(tokenizer.task, config.data.num_classes, config.data.ignore_index,
-                  config.eval.boundary_tolerance, getattr(tokenizer, "thing_classes", ()),
-                  getattr(tokenizer, "stuff_classes", ()))
+def build_patch_scores(config: ExperimentConfig, tokenizer) -> PatchScores:
+    """The metrics of an in-training validation, for the tokenizer's task (PQ over its classes when panoptic)."""
+    panoptic = tokenizer.task == "panoptic"
+    return PatchScores(tokenizer.task, config.data.num_classes, config.data.ignore_index,
+                       config.eval.boundary_tolerance, tokenizer.thing_classes if panoptic else (),
+                       tokenizer.stuff_classes if panoptic else ())
 
 
 def build_model_config(config: ExperimentConfig):
-    """The ModelConfig of ``model.preset`` with the section's overrides; a VideoModelConfig (``fusion``,
-    ``reference_frame``) for video tokenizers."""
-    from .models import PRESETS, ModelConfig, VideoModelConfig
+    """The config of the ``model`` section: ``architecture`` "token" (the default) gives the ModelConfig of
+    ``preset`` with the section's overrides (a VideoModelConfig, with ``fusion`` and ``reference_frame``,
+    for video tokenizers); "dense" gives the preset's DenseConfig with the overrides it has.
+
+    A dense section may keep the token model's keys (``--set model.architecture=dense`` on any token
+    config): they are checked as for a token model and then left out; ``dim``, if set, is the dense
+    decoder's ``width``."""
+    from .models import DENSE_PRESETS, PRESETS, DenseConfig, ModelConfig, VideoModelConfig
+    from .models.factory import dense_fields
 
     section = dict(config.model)
     preset = section.pop("preset", "tiny")
+    architecture = section.pop("architecture", "token")
     if preset not in PRESETS:
         raise ConfigError(f"model.preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    base = to_dict(PRESETS[preset])
-    base.update(section)
-    kind = VideoModelConfig if config.tokenizer.task == "video" else ModelConfig
-    model_config = from_dict(kind, base, "model")
+    if architecture not in ("token", "dense"):
+        raise ConfigError(f"model.architecture must be 'token' or 'dense', got {architecture!r}")
+    token_kind = VideoModelConfig if config.tokenizer.task == "video" else ModelConfig
+    # Every key but a dense model's own is checked as a token model's, so a key neither knows is named.
+    dense_only = {f.name for f in dataclasses.fields(DenseConfig)} - {f.name for f in dataclasses.fields(token_kind)}
+    token_section = {k: v for k, v in section.items() if not (architecture == "dense" and k in dense_only)}
+    model_config = from_dict(token_kind, {**to_dict(PRESETS[preset]), **token_section}, "model")
+    if architecture == "dense":
+        model_config = from_dict(DenseConfig, {**to_dict(DENSE_PRESETS[preset]), **dense_fields(section)}, "model")
     return dataclasses.replace(model_config, image_size=config.data.patch.patch_size)
 
 
 def build_model(config: ExperimentConfig, tokenizer: Tokenizer):
+    """The model of the ``model`` section (:func:`build_model_config`) for ``tokenizer``."""
     from .models import create_model
 
     return create_model(build_model_config(config), tokenizer)

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 from PIL import Image
 
-from .api import Predictor, as_image
-from .data.files import IMAGE_SUFFIXES
-from .evaluate import _progress, atomic_output
+from .atomic import atomic_folder
+from .imageio import IMAGE_SUFFIXES
+from .inference import Predictor, as_image
+from .progress import progress as progress_bar
 from .tokens.formats import instance_map_to_coco_rles, label_map_to_coco_rles
 from .visualize import overlay, palette
 
@@ -144,8 +146,6 @@ def save_instances(path: Path, instances: np.ndarray) -> Path:
     if instances.max(initial=0) < 2**16:
         Image.fromarray(instances.astype(np.uint16)).save(path)
         return path
-    import tifffile
-
     path = path.with_suffix(".tif")
     tifffile.imwrite(path, instances.astype(np.uint32))
     return path
@@ -188,9 +188,10 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
     counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated"), 0)
     annotations: list[dict] = []
     started = time.perf_counter()
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         stream = predictor.run_with(iter_inputs(sources))
-        for pred, (name, origin, image) in _progress(stream, progress, "predict", total):
+        for pred, (name, origin, image) in progress_bar(stream, desc="predict", unit="image", enabled=progress,
+                                                        total=total):
             for folder in ("labels", "overlays", "instances"):
                 if folder == "labels" or (folder == "overlays" and overlays) or pred.instances is not None:
                     (tmp / folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -203,17 +204,10 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
             if coco_json:
                 annotations += [{**a, "file_name": origin}
                                 for a in coco_annotations(name, pred.labels, pred.instances, predictor.num_classes)]
-            for key, value in (("images", 1), ("patches", len(pred.boxes)), ("tokens", pred.num_tokens),
-                               ("invalid_runs", pred.invalid_runs), ("truncated", pred.truncated)):
-                counts[key] += value
-        seconds = time.perf_counter() - started
-        summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
-                   "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
-                   "options": vars(predictor.options)}
-        if coco_json:
-            (tmp / "predictions.json").write_text(json.dumps(annotations) + "\n")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+            counts["images"] += 1
+            for key in ("patches", "tokens", "invalid_runs", "truncated"):
+                counts[key] += pred.counts[key]
+        return _write_summary(tmp, predictor, counts, started, annotations if coco_json else None, {})
 
 
 def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path, *, coco_json: bool,
@@ -225,8 +219,8 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
     counts = dict.fromkeys(("images", "videos", "windows", "patches", "tokens", "invalid_runs", "truncated"), 0)
     annotations: list[dict] = []
     started = time.perf_counter()
-    with atomic_output(out, overwrite) as tmp:
-        for source in _progress(sources, progress, "predict"):
+    with atomic_folder(out, overwrite) as tmp:
+        for source in progress_bar(sources, desc="predict", unit="input", enabled=progress):
             if source.kind == "folder":
                 frames, fps = [as_image(file) for file in source.files], FOLDER_FPS
                 names, origins = _names(source), [str(file) for file in source.files]
@@ -254,18 +248,26 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
                                     for a in coco_annotations(name, labels, None, predictor.num_classes)]
             if overlays:
                 write_video(tmp / "overlays" / f"{sequence}.mp4", pictures, fps)
-            for key, value in (("images", len(frames)), ("videos", 1), ("windows", len(pred.starts)),
-                               ("patches", pred.patches), ("tokens", pred.tokens),
-                               ("invalid_runs", pred.invalid_runs), ("truncated", pred.truncated)):
-                counts[key] += value
-        seconds = time.perf_counter() - started
+            counts["images"] += len(frames)
+            counts["videos"] += 1
+            for key in ("windows", "patches", "tokens", "invalid_runs", "truncated"):
+                counts[key] += pred.counts[key]
         stride = predictor.frames if window_stride is None else window_stride
-        summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
-                   "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
-                   "options": {**vars(predictor.options), "frames": predictor.frames, "window_stride": stride}}
-        if coco_json:
-            (tmp / "predictions.json").write_text(json.dumps(annotations) + "\n")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        video = {"frames": predictor.frames, "window_stride": stride}
+        return _write_summary(tmp, predictor, counts, started, annotations if coco_json else None, video)
+
+
+def _write_summary(folder: Path, predictor: Predictor, counts: dict[str, int], started: float,
+                   annotations: list[dict] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """summary.json (the counts, speed and ``options`` beside the predictor's) and, when ``annotations``
+    are given, predictions.json; returns the summary."""
+    seconds = time.perf_counter() - started
+    summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
+               "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
+               "options": {**vars(predictor.options), **options}}
+    if annotations is not None:
+        (folder / "predictions.json").write_text(json.dumps(annotations) + "\n")
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 

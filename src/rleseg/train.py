@@ -1,16 +1,20 @@
 """``rleseg train``: build everything from an experiment config and run the training loop.
 
-Single process or DDP under torchrun (gloo on CPU, NCCL on GPU); only rank 0 writes. The loop reads
-top to bottom: set up, resume if asked, then step / log / evaluate / checkpoint until the schedule or
-the wall-clock budget ends, or a signal asks to stop (a checkpoint is written first).
+Single process or DDP under torchrun (gloo on CPU, NCCL on GPU); only rank 0 writes. :func:`train` reads
+top to bottom: build, resume if asked, then step / log / validate / checkpoint until the schedule or the
+wall-clock budget ends, or a signal asks to stop (a checkpoint is written first). Where the run stands
+is one :class:`~rleseg.training_state.TrainingState` that only the loop changes; the helpers below take
+plain values and return new ones.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +22,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.utils.data import DataLoader
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .checkpoints import checkpoint_dirs, load_run_checkpoint, save_best, save_run_checkpoint
+from .atomic import atomic_path, write_json, write_text
 from .data import Collate
-from .engine import LossOf, build_optimizer, evaluate, learning_rate, lookup, set_learning_rate, train_step
-from .experiment import ExperimentConfig, build_datasets, build_meters, build_model, build_tokenizer, config_to_dict
-from .sampling import ResumableSampler
+from .data.sampler import ResumableSampler
+from .engine import LossOf, TrainConfig, build_optimizer, learning_rate, lookup, set_learning_rate, train_step, validate
+from .experiment import (
+    ExperimentConfig,
+    build_datasets,
+    build_model,
+    build_patch_scores,
+    build_tokenizer,
+    config_to_dict,
+)
+from .progress import progress
+from .training_state import TrainingState, load_latest_checkpoint, save_best, save_run_checkpoint
 from .visualize import comparison_panel
 
 CALIBRATION_STEPS = 10  # steps timed before a wall-clock budget first sets the schedule's length
@@ -86,35 +100,18 @@ class TrainResult:
     losses: list[float]  # training loss of each step of this call
 
 
-def _agree(state: dict, requested: bool, env: Distributed) -> bool:
-    """Make every rank take rank 0's clock and schedule length, and stop when any rank was asked to.
-
-    Ranks time their steps differently; without this a wall-clock budget would give them different
-    learning rates and step counts (diverging weights, then a hang in the next collective).
-    """
-    if env.world == 1:
-        return requested
-    own = [float(requested), float(state["total_steps"]), state["elapsed"]] if env.main else [float(requested), 0, 0]
-    shared = torch.tensor(own, dtype=torch.float64)
-    dist.all_reduce(shared)
-    state["total_steps"], state["elapsed"] = int(shared[1].item()), float(shared[2].item())
-    return bool(shared[0].item() > 0)
-
-
 def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
           stop_at_step: int | None = None) -> TrainResult:
     """Train as ``config`` says; ``resume`` continues from the newest checkpoint in ``run_dir``.
 
     ``stop_at_step`` acts like a signal arriving at that step (checkpoint, then return): what tests use
-    to interrupt a run.
+    to interrupt a run. Once ``run_dir/config.yaml`` exists, SIGINT and SIGTERM end the run with a
+    checkpoint.
     """
     env = setup_distributed()
     run_dir = Path(run_dir or config.output.dir)
     tc = config.train
-    torch.manual_seed(tc.seed + env.rank)
-    np.random.seed(tc.seed)  # noqa: NPY002 - user code may draw from the legacy global generator
-    if tc.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    _seed(tc, env.rank)
 
     tokenizer = build_tokenizer(config)
     model = build_model(config, tokenizer).to(env.device)
@@ -123,110 +120,155 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     per_rank = -(-len(train_set) // env.world)
     if per_rank < tc.batch_size:
         raise ValueError(f"the training set has {per_rank} samples per process, fewer than train.batch_size")
+    state = load_latest_checkpoint(run_dir, model, optimizer) if resume else TrainingState(total_steps=tc.steps)
 
-    state = {"step": 0, "epoch": 0, "position": 0, "total_steps": tc.steps, "elapsed": 0.0, "best": None}
-    if resume:
-        found = checkpoint_dirs(run_dir)
-        if not found:
-            raise ValueError(f"{run_dir}: no checkpoint to resume from (looked in {run_dir / 'checkpoints'})")
-        state.update(load_run_checkpoint(found[-1], model, optimizer))
+    loss_of = _loss_function(model, tc, env)
+    stream = _batches(train_set, _collate(model), tc, config.data.num_workers, env,
+                      state.epoch, state.position)
+    writer = _tensorboard(run_dir, config) if env.main else None
+    bar = progress(desc="train", unit="step", enabled=env.main, total=state.total_steps, initial=state.step)
+    losses, seen, interrupted = [], 0, False
+    # The handlers go in before config.yaml is written: once it exists, a signal ends in a checkpoint.
+    with StopFlag() as stop:
+        if env.main:
+            write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        first_step, call_started = state.step, time.perf_counter()
+        started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
+        while state.step < state.total_steps:
+            budget_used = state.elapsed / (tc.minutes * 60) if tc.minutes else 0.0
+            lr = learning_rate(state.step, state.total_steps, tc, budget_used)
+            set_learning_rate(optimizer, lr)
+            micro = [next(stream) for _ in range(tc.accumulate)]  # (batch, epoch, position after it)
+            _, state.epoch, state.position = micro[-1]
+            batches = [batch for batch, _, _ in micro]
+            loss, grad_norm = train_step(loss_of, batches, optimizer, tc, env.device, model.target_key)
+            state.step += 1
+            losses.append(loss)
+            seen += tc.batch_size * tc.accumulate * env.world
+            now = time.perf_counter()
+            state.elapsed = now - started
+            if env.main:
+                state.total_steps = fit_schedule(state.step, state.total_steps, state.elapsed, tc,
+                                                 state.step - first_step, now - call_started)
+            state.total_steps, state.elapsed, stop_requested = _agree(
+                state.total_steps, state.elapsed, stop.signal is not None or state.step == stop_at_step, env)
+            if env.main:
+                speed = seen / (time.perf_counter() - call_started)
+                truncated = sum(batch["num_truncated"] for batch in batches)
+                _report_step(bar, writer, state.step, state.total_steps, config.output.log_every,
+                             {"loss": loss, "lr": lr, "grad_norm": grad_norm, "truncated": truncated,
+                              "images_per_s": speed})
+            finished = state.step >= state.total_steps
+            if stop_requested and not finished:
+                interrupted = True
+                break
+            if config.eval.every and state.step % config.eval.every == 0 and not finished:
+                _, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
+                                                        state.step, state.best)
+            if env.main and state.step % config.output.save_every == 0 and not finished:
+                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+    bar.close()
+    metrics = None
+    if not interrupted:
+        metrics, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
+                                                      state.step, state.best)
     if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+        if interrupted:
+            print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}")
+    if writer is not None:
+        writer.close()
+    if env.world > 1:
+        dist.barrier()
+    return TrainResult(run_dir, state.step, metrics, interrupted, model, losses)
 
+
+def _seed(tc: TrainConfig, rank: int) -> None:
+    torch.manual_seed(tc.seed + rank)
+    np.random.seed(tc.seed)  # noqa: NPY002 - user code may draw from the legacy global generator
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _loss_function(model: torch.nn.Module, tc: TrainConfig, env: Distributed) -> torch.nn.Module:
+    """``model.loss`` as a module, wrapped for DDP and compiled as the config asks."""
     loss_of = LossOf(model)
     if env.world > 1:
         loss_of = torch.nn.parallel.DistributedDataParallel(loss_of)
     if tc.compile:
         loss_of = torch.compile(loss_of, dynamic=True)  # token lengths vary by batch: no recompiles
-    collate = Collate(model.config.max_seq_len)
-    sampler = ResumableSampler(len(train_set), tc.seed, env.rank, env.world)
-    writer = _tensorboard(run_dir, config) if env.main else None
-    progress = _progress(env, state, tc)
-
-    def batches():
-        """Micro-batches forever, epoch after epoch, from the saved (epoch, position) on."""
-        while True:
-            sampler.set_epoch(state["epoch"], state["position"])
-            train_set.set_epoch(state["epoch"])
-            # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG, and a
-            # resumed run (which starts a loader mid-epoch) would then diverge from an uninterrupted one.
-            seeds = torch.Generator().manual_seed(tc.seed * 100_003 + state["epoch"])
-            loader = DataLoader(train_set, tc.batch_size, sampler=sampler, collate_fn=collate,
-                                num_workers=config.data.num_workers, drop_last=True, generator=seeds)
-            for batch in loader:
-                state["position"] += tc.batch_size
-                yield batch
-            state["epoch"], state["position"] = state["epoch"] + 1, 0
-
-    stream = batches()
-    target_key = getattr(model, "target_key", "tokens")  # dense models learn from masks
-    started, seen, interrupted, losses = time.perf_counter() - state["elapsed"], 0, False, []
-    call_started, call_start_step = time.perf_counter(), state["step"]
-    with StopFlag() as stop:
-        while state["step"] < state["total_steps"]:
-            budget_used = state["elapsed"] / (tc.minutes * 60) if tc.minutes else 0.0
-            lr = learning_rate(state["step"], state["total_steps"], tc, budget_used)
-            set_learning_rate(optimizer, lr)
-            micro = [next(stream) for _ in range(tc.accumulate)]
-            loss, grad_norm = train_step(loss_of, micro, optimizer, tc, env.device, target_key)
-            state["step"] += 1
-            losses.append(loss)
-            seen += tc.batch_size * tc.accumulate * env.world
-            state["elapsed"] = time.perf_counter() - started
-            if env.main:
-                _fit_budget(state, tc, call_start_step, call_started)
-            requested = _agree(state, stop.signal is not None or state["step"] == stop_at_step, env)
-            if env.main:
-                truncated = sum(b["num_truncated"] for b in micro)
-                progress.update(1)
-                progress.total = state["total_steps"]
-                speed = seen / (time.perf_counter() - call_started)
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
-                if writer is not None and state["step"] % config.output.log_every == 0:
-                    for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm),
-                                        ("truncated", truncated), ("images_per_s", speed)):
-                        writer.add_scalar(f"train/{name}", value, state["step"])
-            finished = state["step"] >= state["total_steps"]
-            if requested and not finished:
-                interrupted = True
-                break
-            every = config.eval.every
-            if every and state["step"] % every == 0 and not finished:
-                _evaluate_and_keep_best(model, val_set, config, env, state, run_dir, writer)
-            if state["step"] % config.output.save_every == 0 and not finished and env.main:
-                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
-    progress.close()
-    metrics = None
-    if not interrupted:
-        metrics = _evaluate_and_keep_best(model, val_set, config, env, state, run_dir, writer)
-    if env.main:
-        save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
-        if interrupted:
-            print(f"stopped at step {state['step']}; continue with: rleseg train --resume {run_dir}")
-    if writer is not None:
-        writer.close()
-    if env.world > 1:
-        dist.barrier()
-    return TrainResult(run_dir, state["step"], metrics, interrupted, model, losses)
+    return loss_of
 
 
-def _fit_budget(state: dict, tc, call_start_step: int, call_started: float) -> None:
-    """Shorten the schedule so that it ends within ``tc.minutes``, from the step time measured so far.
+def _collate(model: torch.nn.Module) -> Collate:
+    """Token models learn from sequences cut at their ``max_seq_len``; the dense model from masks."""
+    return Collate(model.config.max_seq_len if model.target_key == "tokens" else None)
 
-    Refitted at steps 10, 20, 40, ... of this call: the first steps (start-up, warm caches) are slow, and
-    the machine's speed may drift. A time-budgeted schedule is therefore not bit-reproducible.
+
+def _batches(dataset: Dataset, collate: Collate, tc: TrainConfig, num_workers: int, env: Distributed,
+             epoch: int, position: int) -> Iterator[tuple[dict, int, int]]:
+    """Micro-batches of this rank forever, epoch after epoch, from ``(epoch, position)`` on.
+
+    Each comes with the (epoch, position) just after it: what a checkpoint written after it records, so
+    that a resumed run draws exactly the batches the uninterrupted one would have drawn next.
     """
-    if tc.minutes is not None and state["elapsed"] >= tc.minutes * 60:
-        state["total_steps"] = state["step"]  # out of time: end here, whatever the estimate said
-        return
-    blocks, rest = divmod(state["step"] - call_start_step, CALIBRATION_STEPS)
-    if tc.minutes is None or blocks == 0 or rest or blocks & (blocks - 1):
-        return  # only after CALIBRATION_STEPS * 2**k steps of this call
-    done = blocks * CALIBRATION_STEPS
-    per_step = (time.perf_counter() - call_started) / done
-    remaining = tc.minutes * 60 - state["elapsed"]
-    state["total_steps"] = max(state["step"], min(tc.steps, state["step"] + int(remaining / per_step)))
+    sampler = ResumableSampler(len(dataset), tc.seed, env.rank, env.world)
+    while True:
+        sampler.set_epoch(epoch, position)
+        dataset.set_epoch(epoch)
+        # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG, and a resumed
+        # run (which starts a loader mid-epoch) would then diverge from an uninterrupted one.
+        seeds = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        loader = DataLoader(dataset, tc.batch_size, sampler=sampler, collate_fn=collate,
+                            num_workers=num_workers, drop_last=True, generator=seeds)
+        for batch in loader:
+            position += tc.batch_size
+            yield batch, epoch, position
+        epoch, position = epoch + 1, 0
+
+
+def fit_schedule(step: int, total_steps: int, elapsed: float, tc: TrainConfig, steps_this_call: int,
+                 seconds_this_call: float) -> int:
+    """The schedule's length after ``step`` steps, so that it ends within ``tc.minutes`` at the step time
+    measured over this call (``total_steps`` unchanged between refits and without a budget).
+
+    Refitted after 10, 20, 40, ... steps of this call: the first steps (start-up, warm caches) are slow,
+    and the machine's speed may drift. A time-budgeted schedule is therefore not bit-reproducible.
+    """
+    if tc.minutes is None:
+        return total_steps
+    if elapsed >= tc.minutes * 60:
+        return step  # out of time: end here, whatever the estimate said
+    blocks, rest = divmod(steps_this_call, CALIBRATION_STEPS)
+    if blocks == 0 or rest or blocks & (blocks - 1):
+        return total_steps  # only after CALIBRATION_STEPS * 2**k steps of this call
+    per_step = seconds_this_call / steps_this_call
+    remaining = tc.minutes * 60 - elapsed
+    return max(step, min(tc.steps, step + int(remaining / per_step)))
+
+
+def _agree(total_steps: int, elapsed: float, stop: bool, env: Distributed) -> tuple[int, float, bool]:
+    """Rank 0's schedule length and clock for every rank, and a stop when any rank was asked to.
+
+    Ranks time their steps differently; without this a wall-clock budget would give them different
+    learning rates and step counts (diverging weights, then a hang in the next collective).
+    """
+    if env.world == 1:
+        return total_steps, elapsed, stop
+    own = [float(stop), float(total_steps), elapsed] if env.main else [float(stop), 0.0, 0.0]
+    shared = torch.tensor(own, dtype=torch.float64, device=env.device)  # NCCL reduces only GPU tensors
+    dist.all_reduce(shared)
+    return int(shared[1].item()), float(shared[2].item()), bool(shared[0].item() > 0)
+
+
+def _report_step(bar, writer, step: int, total_steps: int, log_every: int, scalars: dict[str, float]) -> None:
+    """Advance the progress bar; every ``log_every`` steps write ``scalars`` to TensorBoard as train/NAME."""
+    bar.update(1)
+    bar.total = total_steps
+    bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.1e}", img_s=f"{scalars['images_per_s']:.1f}")
+    if writer is not None and step % log_every == 0:
+        for name, value in scalars.items():
+            writer.add_scalar(f"train/{name}", value, step)
 
 
 def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:
@@ -237,70 +279,68 @@ def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:
             dist.broadcast(buffer, 0)
 
 
-def _evaluate_and_keep_best(model, val_set, config: ExperimentConfig, env: Distributed, state: dict,
-                            run_dir: Path, writer) -> dict:
+def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: ExperimentConfig, env: Distributed,
+                            run_dir: Path, writer, step: int, best: float | None) -> tuple[dict, float | None]:
+    """Validate on disjoint shards of the validation patches (so pooled metrics stay exact under DDP).
+
+    Rank 0 then writes metrics.json, a line of eval_log.jsonl and the pictures, and best.safetensors when
+    the score beats ``best``. Returns (metrics, the best score so far).
+    """
     ec = config.eval
     _sync_buffers(model, env)
     count = len(val_set) if ec.max_samples is None else min(len(val_set), ec.max_samples)
-    indices = list(range(env.rank, count, env.world))  # disjoint shards: pooled metrics stay exact
-    loader = DataLoader(torch.utils.data.Subset(val_set, indices), ec.batch_size,
-                        collate_fn=Collate(model.config.max_seq_len), num_workers=config.data.num_workers)
+    loader = DataLoader(Subset(val_set, list(range(env.rank, count, env.world))), ec.batch_size,
+                        collate_fn=_collate(model), num_workers=config.data.num_workers)
     panels = []
 
-    def keep_pictures(batch, generation, predictions):
-        for i in range(len(predictions)):
-            image, truth, name = batch["image"][i].numpy(), batch["mask"][i].numpy(), str(batch["name"][i])
-            if image.ndim == 3:  # a still image; a video window has a leading frame axis
-                image, truth, predicted = image[None], truth[None], predictions[i][None]
-            else:
-                predicted = predictions[i]
-            for t in range(len(image)):
-                if len(panels) < config.output.pictures:
-                    title = name if len(image) == 1 else f"{name} frame {t}"
-                    panels.append(comparison_panel(image[t], truth[t], predicted[t], config.class_names(), title))
+    def keep_pictures(batch: dict, predictions: np.ndarray) -> None:
+        room = config.output.pictures - len(panels)
+        if room > 0:
+            panels.extend(itertools.islice(_comparison_panels(batch, predictions, config.class_names()), room))
 
-    meters = evaluate(model, loader, build_meters(config, model.tokenizer), ec, env.device,
+    scores = validate(model, loader, build_patch_scores(config, model.tokenizer), ec, env.device,
                       keep_pictures if env.main else None)
-    meters.all_reduce()
-    metrics = meters.compute()
+    scores.all_reduce()
+    metrics = scores.compute()
     if not env.main:
-        return metrics
+        return metrics, best
     score = lookup(metrics, ec.best_metric)
-    record = {"step": state["step"], "metric": ec.best_metric, "value": score, "metrics": metrics}
-    _write_json(run_dir / "metrics.json", record)
+    write_json(run_dir / "metrics.json", {"step": step, "metric": ec.best_metric, "value": score, "metrics": metrics})
     with (run_dir / "eval_log.jsonl").open("a") as log:
-        log.write(json.dumps({"step": state["step"], ec.best_metric: score}) + "\n")
+        log.write(json.dumps({"step": step, ec.best_metric: score}) + "\n")
     if panels:
-        _save_pictures(panels, run_dir / "pictures" / f"step_{state['step']:07d}.png", writer, state["step"])
+        _save_pictures(panels, run_dir / "pictures" / f"step_{step:07d}.png", writer, step)
     if writer is not None:
-        writer.add_scalar(f"val/{ec.best_metric}", score, state["step"])
-    if state["best"] is None or (score == score and score > state["best"]):
-        state["best"] = score
-        save_best(run_dir, model, {"step": state["step"], ec.best_metric: score})
-    return metrics
+        writer.add_scalar(f"val/{ec.best_metric}", score, step)
+    if best is None or (score == score and score > best):  # a NaN score never replaces a number
+        best = score
+        save_best(run_dir, model, {"step": step, ec.best_metric: score})
+    return metrics, best
 
 
-def _save_pictures(panels, path: Path, writer, step: int) -> None:
-    from PIL import Image
+def _comparison_panels(batch: dict, predictions: np.ndarray, class_names: list[str]) -> Iterator[Image.Image]:
+    """Image | truth | prediction panels of a validation batch, frame by frame for video windows."""
+    for i in range(len(predictions)):
+        image, truth, predicted = batch["image"][i].numpy(), batch["mask"][i].numpy(), predictions[i]
+        if image.ndim == 3:  # a still image; a video window has a leading frame axis
+            image, truth, predicted = image[None], truth[None], predicted[None]
+        name = str(batch["name"][i])
+        for t in range(len(image)):
+            title = name if len(image) == 1 else f"{name} frame {t}"
+            yield comparison_panel(image[t], truth[t], predicted[t], class_names, title)
 
+
+def _save_pictures(panels: list[Image.Image], path: Path, writer, step: int) -> None:
     width, height = max(p.width for p in panels), sum(p.height for p in panels)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     y = 0
     for panel in panels:
         sheet.paste(panel, (0, y))
         y += panel.height
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp)
     if writer is not None:
         writer.add_image("val/predictions", np.asarray(sheet), step, dataformats="HWC")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _tensorboard(run_dir: Path, config: ExperimentConfig):
@@ -309,10 +349,3 @@ def _tensorboard(run_dir: Path, config: ExperimentConfig):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _progress(env: Distributed, state: dict, tc):
-    from tqdm import tqdm
-
-    return tqdm(total=state["total_steps"], initial=state["step"], disable=not env.main, unit="step",
-                dynamic_ncols=True, desc="train")

@@ -1,19 +1,46 @@
-"""Everything besides the weights that an exact resume needs: optimizer, scheduler, RNG and data position.
+"""Everything an exact resume needs, and the run folder's checkpoints that hold it.
 
-Stored as safetensors (tensors) + JSON (everything else), never pickle. ``save_training_state`` returns
-the two payloads; ``rleseg.checkpoints`` writes them atomically beside the model weights.
+    RUN_DIR/checkpoints/step_000500/model.safetensors    the model (rleseg.models format, self-describing)
+                                    trainer.safetensors  optimizer and RNG tensors
+                                    trainer.json         TrainingState's fields, RNG states, optimizer skeleton
+    RUN_DIR/best.safetensors                             the model of the best evaluation so far
+
+Stored as safetensors (tensors) + JSON (everything else), never pickle. A checkpoint folder is assembled
+under a temporary name (starting with a dot) and renamed into place, so a crash never leaves a
+half-written ``step_*`` folder; readers look only at ``step_[0-9]*``. The newest ``keep_last`` are kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
-from typing import Any
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_folder
+from .models import save_checkpoint
 
 
-def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+@dataclass
+class TrainingState:
+    """Where a run stands after ``step`` optimizer steps; trainer.json holds these fields by name."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # samples of ``epoch`` this rank has drawn: a resumed run continues from there
+    total_steps: int = 0  # the schedule's length; a wall-clock budget shortens it as the run goes
+    elapsed: float = 0.0  # seconds of training, over every call of a resumed run
+    best: float | None = None  # the best validation score so far (None before the first)
+
+
+# ----------------------------------------------------------------------------- optimizer and RNGs
+def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into named tensors and a JSON-able skeleton."""
     tensors, skeleton = {}, {"param_groups": state["param_groups"], "state": {}}
     for param_id, slots in state["state"].items():
@@ -29,7 +56,7 @@ def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, skeleton
 
 
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], skeleton: dict) -> dict:
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], skeleton: dict) -> dict:
     state = {}
     for param_id, slots in skeleton["state"].items():
         state[int(param_id)] = {
@@ -38,7 +65,7 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], skeleton: dict) -> dic
     return {"state": state, "param_groups": skeleton["param_groups"]}
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -52,7 +79,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     }
 
 
-def set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
+def _set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available():
@@ -63,15 +90,54 @@ def set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_training_state(optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> tuple[dict, dict]:
-    """(tensors, json) for the optimizer, the RNGs and ``extra`` (step, scheduler, data position...)."""
-    opt_tensors, opt_skeleton = optimizer_to_flat(optimizer.state_dict())
-    rng_tensors, rng_info = rng_state()
-    return {**opt_tensors, **rng_tensors}, {"optimizer": opt_skeleton, "rng": rng_info, **extra}
+# ----------------------------------------------------------------------------- run checkpoints
+def save_run_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState, keep_last: int
+) -> Path:
+    """Write ``checkpoints/step_N`` (N = ``state.step``) and drop all but the newest ``keep_last``."""
+    final = Path(run_dir) / "checkpoints" / f"step_{state.step:07d}"
+    opt_tensors, opt_skeleton = _optimizer_to_flat(optimizer.state_dict())
+    rng_tensors, rng_info = _rng_state()
+    info = {"optimizer": opt_skeleton, "rng": rng_info, **dataclasses.asdict(state)}
+    with atomic_folder(final, overwrite=True) as tmp:
+        save_checkpoint(model, tmp / "model.safetensors", extra={"step": state.step})
+        save_file({**opt_tensors, **rng_tensors}, str(tmp / "trainer.safetensors"))
+        (tmp / "trainer.json").write_text(json.dumps(info))
+    for old in _step_folders(run_dir)[: -max(1, keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
-def load_training_state(optimizer: torch.optim.Optimizer, tensors: dict, info: dict) -> dict:
-    """Restore optimizer and RNGs; returns the ``extra`` entries given to :func:`save_training_state`."""
-    optimizer.load_state_dict(optimizer_from_flat(tensors, info["optimizer"]))
-    set_rng_state(tensors, info["rng"])
-    return {k: v for k, v in info.items() if k not in ("optimizer", "rng")}
+def load_run_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """Load weights, optimizer and RNG states from a ``step_N`` folder; returns its training state."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "trainer.json").read_text())
+        state = TrainingState(**{field.name: info[field.name] for field in dataclasses.fields(TrainingState)})
+        tensors = load_file(str(folder / "trainer.safetensors"))
+        weights = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder}: not a readable training checkpoint ({error})") from None
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(_optimizer_from_flat(tensors, info["optimizer"]))
+    _set_rng_state(tensors, info["rng"])
+    return state
+
+
+def load_latest_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """:func:`load_run_checkpoint` of the newest ``step_N`` folder of ``run_dir``."""
+    found = _step_folders(run_dir)
+    if not found:
+        raise ValueError(f"{run_dir}: no checkpoint to resume from (looked in {Path(run_dir) / 'checkpoints'})")
+    return load_run_checkpoint(found[-1], model, optimizer)
+
+
+def save_best(run_dir: Path, model: torch.nn.Module, extra: dict) -> Path:
+    path = Path(run_dir) / "best.safetensors"
+    save_checkpoint(model, path, extra=extra)
+    return path
+
+
+def _step_folders(run_dir: Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob("step_[0-9]*")) if folder.is_dir() else []

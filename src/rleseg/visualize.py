@@ -147,3 +147,24 @@ def draw_runs(
     if order == "F":
         canvas = canvas.transpose(Image.Transpose.TRANSPOSE)
     return canvas
+
+
+def tokens_picture(tokenizer, panels: list[tuple[str, np.ndarray]]) -> Image.Image:
+    """Token sequences side by side, each drawn as its runs on the mask grid (:func:`draw_runs`) under a
+    caption "<name>: <runs> runs, <tokens> tokens". ``panels``: (name, tokens) pairs; malformed runs
+    are left out as lenient decoding drops them."""
+    scale = max(2, 320 // max(tokenizer.mask_size))
+    font = ImageFont.load_default()
+    drawn = []
+    for caption, tokens in panels:
+        runs = tokenizer.decode_runs(tokens, errors="ignore")
+        picture = draw_runs(runs, tokenizer.mask_size, tokenizer.num_classes, tokenizer.order, scale)
+        drawn.append((f"{caption}: {len(runs)} runs, {len(tokens)} tokens", picture))
+    width = sum(p.width for _, p in drawn) + 8 * (len(drawn) - 1)
+    sheet = Image.new("RGB", (max(width, 200), max(p.height for _, p in drawn) + 16), (255, 255, 255))
+    draw, x = ImageDraw.Draw(sheet), 0
+    for caption, picture in drawn:
+        draw.text((x + 2, 2), caption, fill=(0, 0, 0), font=font)
+        sheet.paste(picture, (x, 16))
+        x += picture.width + 8
+    return sheet

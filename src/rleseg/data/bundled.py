@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import to_unit_float
+from ..imageio import to_unit_float
 
 
 @dataclass(frozen=True)

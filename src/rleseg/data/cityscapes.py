@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imageio import image_shape, read_image, read_label_map
 from .dataset import PatchDataset, default_patch
-from .files import image_shape, read_image, read_label_map
 from .patches import PatchConfig
 
 CITYSCAPES_CLASSES = (

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imageio import read_image
 from .dataset import PatchDataset, default_patch
-from .files import read_image
 from .patches import PatchConfig
 
 

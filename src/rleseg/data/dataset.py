@@ -72,7 +72,7 @@ class PatchDataset(Dataset):
                 f"patch_size {patch.patch_size} with factor {patch.factor} gives {patch.mask_size} masks, "
                 f"the tokenizer expects {tuple(tokenizer.mask_size)}"
             )
-        if getattr(tokenizer, "task", None) == "panoptic" and patch.downsample != "nearest":
+        if tokenizer.task == "panoptic" and patch.downsample != "nearest":
             # The centre pixel keeps class and instance id consistent; a per-map mode would not.
             raise ValueError("a panoptic tokenizer needs PatchConfig(downsample='nearest')")
         self.tokenizer, self.patch = tokenizer, patch
@@ -217,7 +217,7 @@ class PatchDataset(Dataset):
         """
         small = patch["mask_small"]
         small = np.where(small == self.ignore_index, 0, small)
-        if getattr(self.tokenizer, "task", None) == "panoptic":
+        if self.tokenizer.task == "panoptic":
             if "instances_small" not in patch:
                 raise ValueError(f"{type(self).__name__} has no instance masks for a panoptic tokenizer")
             return np.asarray(self.tokenizer.encode(small, patch["instances_small"]), dtype=np.int64)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_shape, read_image, read_label_map
+from .classes import ClassList, read_class_list
 from .dataset import PatchDataset, default_patch
-from .files import IMAGE_SUFFIXES, MASK_SUFFIXES, ClassList, image_shape, read_class_list, read_image, read_label_map
 from .patches import PatchConfig
 
 
@@ -45,7 +46,7 @@ class FolderDataset(PatchDataset):
     Args:
         root: folder holding ``images`` and ``masks`` (names configurable).
         tokenizer: the mask tokenizer; its ``num_classes`` must match the class list when one is given.
-        classes: a class-list file (YAML/TXT, see ``rleseg.data.files.read_class_list``), a ClassList,
+        classes: a class-list file (YAML/TXT, see ``rleseg.data.classes.read_class_list``), a ClassList,
             or None (labels 0 .. tokenizer.num_classes - 1 unnamed).
         patch: the patch pipeline; default ``default_patch(tokenizer)``.
         mask_suffix: masks are named ``<image stem><mask_suffix>.<ext>`` (e.g. "_mask").

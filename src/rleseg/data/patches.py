@@ -1,4 +1,5 @@
-"""The paper's patch pipeline: resize, sliding-window patches, augmentation, and stitching back.
+"""The paper's patch pipeline: resize, sliding-window patches and augmentation (stitching the
+predictions back is inference's: ``rleseg.inference.stitch``).
 
 Conventions: boxes are ``(y0, x0, y1, x1)`` int64 in pixels of the (resized) image, ``y1 - y0 ==
 x1 - x0 == patch_size``; a box may reach past an image smaller than the patch, the crop is then
@@ -6,11 +7,6 @@ padded (image with 0, mask with ``ignore_index``). Windows along an axis start a
 stride and always include one window flush with the far edge, so every pixel is covered.
 Image-like arrays carry the spatial axes at (-3, -2) (``(..., H, W, 3)``), label maps at (-2, -1)
 (``(..., H, W)``); a leading frame axis is allowed for video and every frame gets the same transform.
-
-Stitching merges per-patch predictions, at the subsampled size ``(P/s, P/s)``, into one
-full-resolution label map: each patch is upsampled (nearest) by ``s`` and pasted at its box;
-where patches overlap, a pixel takes the majority label (ties go to the patch in which the pixel lies
-farther from the border) or, when scores are given, the label of the highest-scoring patch.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rleseg.tokens import downsample_mask, upsample_mask
+from rleseg.tokens import downsample_mask
 
 
 @dataclass(frozen=True)
@@ -247,115 +243,3 @@ def make_patch(
         out["instances"] = aug.apply(crop(instances, box, 0, -2), -2, 0, linear=False)
         out["instances_small"] = downsample_mask(out["instances"], config.factor, config.downsample)
     return out
-
-
-# --------------------------------------------------------------------------------------- stitching
-def _centrality(size: int) -> np.ndarray:
-    """(size, size) weight in [0, 1): distance to the nearest patch border, scaled down so that it
-    only ever breaks ties between equal vote counts."""
-    edge = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
-    return np.minimum(edge[:, None], edge[None, :]) / (size * 4.0)
-
-
-def stitch(
-    predictions: np.ndarray,
-    boxes: np.ndarray,
-    shape: tuple[int, int],
-    factor: int,
-    num_classes: int,
-    scores: np.ndarray | None = None,
-    fill: int = 0,
-) -> np.ndarray:
-    """Merge per-patch label maps into one full-resolution (H, W) int64 label map.
-
-    Args:
-        predictions: (K, h, w) subsampled label maps, values in 0..num_classes-1.
-        boxes: (K, 4) ``(y0, x0, y1, x1)`` of each patch in the image, ``y1 - y0 == h * factor``
-            (or the patch size when ``h * factor`` overshoots it).
-        shape: (H, W) of the image the boxes refer to.
-        scores: optional (K,) or (K, h, w) confidences; then each pixel takes the label of the
-            highest-scoring patch covering it instead of the majority vote.
-        fill: label of pixels no box covers.
-    """
-    predictions, boxes = np.asarray(predictions), np.asarray(boxes, dtype=np.int64)
-    if predictions.ndim != 3 or len(predictions) != len(boxes):
-        raise ValueError(f"predictions must be (K, h, w) with one box each, got {predictions.shape}, {boxes.shape}")
-    if predictions.size and (predictions.min() < 0 or predictions.max() >= num_classes):
-        raise ValueError(f"prediction labels must lie in 0..{num_classes - 1}")
-    if scores is not None:
-        return _stitch_by_score(predictions, boxes, shape, factor, np.asarray(scores, np.float32), fill)
-    if factor > 1 and not (boxes % factor).any():
-        # Boxes on the subsampling grid: vote on that grid (factor**2 fewer pixels), then upsample.
-        coarse = (-(-shape[0] // factor), -(-shape[1] // factor))
-        labels = stitch(predictions, boxes // factor, coarse, 1, num_classes, fill=fill)
-        return upsample_mask(labels, factor, shape)
-    pieces = [piece[:3] for piece in _pieces(predictions, boxes, shape, factor)]
-    # One vote map per label present (not a (C, H, W) array): memory stays 3 maps of the image.
-    labels = np.full(shape, fill, dtype=np.int64)
-    best = np.zeros(shape, dtype=np.float32)
-    for label in np.unique(predictions):
-        votes = np.zeros(shape, dtype=np.float32)
-        for window, piece, weight in pieces:
-            votes[window] += (piece == label) * weight
-        better = votes > best
-        labels[better], best[better] = label, votes[better]
-    return labels
-
-
-def _pieces(predictions: np.ndarray, boxes: np.ndarray, shape: tuple[int, int], factor: int):
-    """Per patch: the image slice it covers, its upsampled labels there and their vote weights."""
-    for k, (pred, box) in enumerate(zip(predictions, boxes, strict=True)):
-        size = int(box[2] - box[0])
-        height, width = min(size, shape[0] - int(box[0])), min(size, shape[1] - int(box[1]))
-        window = (slice(int(box[0]), int(box[0]) + height), slice(int(box[1]), int(box[1]) + width))
-        up = upsample_mask(pred, factor)[:height, :width]
-        yield window, up, 1.0 + _centrality(size)[:height, :width], k
-
-
-def _stitch_by_score(predictions, boxes, shape, factor, scores, fill) -> np.ndarray:
-    labels = np.full(shape, fill, dtype=np.int64)
-    best = np.full(shape, -np.inf, dtype=np.float32)
-    for window, up, _, k in _pieces(predictions, boxes, shape, factor):
-        score = scores[k] if scores.ndim == 1 else upsample_mask(scores[k], factor)[: up.shape[0], : up.shape[1]]
-        score = np.broadcast_to(score, up.shape)
-        better = score > best[window]
-        best[window] = np.where(better, score, best[window])
-        labels[window] = np.where(better, up, labels[window])
-    return labels
-
-
-def stitch_windows(predictions: np.ndarray, starts: np.ndarray, num_frames: int, num_classes: int) -> np.ndarray:
-    """Merge overlapping video windows per frame by majority vote.
-
-    Args:
-        predictions: (num_windows, N, H, W) label maps of windows of N frames.
-        starts: (num_windows,) first frame of each window.
-        num_frames: T, frames of the whole sequence.
-
-    Returns:
-        (T, H, W) int64; a frame no window covers is all 0. Ties go to the smaller label.
-    """
-    predictions, starts = np.asarray(predictions), np.asarray(starts, dtype=np.int64)
-    windows, frames = predictions.shape[:2]
-    if starts.min(initial=0) < 0 or starts.max(initial=0) + frames > num_frames:
-        raise ValueError(f"windows of {frames} frames starting at {starts.tolist()} overrun {num_frames} frames")
-    pixels = int(np.prod(predictions.shape[2:]))
-    frame = (starts[:, None] + np.arange(frames)[None, :])[..., None]  # (num_windows, N, 1)
-    index = (frame * num_classes + predictions.reshape(windows, frames, -1)) * pixels + np.arange(pixels)
-    votes = np.bincount(index.ravel(), minlength=num_frames * num_classes * pixels)
-    votes = votes.reshape(num_frames, num_classes, *predictions.shape[2:])
-    return votes.argmax(axis=1).astype(np.int64)
-
-
-def stitch_patches_of_image(
-    predictions: np.ndarray,
-    boxes: np.ndarray,
-    config: PatchConfig,
-    original_shape: tuple[int, int],
-    num_classes: int,
-    scores: np.ndarray | None = None,
-) -> np.ndarray:
-    """:func:`stitch` in the resized frame of ``config.scale``, then back to ``original_shape`` (nearest)."""
-    resized = scaled_shape(original_shape, config.scale)
-    labels = stitch(predictions, boxes, resized, config.factor, num_classes, scores)
-    return resize(labels, original_shape, -2, linear=False)

@@ -10,7 +10,8 @@ Tokens come from a video tokenizer (``rleseg.tokens.video.VideoTokenizer``: ``en
 body + EOS); its ``frames`` must equal N. Instance maps, where present, travel with the sample as
 ``instances`` (N, P, P) (ids as stored, the same id across frames for one object).
 
-Layouts of :class:`VideoFolderDataset` (``root/images`` and ``root/masks``, sequences by name):
+Layouts of :class:`VideoFolderDataset` (``root/images`` and ``root/masks``, names configurable; sequences
+by name):
 
     frame folders      images/<seq>/<frame>.png ...   masks/<seq>/<frame>.png ...   (paired by stem)
     multi-page TIFF    images/<seq>.tif (T, H, W[, 3])  masks/<seq>.tif (T, H, W)
@@ -25,9 +26,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
+from ..imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_shape, read_image, read_label_map, to_unit_float
 from .dataset import PatchDataset, default_patch
-from .files import IMAGE_SUFFIXES, MASK_SUFFIXES, image_shape, read_image, read_label_map, to_unit_float
 from .patches import PatchConfig, window_starts
 from .synthetic import SyntheticConfig, synthetic_scene, synthetic_setup
 
@@ -172,8 +174,6 @@ class SyntheticVideoDataset(VideoPatchDataset):
 
 
 def _tiff_frames(path: Path) -> tuple[int, tuple[int, int]]:
-    import tifffile
-
     try:
         with tifffile.TiffFile(path) as tif:
             shape = tif.series[0].shape
@@ -187,8 +187,10 @@ def _tiff_frames(path: Path) -> tuple[int, tuple[int, int]]:
 class VideoFolderDataset(VideoPatchDataset):
     """Sequences as frame folders or multi-page TIFFs under ``root/images`` and ``root/masks``.
 
-    Construction checks every sequence has masks, matching frame stems (folders) or frame counts
-    (TIFF) and matching sizes; ``skip_bad`` drops a bad sequence with a warning instead.
+    ``images`` and ``masks`` name the two folders relative to ``root`` (an absolute path stands for
+    itself), as for ``FolderDataset``. Construction checks every sequence has masks, matching frame stems
+    (folders) or frame counts (TIFF) and matching sizes; ``skip_bad`` drops a bad sequence with a warning
+    instead.
     """
 
     def __init__(
@@ -198,13 +200,15 @@ class VideoFolderDataset(VideoPatchDataset):
         frames: int,
         frame_stride: int = 1,
         patch: PatchConfig | None = None,
+        images: str = "images",
+        masks: str = "masks",
         instance_masks: bool = False,
         ignore_index: int = 255,
         skip_bad: bool = False,
         seed: int = 0,
     ):
         self.root, self.instance_masks = Path(root), instance_masks
-        images, masks = self.root / "images", self.root / "masks"
+        images, masks = self.root / images, self.root / masks
         for folder in (images, masks):
             if not folder.is_dir():
                 raise ValueError(f"{folder}: no such folder; expected one frame folder or TIFF stack per sequence")
@@ -289,8 +293,6 @@ class VideoFolderDataset(VideoPatchDataset):
         return data
 
     def _read_stack(self, seq: int) -> tuple[np.ndarray, np.ndarray]:
-        import tifffile
-
         if self._stack is not None and self._stack[0] == seq:
             return self._stack[1]
         info = self.sequences[seq]

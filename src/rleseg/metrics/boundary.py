@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rleseg.metrics.pixels import _ratio, check_pair
+from rleseg.metrics.pixels import check_pair, safe_ratio
 
 #: Rows of the (4, ...) count arrays returned by ``boundary_counts``.
 BOUNDARY_COUNTS = ("pred_boundary", "pred_matched", "gt_boundary", "gt_matched")
@@ -83,9 +83,9 @@ def boundary_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, toleranc
 def f_from_counts(counts: np.ndarray, pred_present: np.ndarray, gt_present: np.ndarray) -> np.ndarray:
     """Boundary F from (4, ...) counts and bool presence of each class in prediction / ground truth."""
     n_pred, m_pred, n_gt, m_gt = counts
-    precision = _ratio(m_pred, n_pred)
-    recall = _ratio(m_gt, n_gt)
-    f = _ratio(2 * precision * recall, precision + recall)
+    precision = safe_ratio(m_pred, n_pred)
+    recall = safe_ratio(m_gt, n_gt)
+    f = safe_ratio(2 * precision * recall, precision + recall)
     no_edge = (n_pred == 0) | (n_gt == 0)
     both_flat = (n_pred == 0) & (n_gt == 0) & pred_present & gt_present
     f = np.where(no_edge, both_flat.astype(np.float64), f)

@@ -61,7 +61,7 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_
     return confusion_matrices(pred.reshape(1, -1, 1), gt.reshape(1, -1, 1), num_classes)[0]
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with 0 where den == 0 (callers mark undefined entries NaN themselves)."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
@@ -81,10 +81,10 @@ def scores_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
     n_pred = confusion.sum(-2)
     union = n_gt + n_pred - tp
     scores = {
-        "dice": _ratio(2 * tp, n_gt + n_pred),
-        "iou": _ratio(tp, union),
-        "precision": _ratio(tp, n_pred),
-        "recall": _ratio(tp, n_gt),
+        "dice": safe_ratio(2 * tp, n_gt + n_pred),
+        "iou": safe_ratio(tp, union),
+        "precision": safe_ratio(tp, n_pred),
+        "recall": safe_ratio(tp, n_gt),
     }
     absent = union == 0
     for value in scores.values():

@@ -2,37 +2,45 @@
 class logit per pixel at full input resolution, trained with cross-entropy + soft Dice.
 
 It is there to measure what the token formulation costs or gains (issue 10), so it is built, trained,
-evaluated and saved like the token model: ``model.head: dense`` in an experiment config, the same
-:func:`rleseg.models.create_model`, the same checkpoint file format. It speaks the token model's
-protocol with two differences (the engine picks the loss target by ``target_key`` and finds the
-resolution of the masks from their shape):
+evaluated and saved like the token model: ``model.architecture: dense`` in an experiment config, the same
+:func:`rleseg.models.create_model` (a :class:`DenseConfig` picks this model), the same checkpoint file
+format. Where the token model's protocol differs:
 
 - ``target_key = "mask"``: :meth:`DenseModel.loss` takes the batch's full-resolution ``mask``
   (``ignore_index`` kept) where the token model takes ``tokens``;
-- :meth:`DenseModel.generate` accepts the sampling options and ignores them; its :class:`Generation`
-  holds argmax label maps at the image's own resolution and empty token / log-probability tensors.
+- there are no tokens to generate: the label maps are ``predict_logits(images).argmax(1)``, at the
+  image's own resolution.
 
-Read top to bottom: blocks, decoder, loss, model. Shapes use B = batch, C = classes, H x W = image,
+Read top to bottom: config, blocks, decoder, loss, model. Shapes use B = batch, C = classes, H x W = image,
 h x w = a feature map.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rleseg.tokens.runs import label_dtype
+from rleseg.tokens import MaskTokenizer
 
 from .backbone import Backbone
-from .generate import Generation
-from .pix2seq import ModelConfig
 
-# The keyword options of Pix2Seq.generate: accepted (and ignored) so that callers need not know the head.
-SAMPLING_OPTIONS = frozenset({"max_len", "temperature", "top_k", "top_p", "constrained", "use_cache", "generator",
-                              "eos_by_mass"})
 MIN_WIDTH = 16  # the decoder halves its width per finer level, down to this
+
+
+@dataclass
+class DenseConfig:
+    backbone: str = "resnet50"  # any timm model with features_only; every level feeds the decoder
+    pretrained: bool | str = False  # False, True (timm's cache), "packaged" or a local weights file
+    freeze_backbone: bool = False
+    backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model; out_indices picks levels
+    image_size: int = 640  # training/inference crop size; informative, any size the stride divides works
+    width: int = 256  # the decoder's width at the coarsest level; it halves per finer level
+    dropout: float = 0.1  # before the classifier
+    label_smoothing: float = 0.0
+    tokenizer: dict | None = None  # the (semantic) tokenizer's to_dict(): the task, as the token model stores it
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -111,7 +119,7 @@ def ce_dice_loss(
 
 
 # ----------------------------------------------------------------------------- model
-class Encoder(nn.Module):
+class MultiScaleEncoder(nn.Module):
     """images (B, 3, H, W) in [0, 1] -> the backbone's feature maps, finest first.
 
     A wrapper so that the backbone's parameter names start with ``encoder.backbone.`` as in the token
@@ -119,7 +127,7 @@ class Encoder(nn.Module):
     unless ``backbone_kwargs`` names ``out_indices``.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: DenseConfig):
         super().__init__()
         kwargs = dict(config.backbone_kwargs)
         out_indices = kwargs.pop("out_indices", None)
@@ -130,29 +138,25 @@ class Encoder(nn.Module):
 
 
 class DenseModel(nn.Module):
-    """Image -> per-pixel class logits. Build with :func:`rleseg.models.create_model` and a ModelConfig
-    whose ``head`` is "dense".
+    """Image -> per-pixel class logits. Build with :func:`rleseg.models.create_model` and a DenseConfig.
 
-    Of the config it uses backbone, pretrained, freeze_backbone, backbone_kwargs, dim (the decoder's
-    width at the coarsest level), dropout (before the classifier) and label_smoothing; the number of
-    classes comes from the tokenizer, which must be an image (semantic) tokenizer. The tokenizer is
-    kept only so that the model describes its task like the token model does (its mask size is not used:
-    predictions are at the image's resolution).
+    The number of classes comes from the tokenizer, which must be an image (semantic) tokenizer. The
+    tokenizer is kept only so that the model describes its task like the token model does (its mask size
+    is not used: predictions are at the image's resolution).
 
     Images are (B, 3, H, W) float RGB in [0, 1], H and W divisible by the backbone stride (32 for ResNets).
     """
 
     target_key = "mask"  # the batch entry that loss() takes as its target
 
-    def __init__(self, config: ModelConfig, tokenizer):
+    def __init__(self, config: DenseConfig, tokenizer: MaskTokenizer):
         super().__init__()
-        task = getattr(tokenizer, "task", None)
-        if task != "semantic":
-            raise ValueError(f"the dense head predicts semantic label maps; got a tokenizer for task {task!r}")
+        if tokenizer.task != "semantic":
+            raise ValueError(f"the dense model predicts semantic label maps; got a {tokenizer.task} tokenizer")
         self.config, self.tokenizer = config, tokenizer
         self.num_classes = int(tokenizer.num_classes)
-        self.encoder = Encoder(config)
-        self.decoder = UNetDecoder(self.encoder.backbone.feature_channels, config.dim)
+        self.encoder = MultiScaleEncoder(config)
+        self.decoder = UNetDecoder(self.encoder.backbone.feature_channels, config.width)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes, 1)
         nn.init.zeros_(self.classifier.bias)
@@ -181,23 +185,3 @@ class DenseModel(nn.Module):
         logits = self(images).float()
         self.train(was_training)
         return logits
-
-    @torch.no_grad()
-    def generate(self, images: torch.Tensor, **sampling) -> Generation:
-        """Argmax label maps, in the token model's :class:`Generation` (all on the CPU):
-
-        masks: one (H, W) label map per image at the image's resolution (not the tokenizer's subsampled
-            grid), dtype ``label_dtype(num_classes)`` as the tokenizer's decode gives;
-        tokens: (B, 0) int64 and logprobs: (B, 0) float32, empty: there are no tokens.
-
-        The token model's sampling options (temperature, top_p, constrained, ...) are accepted and have
-        no effect; any other keyword is an error.
-        """
-        unknown = sorted(set(sampling) - SAMPLING_OPTIONS)
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
-        labels = self.predict_logits(images).argmax(dim=1).cpu().numpy()  # (B, H, W)
-        labels = labels.astype(label_dtype(self.num_classes))
-        batch = labels.shape[0]
-        empty = torch.zeros(batch, 0, dtype=torch.long), torch.zeros(batch, 0, dtype=torch.float32)
-        return Generation(*empty, list(np.ascontiguousarray(labels)))

@@ -1,11 +1,13 @@
-"""What generation returns, and how one next token is chosen from a batch of logits."""
+"""What generation returns, and how one next token is chosen from a batch of logits: which tokens are
+allowed, EOS by probability mass, and sampling (greedy, temperature, top-k, top-p)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from rleseg.tokens import EOS, PAD, Grammar
 
 
 @dataclass
@@ -20,15 +22,13 @@ class Generation:
         constrained; the full softmax otherwise). Temperature, top-k and top-p shape the sampling but not
         this number, so it is comparable across sampling settings and usable as a score (e.g. an
         instance's class-token probability). 0.0 at the PAD positions after EOS.
-    masks: one decoded mask per image, a list of numpy arrays as ``tokenizer.decode`` returns them ((H, W)
-        label maps for the image tokenizer); decoded with errors="strict" when constrained and
-        errors="ignore" otherwise. A list rather than one stacked array so that tokenizers whose decode
-        returns other structures (video, panoptic) fit the same field.
+
+    Masks are the caller's to decode: ``tokenizer.decode(row, errors="strict")`` for a constrained
+    generation (every row is valid), ``errors="ignore"`` for an unconstrained one.
     """
 
     tokens: torch.Tensor
     logprobs: torch.Tensor
-    masks: list[np.ndarray]
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -38,6 +38,28 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def allowed_tokens(grammar: Grammar | None, done: torch.Tensor, vocab_size: int, remaining: int) -> torch.Tensor:
+    """(B, V) bool, the tokens one generation step may choose: the grammar's with ``remaining`` steps
+    left (it pads finished rows itself), or without a grammar anything for the rows not ``done`` (B,)
+    and only PAD for those that are."""
+    if grammar is not None:
+        return torch.from_numpy(grammar.allowed(remaining)).to(done.device)
+    allowed = torch.ones(done.shape[0], vocab_size, dtype=torch.bool, device=done.device)
+    allowed[done] = False
+    allowed[done, PAD] = True
+    return allowed
+
+
+def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """allowed (B, V) without EOS in the rows where other tokens are allowed and EOS holds less than half
+    of the allowed probability of logits (B, V): EOS by mass, not by being the single likeliest token."""
+    probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    outweighed = allowed[:, EOS] & (probs[:, EOS] < 0.5) & (allowed.sum(dim=-1) > 1)
+    allowed = allowed.clone()
+    allowed[:, EOS] &= ~outweighed
+    return allowed
 
 
 def sample_next(

@@ -1,30 +1,31 @@
 """The Pix2Seq model: backbone -> transformer encoder -> causal transformer decoder over mask tokens.
 
-Read top to bottom: config, blocks, encoder (with the feature pyramid of the pointer start head), decoder,
-model, create_model (the sin-cos position codes live in positions.py). Shapes use B = batch, N = visual
-tokens (feature-map cells), S = mask cells, T = sequence positions, D = width, V = vocabulary, H = heads.
+Read top to bottom: config, encoder (with the feature pyramid of the pointer start head), decoder, model.
+Blocks are in layers.py, sin-cos position codes in positions.py, token sampling in generate.py; build a
+model with ``rleseg.models.create_model`` (factory.py). Shapes use B = batch, N = visual tokens
+(feature-map cells), S = mask cells, T = sequence positions, D = width, V = vocabulary, H = heads.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rleseg.tokens import EOS, PAD
+from rleseg.tokens import EOS, PAD, MaskTokenizer
 
 from .backbone import Backbone
-from .generate import Generation, check_sampling, sample_next
+from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
+from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
 
 
 @dataclass
 class ModelConfig:
-    head: str = "token"  # "token": this Pix2Seq; "dense": the per-pixel baseline of models/dense.py
     backbone: str = "resnet50"  # any timm model with features_only; the last feature map is used
     pretrained: bool | str = False  # False, True (timm's cache), "packaged" or a local weights file
     freeze_backbone: bool = False  # the paper froze its (COCO-pretrained) backbone
@@ -63,118 +64,13 @@ class ModelConfig:
     init_std: float = 0.02
     tokenizer: dict | None = None  # the tokenizer's to_dict(): a checkpoint describes its own tokens
 
-
-START_HEADS = ("auto", "table", "pointer")
-
-PRESETS = {
-    "paper": ModelConfig(),
-    "small": ModelConfig(
-        backbone="resnet18", image_size=256, dim=256, heads=8, mlp_dim=1024, encoder_layers=2, decoder_layers=2
-    ),
-    "tiny": ModelConfig(
-        backbone="resnet10t", image_size=128, dim=128, heads=4, mlp_dim=512, encoder_layers=2, decoder_layers=2,
-        max_seq_len=256,
-    ),
-}
+    @property
+    def uses_pyramid(self) -> bool:
+        """Whether the model builds the feature pyramid (for the pointer start head or the auxiliary loss)."""
+        return self.start_head == "pointer" or self.aux_dense_weight > 0
 
 
-# ----------------------------------------------------------------------------- blocks
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch for whole samples during training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) >= self.p
-        return x * keep / (1.0 - self.p)
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc = nn.Linear(dim, hidden)
-        self.proj = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-class Attention(nn.Module):
-    """Multi-head attention; self-attention (optionally causal, with a KV cache) or cross-attention."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)  # (B, H, T, D/H)
-
-    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.kv(context).chunk(2, dim=-1)  # (B, S, D) each
-        return self.split_heads(k), self.split_heads(v)  # (B, H, S, D/H)
-
-    def forward(self, x, context=None, kv=None, causal=False, cache=None, pos=0) -> torch.Tensor:
-        """x (B, T, D) attends to ``context`` (B, S, D), to precomputed ``kv``, or to itself. With a
-        ``cache`` (self-attention only) x holds positions pos .. pos+T-1 and attends to the cached past."""
-        batch, length, dim = x.shape
-        q = self.split_heads(self.q(x))  # (B, H, T, D/H)
-        k, v = kv if kv is not None else self.keys_values(x if context is None else context)
-        if cache is not None:
-            cache.k[:, :, pos : pos + length] = k
-            cache.v[:, :, pos : pos + length] = v
-            k, v = cache.k[:, :, : pos + length], cache.v[:, :, : pos + length]
-            causal = causal and length > 1  # one new query may see the whole cached past
-            if causal and pos:
-                raise ValueError("a cached multi-token step must start at position 0")
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, D/H)
-        y = y.transpose(1, 2).reshape(batch, length, dim)  # (B, T, D)
-        return self.resid_dropout(self.proj(y))
-
-
-@dataclass
-class KVCache:
-    k: torch.Tensor  # (B, H, max_len, D/H)
-    v: torch.Tensor
-
-
-class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.mlp = MLP(dim, mlp_dim, dropout)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.ln1(x)))
-        return x + self.drop_path(self.mlp(self.ln2(x)))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
-        super().__init__()
-        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, heads, dropout)
-        self.cross_attn = Attention(dim, heads, dropout)
-        self.mlp = MLP(dim, mlp_dim, dropout)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x, memory=None, memory_kv=None, cache=None, pos=0) -> torch.Tensor:
-        x = x + self.drop_path(self.self_attn(self.ln1(x), causal=True, cache=cache, pos=pos))
-        x = x + self.drop_path(self.cross_attn(self.ln2(x), context=memory, kv=memory_kv))
-        return x + self.drop_path(self.mlp(self.ln3(x)))
+START_HEADS = ("auto", "table", "pointer")  # create_model resolves "auto"; the model sees the other two
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -185,7 +81,7 @@ class Encoder(nn.Module):
         super().__init__()
         c = config
         kwargs = dict(c.backbone_kwargs)
-        if uses_pyramid(c):
+        if c.uses_pyramid:
             kwargs["out_indices"] = None  # every level: the pyramid reads the finer ones
         self.backbone = Backbone(c.backbone, c.pretrained, c.freeze_backbone, **kwargs)
         self.input_proj = nn.Linear(self.backbone.channels, c.dim)
@@ -223,7 +119,7 @@ class Pyramid(nn.Module):
     the result is resampled to the mask grid (one cell per start token) and layer-normalised.
     """
 
-    def __init__(self, config: ModelConfig, channels: list[int], strides: list[int], tokenizer):
+    def __init__(self, config: ModelConfig, channels: list[int], strides: list[int], tokenizer: MaskTokenizer):
         super().__init__()
         levels = [i for i, s in enumerate(strides[:-1]) if s >= config.pyramid_stride]
         if not levels:
@@ -248,15 +144,20 @@ class Pyramid(nn.Module):
         return self.ln(x.flatten(2).transpose(1, 2))  # (B, S, D)
 
 
-def uses_pyramid(config: ModelConfig) -> bool:
-    return config.start_head == "pointer" or config.aux_dense_weight > 0
-
-
 # ----------------------------------------------------------------------------- decoder
+@dataclass
+class DecoderCache:
+    """What cached generation keeps between steps, per decoder layer: the cross-attention keys and values
+    of the memory (computed once) and the self-attention keys and values of the positions so far."""
+
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # (B, H, N, D/H) each
+    layers: list[KVCache]
+
+
 class Decoder(nn.Module):
     """tokens (B, T) at positions pos .. pos+T-1, memory (B, N, D) -> logits (B, T, V)."""
 
-    def __init__(self, config: ModelConfig, tokenizer):
+    def __init__(self, config: ModelConfig, tokenizer: MaskTokenizer):
         super().__init__()
         c, vocab_size = config, tokenizer.vocab.size
         # Tied input/output embedding: table = learned weight + fixed start geometry (zeros elsewhere).
@@ -274,6 +175,7 @@ class Decoder(nn.Module):
         rates = torch.linspace(0, c.drop_path, c.decoder_layers).tolist()
         self.layers = nn.ModuleList(DecoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r) for r in rates)
         self.ln = nn.LayerNorm(c.dim)
+        self.heads = c.heads
 
     def embedding_table(self, start_content: torch.Tensor | None = None) -> torch.Tensor:
         """The tied table, (V, D); with ``start_content`` (B, S, D), the image's own features at the S start
@@ -284,9 +186,27 @@ class Decoder(nn.Module):
         start = self.start_range
         return table + F.pad(start_content, (0, 0, start.first, table.shape[0] - start.stop))  # (B, V, D)
 
-    def forward(self, tokens, memory=None, memory_kv=None, caches=None, pos=0, table=None, last_only=False):
-        """``table``: (V, D) or per image (B, V, D), default :meth:`embedding_table`. ``last_only``: logits
-        of the last position only, (B, 1, V) (generation without a cache)."""
+    def new_cache(self, memory: torch.Tensor, max_len: int) -> DecoderCache:
+        """An empty cache for up to ``max_len`` positions of generation reading memory (B, N, D)."""
+        batch, _, dim = memory.shape
+        shape = (batch, self.heads, max_len, dim // self.heads)
+        return DecoderCache(
+            [layer.cross_attn.keys_values(memory) for layer in self.layers],
+            [KVCache(memory.new_empty(shape), memory.new_empty(shape)) for _ in self.layers],
+        )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        cache: DecoderCache | None = None,
+        pos: int = 0,
+        table: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached
+        past. ``table``: (V, D) or per image (B, V, D), default :meth:`embedding_table`. ``last_only``:
+        logits of the last position only, (B, 1, V) (generation without a cache)."""
         length = tokens.shape[1]
         if pos + length > self.pos_embedding.shape[0]:
             raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
@@ -297,9 +217,10 @@ class Decoder(nn.Module):
             embedded = table[torch.arange(tokens.shape[0], device=tokens.device)[:, None], tokens]
         x = self.dropout(embedded + self.pos_embedding[pos : pos + length])  # (B, T, D)
         for i, layer in enumerate(self.layers):
-            x = layer(
-                x, memory, None if memory_kv is None else memory_kv[i], None if caches is None else caches[i], pos
-            )
+            if cache is None:
+                x = layer(x, memory)
+            else:
+                x = layer(x, memory_kv=cache.memory_kv[i], cache=cache.layers[i], pos=pos)
         if last_only:
             x = x[:, -1:]
         return self.ln(x) @ table.transpose(-1, -2) + self.output_bias  # (B, T, V)
@@ -307,26 +228,28 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 class Pix2Seq(nn.Module):
-    """Image -> mask tokens. Build with :func:`rleseg.models.create_model`.
+    """Image -> mask tokens. Build with :func:`rleseg.models.create_model`, which also resolves
+    ``start_head`` "auto" and checks that the tokenizer suits the start head and the auxiliary loss.
 
     Images are (B, 3, H, W) float RGB in [0, 1], H and W divisible by the backbone stride (32 for ResNets).
     Token sequences follow ``self.tokenizer``: inputs start with its BOS; targets are body + EOS, padded
     with PAD (0).
     """
 
-    def __init__(self, config: ModelConfig, tokenizer):
+    target_key = "tokens"  # the batch entry that loss() takes as its target
+
+    def __init__(self, config: ModelConfig, tokenizer: MaskTokenizer):
         super().__init__()
         if config.dim % config.heads:
             raise ValueError(f"dim {config.dim} must be divisible by heads {config.heads}")
-        if config.start_head not in START_HEADS:
-            raise ValueError(f"start_head must be one of {START_HEADS}, got {config.start_head!r}")
-        config = resolve_start_head(config, tokenizer)
+        if config.start_head not in ("table", "pointer"):
+            raise ValueError(f"start_head must be 'table' or 'pointer' here, got {config.start_head!r} "
+                             "(create_model resolves 'auto')")
         self.config, self.tokenizer = config, tokenizer
         self.encoder = self.build_encoder(config)
         self.decoder = Decoder(config, tokenizer)
         self.pyramid = self.start_proj = self.aux_head = None
-        if uses_pyramid(config):
-            check_pyramid_task(config, tokenizer)
+        if config.uses_pyramid:
             backbone = self.encoder.backbone
             self.pyramid = Pyramid(config, backbone.feature_channels, backbone.feature_strides, tokenizer)
             if config.start_head == "pointer":
@@ -427,42 +350,30 @@ class Pix2Seq(nn.Module):
     ) -> Generation:
         """Sample up to ``max_len`` tokens (default max_seq_len) after BOS for every image.
 
-        temperature=0 is greedy. With ``constrained`` only tokens the tokenizer's grammar allows are
-        sampled, so every sequence ends in EOS within max_len and decodes strictly. Each sequence stops
-        at its EOS (PAD after it); the loop stops when all have. See :class:`Generation` for the output.
+        temperature=0 is greedy; ``top_k`` (0 = off) and ``top_p`` (1 = off) narrow the sampling. With
+        ``constrained`` only tokens the tokenizer's grammar allows are sampled, so every sequence ends in
+        EOS within max_len and decodes strictly. ``eos_by_mass`` ends a sequence only where EOS holds half
+        of the allowed probability. ``use_cache`` changes the speed, not the result. Each sequence stops at
+        its EOS (PAD after it); the loop stops when all have. Returns tokens and log-probabilities
+        (:class:`Generation`); decoding them into masks is the caller's.
         """
         check_sampling(temperature, top_k, top_p)
-        was_training = self.training
-        self.eval()
         max_len = self.config.max_seq_len if max_len is None else int(max_len)
         if not 1 <= max_len <= self.config.max_seq_len:
             raise ValueError(f"max_len must be in 1 .. max_seq_len = {self.config.max_seq_len}, got {max_len}")
+        was_training = self.training
+        self.eval()
         memory, table, _ = self.encode(images)  # table built once, not per step
+        cache = self.decoder.new_cache(memory, max_len) if use_cache else None
         batch, device = memory.shape[0], memory.device
         grammar = self.tokenizer.grammar(batch) if constrained else None
-        memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.decoder.layers] if use_cache else None
-        caches = None
-        if use_cache:
-            shape = (batch, self.config.heads, max_len, self.config.dim // self.config.heads)
-            caches = [KVCache(memory.new_empty(shape), memory.new_empty(shape)) for _ in self.decoder.layers]
         tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # BOS + generated
         tokens[:, 0] = self.tokenizer.bos
         logprobs = torch.zeros(batch, max_len, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
-        steps = 0
         for step in range(max_len):
-            if use_cache:
-                last = tokens[:, step : step + 1]  # (B, 1)
-                logits = self.decoder(last, memory_kv=memory_kv, caches=caches, pos=step, table=table)
-            else:
-                logits = self.decoder(tokens[:, : step + 1], memory, table=table, last_only=True)
-            logits = logits[:, -1].float()  # (B, V)
-            if grammar is not None:
-                allowed = torch.from_numpy(grammar.allowed(max_len - step)).to(device)
-            else:  # finished sequences emit PAD, the others anything
-                allowed = torch.ones_like(logits, dtype=torch.bool)
-                allowed[done] = False
-                allowed[done, PAD] = True
+            logits = self.next_logits(tokens, step, memory, table, cache)  # (B, V)
+            allowed = allowed_tokens(grammar, done, logits.shape[-1], max_len - step)
             if eos_by_mass:
                 allowed = drop_outweighed_eos(logits, allowed)
             next_token, logprob = sample_next(logits, allowed, temperature, top_k, top_p, generator)
@@ -470,101 +381,20 @@ class Pix2Seq(nn.Module):
             if grammar is not None:
                 grammar.advance(next_token.cpu().numpy())
             done |= next_token == EOS
-            steps = step + 1
             if bool(done.all()):
                 break
         self.train(was_training)
-        out = tokens[:, 1 : steps + 1].cpu()
-        errors = "strict" if constrained else "ignore"
-        masks = [self.tokenizer.decode(np.asarray(seq), errors=errors) for seq in out.numpy()]
-        return Generation(out, logprobs[:, :steps].cpu(), masks)
+        steps = step + 1  # the last step ran, whether every row ended or max_len was reached
+        return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu())
 
-
-def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """allowed (B, V) without EOS in the rows where other tokens are allowed and EOS holds less than half
-    of the allowed probability of logits (B, V)."""
-    probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-    outweighed = allowed[:, EOS] & (probs[:, EOS] < 0.5) & (allowed.sum(dim=-1) > 1)
-    allowed = allowed.clone()
-    allowed[:, EOS] &= ~outweighed
-    return allowed
-
-
-# ----------------------------------------------------------------------------- construction
-def has_start_per_cell(tokenizer) -> bool:
-    """Whether an image or panoptic tokenizer writes one start token per mask cell (1-D starts): what the
-    pointer start head needs."""
-    start = tokenizer.vocab.ranges.get("start")
-    image = getattr(tokenizer, "task", None) in ("semantic", "panoptic")
-    return image and start is not None and start.size == math.prod(tokenizer.mask_size)
-
-
-def resolve_start_head(config: ModelConfig, tokenizer) -> ModelConfig:
-    """start_head "auto" -> "pointer" where :func:`has_start_per_cell`, else "table"."""
-    if config.start_head != "auto":
-        return config
-    return replace(config, start_head="pointer" if has_start_per_cell(tokenizer) else "table")
-
-
-def check_pyramid_task(config: ModelConfig, tokenizer) -> None:
-    """start_head "pointer" needs one start token per mask cell; the auxiliary loss a semantic mask."""
-    if getattr(tokenizer, "task", None) not in ("semantic", "panoptic"):
-        raise ValueError("start_head 'pointer' and aux_dense_weight need an image tokenizer, "
-                         f"got {type(tokenizer).__name__}")
-    if config.start_head == "pointer" and not has_start_per_cell(tokenizer):
-        raise ValueError("start_head 'pointer' needs 1-D starts (one start token per mask cell); "
-                         f"the tokenizer has starts={tokenizer.starts!r}")
-    if config.aux_dense_weight > 0 and tokenizer.task != "semantic":
-        raise ValueError(f"aux_dense_weight needs a semantic tokenizer, got task {tokenizer.task!r}")
-
-
-def tokenizer_from_dict(data: dict):
-    """Rebuild a tokenizer from its ``to_dict()``, whatever its type."""
-    kind = data.get("type", "image") if isinstance(data, dict) else None
-    if kind == "image":
-        from rleseg.tokens import Tokenizer as cls
-    elif kind == "video":
-        from rleseg.tokens.video import VideoTokenizer as cls
-    elif kind == "panoptic":
-        from rleseg.tokens.panoptic import PanopticTokenizer as cls
-    else:
-        raise ValueError(f"unknown tokenizer type {kind!r}; expected 'image', 'video' or 'panoptic'")
-    return cls.from_dict(data)
-
-
-def resolve_config(config: str | ModelConfig) -> ModelConfig:
-    """A preset name ("tiny", "small", "paper") or a ModelConfig, as a ModelConfig."""
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"config must be a preset name or a ModelConfig, got {type(config).__name__}")
-    return config
-
-
-def create_model(config: str | ModelConfig, tokenizer=None) -> nn.Module:
-    """A model for ``tokenizer`` from a preset name ("tiny", "small", "paper") or a ModelConfig.
-
-    The tokenizer's ``to_dict()`` is stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted
-    when the config already holds one. ``config.head`` "token" gives a :class:`Pix2Seq`, "dense" the
-    dense baseline (``rleseg.models.dense.DenseModel``); a ``VideoModelConfig`` gives a video model
-    (``rleseg.models.video.create_video_model``).
-    """
-    config = resolve_config(config)
-    if config.head not in ("token", "dense"):
-        raise ValueError(f"unknown model head {config.head!r}; expected 'token' or 'dense'")
-    from .video import VideoModelConfig, create_video_model  # imported here: video.py imports this module
-
-    if isinstance(config, VideoModelConfig):
-        return create_video_model(config, tokenizer)
-    if tokenizer is None:
-        if config.tokenizer is None:
-            raise ValueError("no tokenizer: pass one, or a ModelConfig whose tokenizer field is set")
-        tokenizer = tokenizer_from_dict(config.tokenizer)
-    config = replace(config, tokenizer=tokenizer.to_dict())
-    if config.head == "dense":
-        from .dense import DenseModel
-
-        return DenseModel(config, tokenizer)
-    return Pix2Seq(config, tokenizer)
+    def next_logits(
+        self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None
+    ) -> torch.Tensor:
+        """Logits (B, V) float32 for the token after tokens[:, : step + 1] (BOS and what is generated so far).
+        With a ``cache`` only tokens[:, step] goes through the decoder (the past is in the cache); without
+        one, the whole prefix does again."""
+        if cache is None:
+            logits = self.decoder(tokens[:, : step + 1], memory, table=table, last_only=True)
+        else:
+            logits = self.decoder(tokens[:, step : step + 1], cache=cache, pos=step, table=table)
+        return logits[:, -1].float()

@@ -25,29 +25,22 @@ Shapes: B = batch, N = frames per window, n = h*w feature-map cells per frame, D
 
     >>> from rleseg.tokens.video import VideoTokenizer
     >>> tokenizer = VideoTokenizer(frames=2, mask_size=(16, 16), num_classes=3, temporal="tac")
-    >>> model = create_video_model("tiny", tokenizer, fusion="middle")
+    >>> model = create_model("tiny", tokenizer, fusion="middle")  # a video tokenizer gives a VideoPix2Seq
     >>> loss = model.loss(clips, targets)              # clips (B, 2, 3, H, W) in [0, 1]
-    >>> out = model.generate(clips, temperature=0)     # out.masks: (2, 16, 16) label volumes
+    >>> out = model.generate(clips, temperature=0)     # tokenizer.decode(out.tokens[i]): a (2, 16, 16) volume
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .pix2seq import (
-    Attention,
-    Encoder,
-    EncoderLayer,
-    ModelConfig,
-    Pix2Seq,
-    resolve_config,
-    tokenizer_from_dict,
-    uses_pyramid,
-)
+from rleseg.tokens import MaskTokenizer
+
+from .layers import Attention, EncoderLayer
+from .pix2seq import Encoder, ModelConfig, Pix2Seq
 from .positions import sincos, sincos_grid
 
 FUSIONS = ("middle", "late", "static")
@@ -169,15 +162,16 @@ ENCODERS = {"middle": MiddleFusionEncoder, "late": LateFusionEncoder, "static": 
 
 # ----------------------------------------------------------------------------- model
 class VideoPix2Seq(Pix2Seq):
-    """Window of frames -> the window's VideoTokenizer tokens. Build with :func:`create_video_model`.
+    """Window of frames -> the window's VideoTokenizer tokens. Build with :func:`rleseg.models.create_model`
+    (a VideoModelConfig, or a preset or ModelConfig with a VideoTokenizer).
 
     Images are (B, N, 3, H, W) float RGB in [0, 1], N = ``tokenizer.frames``, H and W divisible by the
-    backbone stride. ``forward``, ``loss`` and ``generate`` behave as :class:`Pix2Seq`'s; generated
-    ``masks`` are (N, h, w) label volumes (``VideoTokenizer.decode``).
+    backbone stride. ``forward``, ``loss`` and ``generate`` behave as :class:`Pix2Seq`'s; generated tokens
+    decode (``VideoTokenizer.decode``) into (N, h, w) label volumes.
     """
 
-    def __init__(self, config: VideoModelConfig, tokenizer):
-        if getattr(tokenizer, "task", None) != "video":
+    def __init__(self, config: VideoModelConfig, tokenizer: MaskTokenizer):
+        if tokenizer.task != "video":
             raise ValueError(f"a video model needs a VideoTokenizer, got {type(tokenizer).__name__}")
         if config.fusion not in ENCODERS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
@@ -188,9 +182,7 @@ class VideoPix2Seq(Pix2Seq):
             )
         if config.encoder_layers < 1 and config.fusion != "static":
             raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
-        if config.head != "token":
-            raise ValueError(f"video models write tokens: head must be 'token', got {config.head!r}")
-        if uses_pyramid(config):
+        if config.uses_pyramid:
             raise ValueError("start_head 'pointer' and aux_dense_weight are for image models; video models "
                              "take start_head 'table' and aux_dense_weight 0")
         super().__init__(config, tokenizer)
@@ -203,25 +195,3 @@ class VideoPix2Seq(Pix2Seq):
         """images (B, N, 3, H, W), input_tokens (B, T) int64 starting with the video BOS ->
         logits (B, T, V) float; logits[:, t] predict the token after input_tokens[:, t]."""
         return super().forward(images, input_tokens)
-
-
-# ----------------------------------------------------------------------------- construction
-def create_video_model(
-    config: str | ModelConfig, tokenizer=None, fusion: str | None = None, reference_frame: int | None = None
-) -> VideoPix2Seq:
-    """A video model for a VideoTokenizer from a preset name ("tiny", "small", "paper") or a config.
-
-    A plain ModelConfig (or preset) becomes a VideoModelConfig with ``fusion`` (default "middle");
-    ``fusion`` / ``reference_frame`` given here override the config's. The tokenizer's ``to_dict()`` is
-    stored in ``model.config.tokenizer``; ``tokenizer`` may be omitted when the config holds one.
-    """
-    config = resolve_config(config)
-    if not isinstance(config, VideoModelConfig):
-        config = VideoModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
-    changes = {k: v for k, v in (("fusion", fusion), ("reference_frame", reference_frame)) if v is not None}
-    if tokenizer is None:
-        if config.tokenizer is None:
-            raise ValueError("no tokenizer: pass a VideoTokenizer, or a config whose tokenizer field is set")
-        tokenizer = tokenizer_from_dict(config.tokenizer)
-    config = dataclasses.replace(config, tokenizer=tokenizer.to_dict(), **changes)
-    return VideoPix2Seq(config, tokenizer)

@@ -31,15 +31,13 @@ from .core import (
     progress_bar,
 )
 from .image import folder_stats, image_stats
-from .masks import MASK_SUFFIXES, MaskError, find_masks, iter_masks, read_label_mask
+from .masks import find_masks, iter_masks
 
 __all__ = [
-    "MASK_SUFFIXES",
     "RECOMMENDATION",
     "Accumulator",
     "DatasetStats",
     "Fidelity",
-    "MaskError",
     "StatsOptions",
     "StatsRow",
     "fidelity_scores",
@@ -48,5 +46,4 @@ __all__ = [
     "image_stats",
     "iter_masks",
     "progress_bar",
-    "read_label_mask",
 ]

@@ -1,6 +1,6 @@
 """What every statistics mode shares: options, result records, fidelity scores and the accumulator.
 
-A mode (``image.py``; video and panoptic can follow) runs its pipeline on each mask and feeds an
+A mode (``image.py``, ``video.py``, ``panoptic.py``) runs its pipeline on each mask (or video) and feeds an
 :class:`Accumulator`: ``begin_mask`` checks the labels, ``add_subsampling`` records the fidelity of
 subsampling alone, ``add`` records one configuration's sequence length and fidelity, and ``result``
 summarises everything into a :class:`DatasetStats`.
@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rleseg import metrics
+from rleseg.progress import progress
 from rleseg.tokens import upsample_mask
 from rleseg.tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
 
-from .masks import MaskError
+from ..imageio import MaskError
 
 PERCENTILES = (50, 95, 99)
 RECOMMENDATION = "choose max_seq_len >= p99: it fits at least 99% of the masks (tokens counted with EOS, not BOS)"
@@ -285,10 +286,8 @@ _PROGRESS_MIN = 20
 
 
 def progress_bar(items: Iterable, enabled: bool, total: int | None) -> Iterable:
-    """``items`` wrapped in a tqdm bar on stderr when enabled, there are enough of them and stderr is a terminal."""
+    """``items`` wrapped in a progress bar on stderr when enabled, there are enough of them and stderr is
+    a terminal (no bar in logs, pipes, tests)."""
     if not enabled or (total is not None and total < _PROGRESS_MIN):
         return items
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, pipes, tests).
-    return tqdm(items, total=total, desc="masks", unit="mask", disable=None, leave=False)
+    return progress(items, desc="masks", unit="mask", total=total, terminal_only=True, leave=False)

@@ -9,8 +9,9 @@ import numpy as np
 
 from rleseg.tokens import Tokenizer, downsample_mask
 
+from ..imageio import MaskError
 from .core import Accumulator, DatasetStats, StatsOptions, VocabSize, progress_bar
-from .masks import MaskError, find_masks, iter_masks
+from .masks import find_masks, iter_masks
 
 
 def image_stats(

@@ -20,8 +20,9 @@ from rleseg.metrics import PanopticMeter
 from rleseg.tokens import downsample_mask, upsample_mask
 from rleseg.tokens.panoptic import PanopticTokenizer
 
+from ..imageio import MaskError
 from .core import RECOMMENDATION, Accumulator, Fidelity, StatsOptions, fidelity_scores, progress_bar
-from .masks import MaskError, find_masks, iter_masks
+from .masks import find_masks, iter_masks
 
 THING = 1  # the class every instance gets
 

@@ -25,8 +25,9 @@ import numpy as np
 from rleseg.tokens import downsample_mask, upsample_mask
 from rleseg.tokens.video import DEFAULT_MAX_VOCAB, VideoTokenizer, video_vocab_size
 
+from ..imageio import MASK_SUFFIXES, MaskError, read_label_map
 from .core import RECOMMENDATION, Accumulator, Fidelity, StatsOptions, StatsRow, fidelity_scores, progress_bar
-from .masks import MASK_SUFFIXES, MaskError, find_masks, read_label_mask
+from .masks import find_masks
 
 # Encoding name -> (temporal, scheme) of the VideoTokenizer.
 ENCODINGS = {"volume": ("volume", "lac"), "TAC": ("tac", "class"), "LTAC": ("tac", "lac")}
@@ -94,7 +95,7 @@ def read_video(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return read_label_mask(path)[None]
+        return read_label_map(path)[None]
     if not path.is_file():
         raise MaskError(f"{path}: no such file")
     try:

@@ -29,11 +29,16 @@ runs longer than L = max_run (default one row) are split. Example::
     [12, 6, 14, 9, 1]
     >>> bool((tok.decode(tok.encode(mask)) == mask).all())
     True
+
+Tokenizer, PanopticTokenizer and VideoTokenizer each are a ``MaskTokenizer`` (protocol.py), the one
+interface code above this package relies on (``tokenizer.task`` says which maps it encodes);
+``from_dict`` rebuilds any of them from its ``to_dict()``.
 """
 
 from .grammar import Grammar, ImageGrammar
 from .panoptic import PanopticGroup, PanopticTokenizer
 from .panoptic_grammar import PanopticGrammar
+from .protocol import MaskTokenizer, from_dict
 from .runs import Runs, downsample_mask, mask_to_runs, runs_to_mask, upsample_mask
 from .tokenizer import Tokenizer
 from .video import VideoTokenizer, tac_to_video, video_to_tac, video_vocab_size
@@ -45,6 +50,7 @@ __all__ = [
     "TASKS",
     "Grammar",
     "ImageGrammar",
+    "MaskTokenizer",
     "PanopticGrammar",
     "PanopticGroup",
     "PanopticTokenizer",
@@ -54,6 +60,7 @@ __all__ = [
     "VideoTokenizer",
     "Vocab",
     "downsample_mask",
+    "from_dict",
     "mask_to_runs",
     "runs_to_mask",
     "tac_to_video",

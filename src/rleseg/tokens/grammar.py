@@ -16,10 +16,12 @@ cannot hold another whole run plus EOS.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
+from .run_format import RunFormat
 from .vocab import EOS, PAD
 
 
@@ -32,27 +34,28 @@ class Grammar(Protocol):
 
 
 class ImageGrammar:
-    """Constraints of :class:`rleseg.tokens.Tokenizer`, vectorised over the batch."""
+    """Constraints of :class:`rleseg.tokens.Tokenizer` (runs written in ``run_format``), vectorised over
+    the batch."""
 
-    def __init__(self, tokenizer, batch_size: int):
-        self.tok = tokenizer
+    def __init__(self, run_format: RunFormat, batch_size: int):
+        self.run_format = run_format
         self.done = np.zeros(batch_size, dtype=bool)
         self.slot = np.zeros(batch_size, dtype=np.int64)
         self.free = np.zeros(batch_size, dtype=np.int64)  # first flat index the next run may start at
         self.start = np.zeros(batch_size, dtype=np.int64)  # start of the run being written
         self.major = np.zeros(batch_size, dtype=np.int64)  # 2-D starts: major coordinate just chosen
-        self._values = {name: np.arange(r.size) + r.offset for name, r in tokenizer.vocab.ranges.items()}
+        self._values = {name: np.arange(r.size) + r.offset for name, r in run_format.vocab.ranges.items()}
 
     def allowed(self, steps_left: int) -> np.ndarray:
-        tok, vocab = self.tok, self.tok.vocab
-        k, (n_major, n_minor) = tok.tokens_per_run, tok.grid
+        fmt, vocab = self.run_format, self.run_format.vocab
+        k, (n_major, n_minor) = fmt.tokens_per_run, fmt.grid
         out = np.zeros((len(self.done), vocab.size), dtype=bool)
         boundary = (self.slot == 0) & ~self.done
         out[:, PAD] = self.done
         out[:, EOS] = boundary
-        can_start = boundary & (self.free < tok.num_pixels) & (steps_left >= k + 1)
-        room = np.minimum(tok.max_run, tok.num_pixels - self.start)[:, None]  # longest run allowed
-        for slot, name in enumerate(tok.slots):
+        can_start = boundary & (self.free < fmt.num_pixels) & (steps_left >= k + 1)
+        room = np.minimum(fmt.max_run, fmt.num_pixels - self.start)[:, None]  # longest run allowed
+        for slot, name in enumerate(fmt.slots):
             here = ((self.slot == slot) & ~self.done)[:, None]
             if slot == 0:
                 here = can_start[:, None]
@@ -60,7 +63,7 @@ class ImageGrammar:
             if name == "start":
                 ok = values >= self.free[:, None]
             elif name == "gap":  # counted from the previous run's end, the run must start inside the mask
-                ok = values < (tok.num_pixels - self.free)[:, None]
+                ok = values < (fmt.num_pixels - self.free)[:, None]
             elif name == "coord" and slot == 0:
                 ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
             elif name == "coord":
@@ -69,7 +72,7 @@ class ImageGrammar:
             elif name == "length":
                 ok = values <= room
             elif name == "lac":
-                ok = (values - 1) % tok.max_run + 1 <= room
+                ok = (values - 1) % fmt.max_run + 1 <= room
             else:  # class: every foreground class
                 ok = np.ones_like(values, dtype=bool)
             span = vocab[name]
@@ -77,17 +80,8 @@ class ImageGrammar:
         return out
 
     def advance(self, tokens: np.ndarray) -> None:
-        tok, vocab = self.tok, self.tok.vocab
-        tokens = np.asarray(tokens, dtype=np.int64)
-        live = ~self.done
-        self.done = self.done | (tokens == EOS)
-        live &= ~self.done
-        name = np.array(tok.slots)[self.slot]
-        for slot_name in set(tok.slots):
-            rows = live & (name == slot_name)
-            if not rows.any():
-                continue
-            value = vocab[slot_name].value(tokens[rows])
+        tokens, live = finish(self, tokens)
+        for slot_name, rows, value in slot_values(self, tokens, live):
             if slot_name == "gap":
                 self.start[rows] = self.free[rows] + value
             elif slot_name in ("start", "coord"):
@@ -95,17 +89,39 @@ class ImageGrammar:
             elif slot_name == "length":
                 self.free[rows] = self.start[rows] + value
             elif slot_name == "lac":
-                self.free[rows] = self.start[rows] + (value - 1) % tok.max_run + 1
-        self.slot = np.where(live, (self.slot + 1) % tok.tokens_per_run, self.slot)
+                self.free[rows] = self.start[rows] + (value - 1) % self.run_format.max_run + 1
+        self.slot = np.where(live, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)
+
+
+# The helpers below serve ImageGrammar and PanopticGrammar alike: ``state`` is either, with the (B,)
+# arrays ``done``, ``slot`` (the slot of a run the next token fills), ``start`` and ``major``.
+def finish(state, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mark the sequences whose token is EOS done; (tokens as int64, (B,) rows whose token continues a
+    sequence)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    live = ~state.done
+    state.done = state.done | (tokens == EOS)
+    return tokens, live & ~state.done
+
+
+def slot_values(state, tokens: np.ndarray, rows: np.ndarray) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Per slot name that ``rows`` of the batch fill: (name, (B,) rows filling it, the value of each one's
+    token)."""
+    slots = state.run_format.slots
+    name = np.array(slots)[state.slot]
+    for slot_name in set(slots):
+        here = rows & (name == slot_name)
+        if here.any():
+            yield slot_name, here, state.run_format.vocab[slot_name].value(tokens[here])
 
 
 def record_start(state, slot_name: str, rows: np.ndarray, value: np.ndarray) -> None:
     """Advance the start of the run being written: a 1-D start token, or the major then the minor
-    coordinate of a 2-D start. ``state`` has ``tok``, ``slot``, ``start`` and ``major``; ``rows`` is the
-    (B,) mask of the sequences whose token ``value`` (one per selected row) fills this slot."""
+    coordinate of a 2-D start. ``rows`` is the (B,) mask of the sequences whose token ``value`` (one per
+    selected row) fills this slot."""
     if slot_name == "start":
         state.start[rows] = value
         return
     first, second = rows & (state.slot == 0), rows & (state.slot == 1)
     state.major[first] = value[first[rows]]
-    state.start[second] = state.major[second] * state.tok.grid[1] + value[second[rows]]
+    state.start[second] = state.major[second] * state.run_format.grid[1] + value[second[rows]]

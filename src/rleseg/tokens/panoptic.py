@@ -42,13 +42,17 @@ group wins where groups overlap).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from .panoptic_grammar import PanopticGrammar
+from .run_format import RunFormat
 from .runs import Runs, check_label_map, flat_runs, label_dtype, paint_runs
-from .tokenizer import Tokenizer, check_absolute_starts, parse_tokens, split_at_eos
+from .stored import StoredArguments
+from .tokenizer import Tokenizer, check_absolute_starts, read_body
 from .vocab import EOS
 
 
@@ -76,11 +80,10 @@ class PanopticGroup:
 
 
 class _Parsed(NamedTuple):
-    """A decoded sequence as arrays: runs in sequence order, and per kept group its class, instance id
-    (0 for stuff) and token span."""
+    """A decoded sequence as arrays: runs in sequence order (each run's class its group's), and per kept
+    group its class, instance id (0 for stuff) and token span."""
 
-    starts: np.ndarray
-    lengths: np.ndarray
+    runs: Runs
     run_group: np.ndarray  # index of each run's group
     labels: np.ndarray
     instances: np.ndarray
@@ -88,7 +91,7 @@ class _Parsed(NamedTuple):
     group_stop: np.ndarray
 
 
-class PanopticTokenizer:
+class PanopticTokenizer(StoredArguments):
     """Turns (semantic, instances) label maps into instance-grouped run tokens and back.
 
     Args:
@@ -100,20 +103,15 @@ class PanopticTokenizer:
 
     Attributes:
         vocab: the token layout (the image "class" scheme's); ``bos`` is its panoptic BOS.
-        slots: range name per token of one run (the class token that closes a group is extra).
+        run_format: how one run is written as tokens (binary runs: start, length); ``slots`` and
+            ``tokens_per_run`` are its (the class token that closes a group is extra).
     """
 
     task = "panoptic"
+    KIND, ARGUMENTS = "panoptic", ("mask_size", "num_classes", "thing_classes", "starts", "order", "max_run")
 
-    def __init__(
-        self,
-        mask_size: tuple[int, int],
-        num_classes: int,
-        thing_classes,
-        starts: str = "1d",
-        order: str = "C",
-        max_run: int | None = None,
-    ):
+    def __init__(self, mask_size: tuple[int, int], num_classes: int, thing_classes: Iterable[int],
+                 starts: str = "1d", order: str = "C", max_run: int | None = None):
         check_absolute_starts(starts, "panoptic")
         self.image = Tokenizer(mask_size, num_classes, "class", starts, order, max_run)
         self.mask_size, self.num_classes = self.image.mask_size, self.image.num_classes
@@ -128,11 +126,9 @@ class PanopticTokenizer:
         self.is_thing = np.zeros(self.num_classes, dtype=bool)
         self.is_thing[things] = True
         self.stuff_classes = tuple(int(c) for c in np.flatnonzero(~self.is_thing[1:]) + 1)
-        self.slots = ("start", "length") if starts == "1d" else ("coord", "coord", "length")
-
-    @property
-    def tokens_per_run(self) -> int:
-        return len(self.slots)
+        # Binary runs (start, length): a group's class token stands after its runs.
+        self.run_format = RunFormat(self.vocab, starts, "binary", self.grid, self.max_run)
+        self.slots, self.tokens_per_run = self.run_format.slots, self.run_format.tokens_per_run
 
     @property
     def bos(self) -> int:
@@ -140,16 +136,12 @@ class PanopticTokenizer:
 
     # ----------------------------------------------------------------------------- encode
     def check_maps(self, semantic: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        semantic = check_label_map(semantic, name="semantic")
+        semantic = check_label_map(semantic, name="semantic", num_classes=self.num_classes)
         instances = check_label_map(instances, name="instances")
         if semantic.shape != self.mask_size or instances.shape != self.mask_size:
             raise ValueError(
                 f"semantic {semantic.shape} and instances {instances.shape} must both have the tokenizer's "
                 f"mask_size {self.mask_size}"
-            )
-        if semantic.size and int(semantic.max()) >= self.num_classes:
-            raise ValueError(
-                f"semantic holds label {int(semantic.max())}, expected labels < num_classes={self.num_classes}"
             )
         return semantic, instances
 
@@ -166,8 +158,8 @@ class PanopticTokenizer:
         rank = np.zeros(len(group_class), dtype=np.int64)
         rank[keys] = np.where(keys <= num_things, runs.starts[first_run], self.num_pixels + keys)
         order = np.lexsort((runs.starts, rank[runs.classes]))
-        runs = Runs(runs.starts[order], runs.lengths[order], runs.classes[order])
-        body = self._run_tokens(runs).reshape(-1)
+        runs = runs[order]
+        body = self.run_format.encode(runs).reshape(-1)
         last_run = np.flatnonzero(np.diff(runs.classes, append=-1))  # the last run of each group
         class_tokens = self.vocab["class"].token(group_class[runs.classes[last_run]])
         body = np.insert(body, (last_run + 1) * self.tokens_per_run, class_tokens)
@@ -208,46 +200,40 @@ class PanopticTokenizer:
         major, minor = divmod(int(flat_index), self.grid[1])
         return (major, minor) if self.order == "C" else (minor, major)
 
-    def _run_tokens(self, runs: Runs) -> np.ndarray:
-        """(R, tokens_per_run) tokens of runs without their class."""
-        if self.starts == "1d":
-            columns = [self.vocab["start"].token(runs.starts)]
-        else:
-            major, minor = np.divmod(runs.starts, self.grid[1])
-            columns = [self.vocab["coord"].token(major), self.vocab["coord"].token(minor)]
-        columns.append(self.vocab["length"].token(runs.lengths))
-        return np.stack(columns, axis=1)
-
     # ----------------------------------------------------------------------------- decode
     def decode(self, tokens, errors: str = "strict") -> tuple[np.ndarray, np.ndarray]:
         """Tokens -> (semantic (H, W) uint8/uint16 classes, instances (H, W) int32 ids, 0 = none)."""
         parsed = self._parse(tokens, errors)
-        starts, lengths = parsed.starts, parsed.lengths
-        labels, ids = parsed.labels[parsed.run_group], parsed.instances[parsed.run_group]
-        by_start = np.argsort(starts, kind="stable")
-        if np.all(starts[by_start[1:]] >= (starts + lengths)[by_start[:-1]]):
+        runs, ids = parsed.runs, parsed.instances[parsed.run_group]
+        by_start = np.argsort(runs.starts, kind="stable")
+        if np.all(runs.starts[by_start[1:]] >= runs.ends[by_start[:-1]]):
             # Disjoint runs paint the same in any order, and sorted ones paint much faster.
-            starts, lengths, labels, ids = starts[by_start], lengths[by_start], labels[by_start], ids[by_start]
-        semantic = paint_runs(Runs(starts, lengths, labels), self.num_pixels, label_dtype(self.num_classes))
-        instances = paint_runs(Runs(starts, lengths, ids), self.num_pixels, np.int32)
+            runs, ids = runs[by_start], ids[by_start]
+        semantic = paint_runs(runs, self.num_pixels, label_dtype(self.num_classes))
+        instances = paint_runs(Runs(runs.starts, runs.lengths, ids), self.num_pixels, np.int32)
         return (
             semantic.reshape(self.mask_size, order=self.order),
             instances.reshape(self.mask_size, order=self.order),
         )
+
+    def decode_runs(self, tokens, errors: str = "strict") -> Runs:
+        """Tokens -> the runs of all groups in sequence order, each run's class its group's (flat starts
+        in this tokenizer's order). ``errors`` as for :meth:`decode`."""
+        return self._parse(tokens, errors).runs
+
+    def count_runs(self, tokens) -> tuple[int, int]:
+        """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps): as
+        :meth:`Tokenizer.count_runs`, class tokens left out."""
+        body, _ = read_body(tokens, "ignore")
+        run_tokens = body.size - int(self.vocab["class"].contains(body).sum())
+        return -(-run_tokens // self.tokens_per_run), len(self.decode_runs(tokens, errors="ignore"))
 
     def decode_groups(self, tokens, errors: str = "strict") -> list[PanopticGroup]:
         """Tokens -> the groups in sequence order, each with its class, instance id, token span and runs."""
         parsed = self._parse(tokens, errors)
         bounds = np.searchsorted(parsed.run_group, np.arange(parsed.labels.size + 1))
         return [
-            PanopticGroup(
-                label=int(label),
-                instance=int(instance),
-                start=int(start),
-                stop=int(stop),
-                runs=Runs(parsed.starts[first:last], parsed.lengths[first:last],
-                          np.full(last - first, label, dtype=np.int64)),
-            )
+            PanopticGroup(int(label), int(instance), int(start), int(stop), parsed.runs[first:last])
             for label, instance, start, stop, first, last in zip(
                 parsed.labels, parsed.instances, parsed.group_start, parsed.group_stop, bounds[:-1], bounds[1:],
                 strict=True,
@@ -255,38 +241,32 @@ class PanopticTokenizer:
         ]
 
     def _parse(self, tokens, errors: str) -> _Parsed:
-        if errors not in ("strict", "ignore"):
-            raise ValueError(f"errors must be 'strict' or 'ignore', got {errors!r}")
-        strict = errors == "strict"
-        body = split_at_eos(parse_tokens(tokens), strict)
+        body, strict = read_body(tokens, errors)
         parse = self._parse_strict if strict else self._parse_lenient
         run_pos, run_group, class_pos = parse(body)
-        run_tokens = body[run_pos[:, None] + np.arange(self.tokens_per_run)]
-        starts, lengths, in_grid = self._run_values(run_tokens)
-        valid = in_grid & (starts + lengths <= self.num_pixels)
+        runs, in_grid = self.run_format.decode(body[run_pos[:, None] + np.arange(self.tokens_per_run)])
         if strict:
-            self._check_runs(starts, lengths, run_pos, run_group, in_grid, valid)
+            self.run_format.check(runs, in_grid, run_pos, run_group)
+            self._check_disjoint(runs, run_pos, run_group)
         else:
-            run_pos, run_group, starts, lengths = run_pos[valid], run_group[valid], starts[valid], lengths[valid]
+            keep = self.run_format.in_mask(runs, in_grid)
+            runs, run_pos, run_group = runs[keep], run_pos[keep], run_group[keep]
         labels = self.vocab["class"].value(body[class_pos])
         if strict:
             self._check_stuff_once(labels, class_pos)
         # Lenient mode drops the groups left without runs; number the kept ones 0, 1, ...
         kept, run_group = np.unique(run_group, return_inverse=True)
+        run_group = run_group.reshape(-1)
         is_thing = self.is_thing[labels[kept]]
         first_run = np.searchsorted(run_group, np.arange(kept.size))
         return _Parsed(
-            starts=starts,
-            lengths=lengths,
-            run_group=run_group.reshape(-1),
+            runs=Runs(runs.starts, runs.lengths, labels[kept][run_group]),
+            run_group=run_group,
             labels=labels[kept],
             instances=np.where(is_thing, np.cumsum(is_thing), 0),
             group_start=run_pos[first_run],
             group_stop=class_pos[kept] + 1,
         )
-
-    def _run_slot_kinds(self) -> np.ndarray:
-        return np.array([self.vocab.names.index(name) for name in self.slots])
 
     def _parse_strict(self, body: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position of each run's first token, group index of each run, position of each class token)."""
@@ -297,17 +277,15 @@ class PanopticTokenizer:
         group = np.cumsum(is_class) - is_class  # group index of every token, its class token included
         group_first = np.concatenate(([0], class_pos + 1))
         offset = np.arange(body.size) - group_first[group]
-        expected = self._run_slot_kinds()[offset % k]
+        expected = self.run_format.kinds[offset % k]
         bad_type = ~is_class & (kinds != expected)
         bad_close = is_class & ((offset % k != 0) | (offset == 0))
         bad = np.flatnonzero(bad_type | bad_close)
         if bad.size:
             pos = int(bad[0])
             if bad_type[pos]:
-                raise ValueError(
-                    f"token {body[pos]} at position {pos} is a {self.vocab.describe(body[pos])}, expected a "
-                    f"{self.slots[offset[pos] % k]} token (slot {offset[pos] % k} of a run in group {group[pos]})"
-                )
+                in_group = f"a run in group {group[pos]}"
+                raise ValueError(self.run_format.misplaced(body[pos], pos, offset[pos] % k, in_group))
             what = "a group without runs" if offset[pos] == 0 else f"a partial run ({offset[pos] % k} of {k} tokens)"
             raise ValueError(f"class token {body[pos]} at position {pos} closes {what}")
         tail = body.size - group_first[-1]
@@ -320,49 +298,16 @@ class PanopticTokenizer:
         return run_pos, group[run_pos], class_pos
 
     def _parse_lenient(self, body: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        k = self.tokens_per_run
         kinds = self.vocab.kind(body)
         class_pos = np.flatnonzero(kinds == self.vocab.names.index("class"))
-        if body.size < k:
-            run_pos = np.zeros(0, dtype=np.int64)
-        else:
-            # Windows matching the run pattern never overlap: "length" occurs only in a run's last slot.
-            windows = np.lib.stride_tricks.sliding_window_view(kinds, k)
-            run_pos = np.flatnonzero(np.all(windows == self._run_slot_kinds(), axis=1))
+        run_pos = self.run_format.windows(kinds)
         run_group = np.searchsorted(class_pos, run_pos)  # index of the first class token after the run
         closed = run_group < class_pos.size
         return run_pos[closed], run_group[closed], class_pos
 
-    def _run_values(self, run_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.starts == "1d":
-            starts = self.vocab["start"].value(run_tokens[:, 0])
-            in_grid = np.ones(len(run_tokens), dtype=bool)
-        else:
-            major, minor = (self.vocab["coord"].value(run_tokens[:, i]) for i in (0, 1))
-            starts = major * self.grid[1] + minor
-            in_grid = (major < self.grid[0]) & (minor < self.grid[1])
-        return starts, self.vocab["length"].value(run_tokens[:, -1]), in_grid
-
-    def _check_runs(self, starts, lengths, run_pos, run_group, in_grid, valid) -> None:
-        bad = np.flatnonzero(~valid)
-        if bad.size:
-            i = int(bad[0])
-            where = (
-                f"starts outside the {self.grid[0]}x{self.grid[1]} scan grid" if not in_grid[i]
-                else f"with start {starts[i]} and length {lengths[i]} ends past the mask of {self.num_pixels} pixels"
-            )
-            raise ValueError(f"run at position {run_pos[i]} {where}")
-        ends = starts + lengths
-        same_group = run_group[1:] == run_group[:-1]
-        unsorted = np.flatnonzero(same_group & (starts[1:] < ends[:-1]))
-        if unsorted.size:
-            i = int(unsorted[0]) + 1
-            raise ValueError(
-                f"run at position {run_pos[i]} starts at {starts[i]}, before the end {ends[i - 1]} of the previous "
-                f"run of its group; runs of a group must be sorted and disjoint"
-            )
-        by_start = np.argsort(starts, kind="stable")
-        clash = np.flatnonzero(starts[by_start[1:]] < ends[by_start[:-1]])
+    def _check_disjoint(self, runs: Runs, run_pos: np.ndarray, run_group: np.ndarray) -> None:
+        by_start = np.argsort(runs.starts, kind="stable")
+        clash = np.flatnonzero(runs.starts[by_start[1:]] < runs.ends[by_start[:-1]])
         if clash.size:
             a, b = sorted((int(by_start[clash[0]]), int(by_start[clash[0] + 1])))
             raise ValueError(
@@ -381,39 +326,6 @@ class PanopticTokenizer:
             )
 
     # ----------------------------------------------------------------------------- misc
-    def grammar(self, batch_size: int):
+    def grammar(self, batch_size: int) -> PanopticGrammar:
         """A batch of decoding states that yields the tokens allowed next (constrained decoding)."""
-        from .panoptic_grammar import PanopticGrammar
-
-        return PanopticGrammar(self, batch_size)
-
-    def to_dict(self) -> dict:
-        return {
-            "type": "panoptic",
-            "mask_size": list(self.mask_size),
-            "num_classes": self.num_classes,
-            "thing_classes": list(self.thing_classes),
-            "starts": self.starts,
-            "order": self.order,
-            "max_run": self.max_run,
-            "vocab": self.vocab.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PanopticTokenizer:
-        if data.get("type") != "panoptic":
-            raise ValueError(f"not a panoptic tokenizer: type {data.get('type')!r}")
-        tokenizer = cls(
-            tuple(data["mask_size"]), data["num_classes"], data["thing_classes"], data["starts"], data["order"],
-            data["max_run"],
-        )
-        if "vocab" in data and data["vocab"] != tokenizer.vocab.to_dict():
-            raise ValueError("the stored vocabulary layout differs from the one these arguments build")
-        return tokenizer
-
-    def __repr__(self) -> str:
-        return (
-            f"PanopticTokenizer(mask_size={self.mask_size}, num_classes={self.num_classes}, "
-            f"thing_classes={list(self.thing_classes)}, starts={self.starts!r}, order={self.order!r}, "
-            f"max_run={self.max_run}, vocab_size={self.vocab.size})"
-        )
+        return PanopticGrammar(self.run_format, self.is_thing, batch_size)

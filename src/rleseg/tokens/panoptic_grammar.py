@@ -6,19 +6,16 @@ groups stay disjoint) and the classes that have already closed a group (so each 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from .grammar import record_start
+from .grammar import finish, record_start, slot_values
+from .run_format import RunFormat
 from .vocab import EOS, PAD
-
-if TYPE_CHECKING:
-    from .panoptic import PanopticTokenizer
 
 
 class PanopticGrammar:
-    """Constraints of :class:`PanopticTokenizer` for constrained decoding, vectorised over the batch.
+    """Constraints of :class:`rleseg.tokens.PanopticTokenizer` for constrained decoding, vectorised over
+    the batch: its runs are written in ``run_format``, ``is_thing`` (C,) says which classes are things.
 
     Follows the protocol of :mod:`rleseg.tokens.grammar`. Beyond token types: a run starts on a free
     pixel after the previous run of its group and never covers a pixel claimed by any earlier run (so
@@ -28,9 +25,9 @@ class PanopticGrammar:
     allows decodes with ``errors="strict"``. It does not impose the canonical group order of ``encode``.
     """
 
-    def __init__(self, tokenizer: PanopticTokenizer, batch_size: int):
-        self.tok = tokenizer
-        num_pixels = tokenizer.num_pixels
+    def __init__(self, run_format: RunFormat, is_thing: np.ndarray, batch_size: int):
+        self.run_format, self.is_thing = run_format, is_thing
+        num_pixels, num_classes = run_format.num_pixels, len(is_thing)
         self.done = np.zeros(batch_size, dtype=bool)
         self.slot = np.zeros(batch_size, dtype=np.int64)
         self.runs_in_group = np.zeros(batch_size, dtype=np.int64)
@@ -38,13 +35,13 @@ class PanopticGrammar:
         self.start = np.zeros(batch_size, dtype=np.int64)
         self.major = np.zeros(batch_size, dtype=np.int64)
         self.claimed = np.zeros((batch_size, num_pixels), dtype=bool)  # (B, H*W) pixels of earlier runs
-        self.closed = np.zeros((batch_size, tokenizer.num_classes), dtype=bool)  # classes that closed a group
+        self.closed = np.zeros((batch_size, num_classes), dtype=bool)  # classes that closed a group
         self._pixels = np.arange(num_pixels)
-        self._classes = np.arange(1, tokenizer.num_classes)
+        self._classes = np.arange(1, num_classes)
 
     def allowed(self, steps_left: int) -> np.ndarray:
-        tok, vocab = self.tok, self.tok.vocab
-        k, (n_major, n_minor), batch = tok.tokens_per_run, tok.grid, len(self.done)
+        fmt, vocab = self.run_format, self.run_format.vocab
+        k, (n_major, n_minor), batch = fmt.tokens_per_run, fmt.grid, len(self.done)
         out = np.zeros((batch, vocab.size), dtype=bool)
         live = ~self.done
         out[:, PAD] = self.done
@@ -52,14 +49,14 @@ class PanopticGrammar:
         open_group = self.runs_in_group > 0
         out[:, EOS] = boundary & ~open_group
         # Which classes could close a group: things always, stuff only once.
-        closable = tok.is_thing[self._classes][None, :] | ~self.closed[:, 1:]  # (B, C-1)
+        closable = self.is_thing[self._classes][None, :] | ~self.closed[:, 1:]  # (B, C-1)
         span = vocab["class"]
         out[:, span.first : span.stop] = (boundary & open_group)[:, None] & closable
         free_pixel = ~self.claimed & (self._pixels[None, :] >= self.free[:, None])  # (B, H*W)
         can_start = (
             boundary & free_pixel.any(axis=1) & (steps_left >= k + 2) & (open_group | closable.any(axis=1))
         )
-        if tok.starts == "1d":
+        if fmt.starts == "1d":
             span = vocab["start"]
             out[:, span.first : span.stop] = can_start[:, None] & free_pixel
         else:
@@ -70,31 +67,23 @@ class PanopticGrammar:
             out[:, span.first : span.first + n_minor] |= second[:, None] & free_grid[np.arange(batch), self.major]
         # Length: up to max_run, the mask's end, and the next claimed pixel.
         ahead = self.claimed & (self._pixels[None, :] >= self.start[:, None])
-        stop = np.where(ahead.any(axis=1), ahead.argmax(axis=1), tok.num_pixels)
-        room = np.minimum(tok.max_run, stop - self.start)
+        stop = np.where(ahead.any(axis=1), ahead.argmax(axis=1), fmt.num_pixels)
+        room = np.minimum(fmt.max_run, stop - self.start)
         span = vocab["length"]
         lengths = np.arange(1, span.size + 1)
         out[:, span.first : span.stop] = (live & (self.slot == k - 1))[:, None] & (lengths[None, :] <= room[:, None])
         return out
 
     def advance(self, tokens: np.ndarray) -> None:
-        tok, vocab = self.tok, self.tok.vocab
-        tokens = np.asarray(tokens, dtype=np.int64)
-        live = ~self.done
-        self.done = self.done | (tokens == EOS)
-        live &= ~self.done
+        vocab = self.run_format.vocab
+        tokens, live = finish(self, tokens)
         closing = live & vocab["class"].contains(tokens)
         rows = np.flatnonzero(closing)
         self.closed[rows, vocab["class"].value(tokens[rows])] = True
         self.runs_in_group[closing] = 0
         self.free[closing] = 0
         run_token = live & ~closing
-        name = np.array(tok.slots)[self.slot]
-        for slot_name in set(tok.slots):
-            rows = run_token & (name == slot_name)
-            if not rows.any():
-                continue
-            value = vocab[slot_name].value(tokens[rows])
+        for slot_name, rows, value in slot_values(self, tokens, run_token):
             if slot_name in ("start", "coord"):
                 record_start(self, slot_name, rows, value)
             else:  # length: the run is complete
@@ -104,4 +93,4 @@ class PanopticGrammar:
                 )
                 self.free[rows] = end
                 self.runs_in_group[rows] += 1
-        self.slot = np.where(run_token, (self.slot + 1) % tok.tokens_per_run, self.slot)
+        self.slot = np.where(run_token, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)

@@ -26,6 +26,10 @@ class Runs:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def __getitem__(self, index: np.ndarray | slice) -> Runs:
+        """The runs that a boolean mask, an index array or a slice selects."""
+        return Runs(self.starts[index], self.lengths[index], self.classes[index])
+
     @property
     def ends(self) -> np.ndarray:
         """One past the last flat index of each run."""
@@ -43,8 +47,9 @@ def check_order(order: str) -> str:
     return order
 
 
-def check_label_map(mask: np.ndarray, ndim: int = 2, name: str = "mask") -> np.ndarray:
-    """Return ``mask`` as an integer array of ``ndim`` dimensions, or raise ValueError."""
+def check_label_map(mask: np.ndarray, ndim: int = 2, name: str = "mask", num_classes: int | None = None) -> np.ndarray:
+    """Return ``mask`` as an integer array of ``ndim`` dimensions (labels below ``num_classes`` when
+    given), or raise ValueError."""
     mask = np.asarray(mask)
     if mask.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {mask.shape}")
@@ -54,6 +59,8 @@ def check_label_map(mask: np.ndarray, ndim: int = 2, name: str = "mask") -> np.n
         raise ValueError(f"{name} must hold integer labels, got dtype {mask.dtype}")
     if mask.size and mask.min() < 0:
         raise ValueError(f"{name} holds negative label {int(mask.min())}")
+    if num_classes is not None and mask.size and int(mask.max()) >= num_classes:
+        raise ValueError(f"{name} holds label {int(mask.max())}, expected labels < {num_classes} (num_classes)")
     return mask
 
 

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runs import check_label_map, check_order, default_max_run, label_dtype
+from .grammar import ImageGrammar
+from .runs import Runs, check_label_map, check_order, default_max_run, label_dtype
+from .stored import StoredArguments
 from .tokenizer import SCHEMES, Tokenizer, check_absolute_starts
 from .vocab import NUM_SPECIAL
 
@@ -59,12 +61,10 @@ def video_to_tac(video: np.ndarray, num_classes: int) -> np.ndarray:
     Frame 0 is the least significant digit. Raises ValueError if a label is >= num_classes or if
     num_classes**N does not fit in int64.
     """
-    video = check_label_map(video, ndim=np.ndim(video), name="video")
+    video = check_label_map(video, ndim=np.ndim(video), name="video", num_classes=num_classes)
     if video.ndim < 1 or video.shape[0] < 1:
         raise ValueError(f"video must have a leading frame axis of length >= 1, got shape {video.shape}")
     _check_tac_base(video.shape[0], num_classes)
-    if video.size and int(video.max()) >= num_classes:
-        raise ValueError(f"video holds label {int(video.max())}, expected labels < num_classes={num_classes}")
     tac = np.zeros(video.shape[1:], dtype=np.int64)
     for frame in video[::-1]:  # Horner's rule over frames (N is small), most significant frame first
         tac = tac * num_classes + frame.astype(np.int64)
@@ -90,16 +90,8 @@ def tac_to_video(tac: np.ndarray, frames: int, num_classes: int) -> np.ndarray:
     return out
 
 
-def video_vocab_size(
-    frames: int,
-    mask_size: tuple[int, int],
-    num_classes: int,
-    temporal: str = "tac",
-    scheme: str = "lac",
-    starts: str = "1d",
-    order: str = "C",
-    max_run: int | None = None,
-) -> int:
+def video_vocab_size(frames: int, mask_size: tuple[int, int], num_classes: int, temporal: str = "tac",
+                     scheme: str = "lac", starts: str = "1d", order: str = "C", max_run: int | None = None) -> int:
     """The vocabulary size (special tokens included) a VideoTokenizer configuration needs, exactly.
 
     Computed with Python integers, so it is safe for configurations far too large to build.
@@ -124,7 +116,7 @@ def video_vocab_size(
     return NUM_SPECIAL + values + start_values
 
 
-class VideoTokenizer:
+class VideoTokenizer(StoredArguments):
     """Turns an (N, H, W) window of label maps into one token sequence and back.
 
     Args:
@@ -148,6 +140,8 @@ class VideoTokenizer:
     """
 
     task = "video"
+    KIND = "video"
+    ARGUMENTS = ("frames", "mask_size", "num_classes", "temporal", "scheme", "starts", "order", "max_run", "max_vocab")
 
     def __init__(
         self,
@@ -242,12 +236,10 @@ class VideoTokenizer:
 
     # ----------------------------------------------------------------------------- encode / decode
     def check_video(self, video: np.ndarray) -> np.ndarray:
-        video = check_label_map(video, ndim=3, name="video")
+        video = check_label_map(video, ndim=3, name="video", num_classes=self.num_classes)
         expected = (self.frames, *self.mask_size)
         if video.shape != expected:
             raise ValueError(f"video has shape {video.shape}, the tokenizer expects (frames, H, W) = {expected}")
-        if video.size and int(video.max()) >= self.num_classes:
-            raise ValueError(f"video holds label {int(video.max())}, expected labels < num_classes={self.num_classes}")
         return video
 
     def image_map(self, video: np.ndarray) -> np.ndarray:
@@ -274,43 +266,16 @@ class VideoTokenizer:
             return flat.reshape(self.frames, height, width)
         return flat.reshape(height, self.frames, width).transpose(1, 0, 2)
 
+    def decode_runs(self, tokens, errors: str = "strict") -> Runs:
+        """Tokens -> the runs of the map the image tokenizer encodes (the stacked volume, flat starts
+        frame-major; or the TAC map, classes the TAC ids). ``errors`` as for :meth:`Tokenizer.decode`."""
+        return self.image.decode_runs(tokens, errors)
+
+    def count_runs(self, tokens) -> tuple[int, int]:
+        """As :meth:`Tokenizer.count_runs`: a video sequence is its image tokenizer's."""
+        return self.image.count_runs(tokens)
+
     # ----------------------------------------------------------------------------- misc
-    def grammar(self, batch_size: int):
+    def grammar(self, batch_size: int) -> ImageGrammar:
         """Constrained decoding: the image grammar of the stacked volume or TAC map."""
-        from .grammar import ImageGrammar
-
-        return ImageGrammar(self.image, batch_size)
-
-    def to_dict(self) -> dict:
-        return {
-            "type": "video",
-            "frames": self.frames,
-            "mask_size": list(self.mask_size),
-            "num_classes": self.num_classes,
-            "temporal": self.temporal,
-            "scheme": self.scheme,
-            "starts": self.starts,
-            "order": self.order,
-            "max_run": self.max_run,
-            "max_vocab": self.max_vocab,
-            "vocab": self.vocab.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> VideoTokenizer:
-        if data.get("type") != "video":
-            raise ValueError(f"not a video tokenizer: type {data.get('type')!r}")
-        tokenizer = cls(
-            data["frames"], tuple(data["mask_size"]), data["num_classes"], data["temporal"], data["scheme"],
-            data["starts"], data["order"], data["max_run"], data.get("max_vocab", DEFAULT_MAX_VOCAB),
-        )
-        if "vocab" in data and data["vocab"] != tokenizer.vocab.to_dict():
-            raise ValueError("the stored vocabulary layout differs from the one these arguments build")
-        return tokenizer
-
-    def __repr__(self) -> str:
-        return (
-            f"VideoTokenizer(frames={self.frames}, mask_size={self.mask_size}, num_classes={self.num_classes}, "
-            f"temporal={self.temporal!r}, scheme={self.scheme!r}, starts={self.starts!r}, order={self.order!r}, "
-            f"max_run={self.max_run}, vocab_size={self.vocab.size})"
-        )
+        return ImageGrammar(self.image.run_format, batch_size)

@@ -112,3 +112,4 @@ class Vocab:
     def __repr__(self) -> str:
         parts = ", ".join(f"{r.name}=[{r.first}, {r.stop})" for r in self.ranges.values())
         return f"Vocab(size={self.size}, pad={PAD}, eos={EOS}, bos={self.bos}, {parts})"
+

@@ -16,7 +16,7 @@ _MAX_PIXELS = 2**32
 
 
 # ------------------------------------------------------------------------------------ validation
-def _check_shape(shape) -> tuple[int, int]:
+def check_shape(shape) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in shape)
     except (TypeError, ValueError):
@@ -28,11 +28,11 @@ def _check_shape(shape) -> tuple[int, int]:
     return height, width
 
 
-def _check_binary_mask(mask) -> np.ndarray:
+def check_binary_mask(mask) -> np.ndarray:
     mask = check_label_map(mask, 2, "binary mask")
     if mask.size and mask.max() > 1:
         raise ValueError(f"binary mask must hold only 0 and 1 (or be bool), got value {int(mask.max())}")
-    _check_shape(mask.shape)
+    check_shape(mask.shape)
     return mask
 
 
@@ -175,7 +175,7 @@ def _read_rles(rles: list, names: list[str]) -> tuple[list[tuple[int, int]], np.
     for i, (rle, name) in enumerate(zip(rles, names, strict=True)):
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
             raise ValueError(f"{name} must be a dict with keys 'size' and 'counts', got {rle!r:.80}")
-        shapes.append(_check_shape(rle["size"]))
+        shapes.append(check_shape(rle["size"]))
         raw = rle["counts"]
         if isinstance(raw, str):
             if not raw.isascii():
@@ -225,7 +225,7 @@ def binary_mask_to_coco_rle(mask: np.ndarray, compressed: bool = True) -> dict:
 
     ``compressed=True`` gives the same dict as ``pycocotools.mask.encode``; ``False`` the list form.
     """
-    mask = _check_binary_mask(mask)
+    mask = check_binary_mask(mask)
     size = mask.size
     runs = _column_major_runs(mask)
     if len(runs) == 0:
@@ -260,7 +260,7 @@ def _map_to_rles(label_map: np.ndarray, compressed: bool) -> dict[int, dict]:
 
 def _rles_to_map(rles: dict, shape) -> np.ndarray:
     _check_keys(rles)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     size = shape[0] * shape[1]
     dtype = label_dtype(max(rles, default=1) + 1)
     if not rles:
@@ -286,10 +286,8 @@ def label_map_to_coco_rles(
 
     ``num_classes``, when given, is checked (every label must be below it).
     """
-    label_map = check_label_map(label_map, 2, "label_map")
-    _check_shape(label_map.shape)
-    if num_classes is not None and label_map.size and int(label_map.max()) >= num_classes:
-        raise ValueError(f"label_map holds label {int(label_map.max())}, expected labels < {num_classes}")
+    label_map = check_label_map(label_map, 2, "label_map", num_classes)
+    check_shape(label_map.shape)
     return _map_to_rles(label_map, compressed)
 
 
@@ -304,7 +302,7 @@ def coco_rles_to_label_map(rles: dict[int, dict], shape: tuple[int, int]) -> np.
 def instance_map_to_coco_rles(instances: np.ndarray, compressed: bool = True) -> dict[int, dict]:
     """(H, W) instance-id map (0 = no instance) -> {instance id: COCO RLE of its mask}."""
     instances = check_label_map(instances, 2, "instance map")
-    _check_shape(instances.shape)
+    check_shape(instances.shape)
     return _map_to_rles(instances, compressed)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..runs import Runs, check_order, flat_runs, paint_runs
-from .coco import _check_binary_mask, _check_shape
+from .coco import check_binary_mask, check_shape
 
 
 def _check_index_base(index_base: int) -> int:
@@ -16,7 +16,7 @@ def _check_index_base(index_base: int) -> int:
 
 def mask_to_kaggle_rle(mask: np.ndarray, order: str = "F", index_base: int = 1) -> str:
     """(H, W) binary mask -> ``"start length ..."`` of its runs of 1 (starts in ``order``, from ``index_base``)."""
-    mask = _check_binary_mask(mask)
+    mask = check_binary_mask(mask)
     runs = flat_runs(mask.ravel(order=check_order(order)), max_run=max(mask.size, 1))
     pairs = np.stack([runs.starts + _check_index_base(index_base), runs.lengths], axis=1)
     return " ".join(map(str, pairs.ravel().tolist()))
@@ -44,7 +44,7 @@ def kaggle_rle_to_mask(
     """``"start length ..."`` -> (H, W) uint8 mask of 0 and 1; overlapping or unsorted runs are allowed."""
     if not isinstance(text, str):
         raise ValueError(f"Kaggle RLE must be a str, got {type(text).__name__} {text!r:.40}")
-    height, width = _check_shape(shape)
+    height, width = check_shape(shape)
     size = height * width
     values = _parse_integers(text)
     if values.size % 2:

@@ -3,9 +3,9 @@
 This is the one image-level inference path; ``rleseg predict`` and ``rleseg evaluate`` both use it:
 
     image -> resize by ``scale`` -> sliding-window patches of the model's input size (``stride``) ->
-    generation, patches of several images sharing a batch -> each decoded mask upsampled (nearest) and
-    the patches stitched by vote at full resolution (``rleseg.data.patches.stitch``) -> label map of
-    the image's own size.
+    :func:`~rleseg.inference.batch.predict_batch`, patches of several images sharing a batch -> each
+    mask upsampled (nearest) and the patches stitched by vote at full resolution
+    (:mod:`rleseg.inference.stitch`) -> label map of the image's own size.
 
 Mode ``"patches"`` is the paper's pipeline. Mode ``"whole"`` scales the image so that its longer side
 is the model input, pads it to a square (image 0) and predicts it as one patch.
@@ -14,9 +14,8 @@ Video models (tokenizer task "video", windows of N frames) go through the same p
 and stitching, with a frame axis in front: ``predict_video(frames)`` cuts the sequence into windows of
 N frames every ``window_stride`` frames (the last window flush with the end), cuts every window into
 the same spatial patches (each patch is an (N, P, P) clip), stitches each frame of a window like an
-image, and merges the windows' overlapping frames by vote (``rleseg.data.patches.stitch_windows``).
-A sequence shorter than N frames is padded by repeating its last frame; the padded frames' outputs
-are dropped.
+image, and merges the windows' overlapping frames by vote (``stitch_windows``). A sequence shorter
+than N frames is padded by repeating its last frame; the padded frames' outputs are dropped.
 
 Panoptic models give (semantic, instances): both maps are stitched by the same rule (each pixel from
 the patch in which it lies farthest from the border), so a pixel's class and instance come from one
@@ -26,51 +25,24 @@ borders stays split into one instance per patch (no merging across patches).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from .data.files import as_rgb, read_image, to_unit_float
-from .data.patches import (
-    PatchConfig,
-    crop,
-    resize,
-    scaled_shape,
-    sliding_windows,
-    stitch_patches_of_image,
-    stitch_windows,
-    window_starts,
-)
-from .tokens import EOS
-from .tokens.tokenizer import split_at_eos
+from ..data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, window_starts
+from ..imageio import as_rgb, read_image, to_unit_float
+from ..models import load_checkpoint
+from ..tokens import downsample_mask
+from .batch import predict_batch
+from .options import InferenceOptions
+from .stitch import stitch_panoptic_patches, stitch_patches_of_image, stitch_windows
 
 ImageLike = str | Path | np.ndarray
-
-
-@dataclass
-class InferenceOptions:
-    mode: Literal["patches", "whole"] = "patches"
-    stride: int | None = None  # window step in pixels of the resized image; None = the patch size
-    scale: float = 1.0  # images are resized by this before patching (mode "patches")
-    batch_size: int = 16  # patches per generation call
-    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
-    top_p: float = 1.0
-    constrained: bool = True  # grammar-constrained decoding
-    max_len: int | None = None  # tokens generated at most per patch (default: the model's max_seq_len)
-    seed: int | None = None  # seeds the predictor's own generator for sampling at temperature > 0
-    eos_by_mass: bool = False  # end a sequence only where EOS holds half the allowed probability
-
-    def check(self) -> None:
-        if self.mode not in ("patches", "whole"):
-            raise ValueError(f"mode must be 'patches' or 'whole', got {self.mode!r}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be a positive number of pixels, got {self.stride}")
-        if self.scale <= 0 or self.batch_size < 1:
-            raise ValueError(f"scale must be > 0 and batch_size >= 1, got {self.scale}, {self.batch_size}")
 
 
 @dataclass
@@ -90,6 +62,12 @@ class ImagePrediction:
     def num_tokens(self) -> int:
         return int(sum(len(t) for t in self.tokens))
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """What generation did, as the reports and summaries total it."""
+        return {"patches": len(self.boxes), "tokens": self.num_tokens, "generated_runs": self.generated_runs,
+                "invalid_runs": self.invalid_runs, "truncated": self.truncated}
+
 
 @dataclass
 class VideoPrediction:
@@ -103,6 +81,12 @@ class VideoPrediction:
     generated_runs: int = 0
     invalid_runs: int = 0
     truncated: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """What generation did over all windows, as the reports and summaries total it."""
+        return {"windows": len(self.starts), "patches": self.patches, "tokens": self.tokens,
+                "generated_runs": self.generated_runs, "invalid_runs": self.invalid_runs, "truncated": self.truncated}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -136,8 +120,6 @@ def load(checkpoint: str | Path, device: str | torch.device | None = None, **opt
 
     ``options`` are :class:`InferenceOptions` fields, e.g. ``load("runs/x", mode="whole", stride=96)``.
     """
-    from .models import load_checkpoint
-
     device = resolve_device(device)
     model = load_checkpoint(resolve_checkpoint(checkpoint), device)
     return Predictor(model, InferenceOptions(**options), device)
@@ -147,7 +129,7 @@ def as_image(image: ImageLike) -> np.ndarray:
     """A path or an array ((H, W) grey, (H, W, 3|4) or (3, H, W)) -> (H, W, 3) float32.
 
     Float arrays are taken as they are (the model reads [0, 1], as the datasets give it); uint8 is divided
-    by 255; deeper integer images are stretched as ``rleseg.data.files.read_image`` does.
+    by 255; deeper integer images are stretched as ``rleseg.imageio.read_image`` does.
     """
     if isinstance(image, str | Path):
         return read_image(image)
@@ -155,12 +137,6 @@ def as_image(image: ImageLike) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32, copy=False)
     return to_unit_float(array)
-
-
-def _centrality(size: int) -> np.ndarray:
-    """(size, size) distance to the nearest border: the stitching score of panoptic patches."""
-    edge = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
-    return np.minimum(edge[:, None], edge[None, :])
 
 
 class Predictor:
@@ -177,20 +153,17 @@ class Predictor:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = model.tokenizer
-        task = getattr(self.tokenizer, "task", None)
-        if task not in ("semantic", "panoptic", "video"):
-            raise ValueError(f"this checkpoint's tokenizer is for {task!r}; predict and evaluate handle image, "
-                             "panoptic and video models")
-        self.panoptic = task == "panoptic"
-        self.frames = int(self.tokenizer.frames) if task == "video" else None  # window length of video models
+        self.panoptic = self.tokenizer.task == "panoptic"
+        self.frames = int(self.tokenizer.frames) if self.tokenizer.task == "video" else None  # window length
         self.num_classes = int(self.tokenizer.num_classes)
         self.patch_size = int(model.config.image_size)
         mask_h, mask_w = self.tokenizer.mask_size
         if mask_h != mask_w or self.patch_size % mask_h:
             raise ValueError(f"the model's input {self.patch_size} px is not a whole multiple of its square mask "
                              f"grid; got mask size {self.tokenizer.mask_size}")
-        # Token models decode on the tokenizer's subsampled grid; a dense head predicts full patches.
-        self.factor = 1 if getattr(model.config, "head", "token") == "dense" else self.patch_size // mask_h
+        # Token models decode on the tokenizer's subsampled grid; dense models (trained on the full-resolution
+        # "mask") predict at the patch's own resolution.
+        self.factor = 1 if model.target_key == "mask" else self.patch_size // mask_h
         self.generator = None
         if self.options.seed is not None:
             self.generator = torch.Generator(self.device).manual_seed(self.options.seed)
@@ -256,17 +229,12 @@ class Predictor:
             video = np.concatenate([video, np.repeat(video[-1:], padded, axis=0)])
         starts = window_starts(len(video), self.frames, stride)
         windows = ((video[s : s + self.frames], None) for s in starts)
-        result = VideoPrediction(np.zeros(0, np.int64), starts, padded)
-        labels = []
+        labels, totals = [], Counter()
         for pred, _ in self.run_with(windows):
             labels.append(pred.labels)
-            result.patches += len(pred.boxes)
-            result.tokens += pred.num_tokens
-            result.generated_runs += pred.generated_runs
-            result.invalid_runs += pred.invalid_runs
-            result.truncated += pred.truncated
-        result.labels = stitch_windows(np.stack(labels), starts, len(video), self.num_classes)[:count]
-        return result
+            totals.update(pred.counts)
+        merged = stitch_windows(np.stack(labels), starts, len(video), self.num_classes)[:count]
+        return VideoPrediction(merged, starts, padded, **totals)
 
     def patch_config(self, scale: float) -> PatchConfig:
         return PatchConfig(patch_size=self.patch_size, factor=self.factor, scale=scale)
@@ -276,6 +244,14 @@ class Predictor:
         if self.options.mode == "whole":
             return self.patch_size / max(shape)
         return self.options.scale
+
+    def label_patch(self, labels: np.ndarray, scale: float, box: np.ndarray, fill: int) -> np.ndarray:
+        """(H, W) labels of an image -> those of one of its patches on the model's mask grid, cut as the
+        image was: resized by ``scale`` (nearest), ``box`` cut out (``fill`` past the border), subsampled by
+        ``factor`` (nearest). What the model would have had to generate for that patch."""
+        labels = np.asarray(labels, np.int64)
+        resized = resize(labels, scaled_shape(labels.shape, scale), -2, linear=False)
+        return downsample_mask(crop(resized, box, fill, -2), self.factor, "nearest")
 
     # ----------------------------------------------------------------------------- internals
     def _refuse_video(self, call: str) -> None:
@@ -292,79 +268,51 @@ class Predictor:
         crops = [crop(resized, box, 0.0, -3) for box in boxes]
         return _Job(shape, scale, boxes, crops, [None] * len(boxes), payload)
 
-    @torch.no_grad()
     def _generate(self, batch: list[tuple[_Job, int]]) -> None:
-        o = self.options
         images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).movedim(-1, -3)
-        out = self.model.generate(images.to(self.device), max_len=o.max_len, temperature=o.temperature,
-                                  top_p=o.top_p, constrained=o.constrained, generator=self.generator,
-                                  eos_by_mass=o.eos_by_mass)
-        for (job, k), row, mask in zip(batch, out.tokens.numpy(), out.masks, strict=True):
-            eos = np.flatnonzero(row == EOS)
-            job.results[k] = (row[: eos[0] + 1] if eos.size else row, mask)
+        out = predict_batch(self.model, images.to(self.device), self.options, self.generator)
+        for b, (job, k) in enumerate(batch):
+            job.results[k] = (out.masks[b], out.tokens[b], out.runs[b], bool(out.truncated[b]))
             job.crops[k] = None  # the pixels are no longer needed
 
     def _finish(self, job: _Job) -> tuple[ImagePrediction, Any]:
-        tokens = [tokens for tokens, _ in job.results]
-        masks = [mask for _, mask in job.results]
+        masks, tokens, runs, truncated = zip(*job.results, strict=True)
         config = self.patch_config(job.scale)
         instances = None
         if self.panoptic:
-            semantic = np.stack([m[0] for m in masks]).astype(np.int64)
-            ids = np.stack([m[1] for m in masks]).astype(np.int64)
-            offsets = np.concatenate(([0], np.cumsum(ids.reshape(len(ids), -1).max(1))[:-1]))
-            ids = np.where(ids > 0, ids + offsets[:, None, None], 0)  # unique across patches
-            score = np.broadcast_to(_centrality(semantic.shape[-1]), semantic.shape)
-            labels = stitch_patches_of_image(semantic, job.boxes, config, job.shape, self.num_classes, score)
-            stitched = stitch_patches_of_image(ids, job.boxes, config, job.shape, int(ids.max()) + 1, score)
-            instances = np.unique(stitched, return_inverse=True)[1].reshape(job.shape)
-            if not (stitched == 0).any():
-                instances += 1  # np.unique numbers from 0; 0 must stay "no instance"
+            semantic, ids = (np.stack([mask[i] for mask in masks]) for i in (0, 1))  # (K, h, w) each
+            labels, instances = stitch_panoptic_patches(semantic, ids, job.boxes, config, job.shape, self.num_classes)
         elif self.frames is not None:  # (K, N, h, w): each frame of the window stitched like an image
             stack = np.stack(masks)
             labels = np.stack([stitch_patches_of_image(stack[:, f], job.boxes, config, job.shape, self.num_classes)
                                for f in range(stack.shape[1])])
         else:
             labels = stitch_patches_of_image(np.stack(masks), job.boxes, config, job.shape, self.num_classes)
-        counts = np.array([run_counts(self.tokenizer, t) for t in tokens]).reshape(-1, 2).sum(0)
+        generated, kept = np.sum(runs, axis=0)
         prediction = ImagePrediction(
             labels=labels.astype(np.int64),
             instances=instances,
             boxes=job.boxes,
             scale=job.scale,
-            tokens=tokens,
-            generated_runs=int(counts[0]),
-            invalid_runs=int(counts[0] - counts[1]),
-            truncated=sum(int(t.size > 0 and not (t == EOS).any()) for t in tokens),  # dense heads: no tokens
+            tokens=list(tokens),
+            generated_runs=int(generated),
+            invalid_runs=int(generated - kept),
+            truncated=sum(truncated),
         )
         return prediction, job.payload
 
 
 @dataclass
 class _Job:
-    shape: tuple[int, int]
+    """One image (or video window) on its way through the predictor."""
+
+    shape: tuple[int, int]  # (H, W) of the image as given
     scale: float
-    boxes: np.ndarray
-    crops: list
-    results: list
+    boxes: np.ndarray  # (K, 4) patches in the resized image
+    crops: list  # per patch: its pixels until generated, then None
+    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated) once generated
     payload: Any
 
     @property
     def done(self) -> bool:
         return all(r is not None for r in self.results)
-
-
-def run_counts(tokenizer, tokens: np.ndarray) -> tuple[int, int]:
-    """(runs the sequence stands for, runs the lenient decoder keeps) of one generated sequence.
-
-    A sequence of n run tokens stands for ceil(n / tokens_per_run) runs (panoptic: class tokens left
-    out); the difference is what ``decode(errors="ignore")`` dropped as malformed.
-    """
-    body = split_at_eos(np.asarray(tokens, np.int64), strict=False)
-    if getattr(tokenizer, "task", None) == "video":
-        tokenizer = tokenizer.image  # a video sequence is its image tokenizer's sequence of the volume / TAC map
-    if getattr(tokenizer, "task", None) == "panoptic":
-        class_tokens = int(tokenizer.vocab["class"].contains(body).sum())
-        kept = sum(len(group.runs) for group in tokenizer.decode_groups(tokens, errors="ignore"))
-        return -(-(body.size - class_tokens) // tokenizer.tokens_per_run), kept
-    return -(-body.size // tokenizer.tokens_per_run), len(tokenizer.decode_runs(tokens, errors="ignore"))

@@ -1,4 +1,5 @@
-"""Reading images, label maps and class lists from files, with errors that name the file.
+"""Reading images and label maps from files, with errors that name the file (numpy, Pillow and tifffile; no
+torch, so the tokenizer's commands and the statistics use it too).
 
 Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 in [0, 1]. 8-bit images
 are divided by 255; deeper ones (16-bit microscopy, float) are stretched from their 1st to 99.8th
@@ -6,16 +7,15 @@ percentile, because their useful range is a small part of the dtype's. Grey imag
 into three channels, alpha is dropped.
 
 Label maps: index PNGs (8/16-bit grey), palette PNGs (the palette indices are the labels), TIFF label
-maps (2-D integer), or RGB colour PNGs decoded through the class colours of a class list.
+maps (2-D integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
+class colours (``rleseg.data.classes``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -23,13 +23,17 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 _TIFF = (".tif", ".tiff")
 
 
-def _fail(path: Path, what: str, error: Exception | None = None) -> ValueError:
+class MaskError(ValueError):
+    """A user's image or mask file that cannot be used as one; the message names the file and what was expected."""
+
+
+def _fail(path: Path, what: str, error: Exception | None = None) -> MaskError:
     detail = f" ({type(error).__name__}: {error})" if error is not None else ""
-    return ValueError(f"{path}: {what}{detail}")
+    return MaskError(f"{path}: {what}{detail}")
 
 
 def image_shape(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header only; ValueError if the file cannot be opened as an image."""
+    """(H, W) from the file header only; MaskError if the file cannot be opened as an image."""
     path = Path(path)
     try:
         if path.suffix.lower() in _TIFF:
@@ -40,7 +44,7 @@ def image_shape(path: str | Path) -> tuple[int, int]:
             return _spatial(shape, path)
         with Image.open(path) as img:
             return (img.height, img.width)
-    except ValueError:
+    except MaskError:
         raise
     except Exception as error:  # the readers raise many types for a bad header
         raise _fail(path, "cannot read the image header; expected a readable image file", error) from error
@@ -54,21 +58,37 @@ def _spatial(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
     raise _fail(path, f"has shape {tuple(shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
 
 
-def _load(path: Path) -> np.ndarray:
+def _load(path: Path, mask: bool = False) -> np.ndarray:
+    if path.is_dir():
+        raise _fail(path, "is a directory, expected a mask image file" if mask else "is a directory, expected an image")
+    if not path.is_file():
+        raise _fail(path, "no such file")
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
-            return tifffile.imread(path)
-        with Image.open(path) as img:
+            return np.asarray(tifffile.imread(path))
+        img = _open(path)
+        with img:
             img.load()
             if img.mode == "P":
                 return np.array(img)  # palette indices; the caller decides what they mean
             if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
                 img = img.convert("RGB")
             return np.array(img)
+    except MaskError:
+        raise
     except Exception as error:  # truncated or corrupt files raise OSError, struct.error, ...
         raise _fail(path, "cannot read the file; it may be truncated or not an image", error) from error
+
+
+def _open(path: Path) -> Image.Image:
+    """Pillow's image of ``path``, header read; an unreadable header is a MaskError (the pixels may still be
+    truncated: that shows when they are loaded)."""
+    try:
+        return Image.open(path)
+    except Exception as error:
+        raise _fail(path, "cannot read image; expected a readable image file", error) from error
 
 
 def to_unit_float(array: np.ndarray) -> np.ndarray:
@@ -103,29 +123,43 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_label_map(path: str | Path, colours: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) int64 labels from an index/palette PNG, a TIFF label map, or a colour PNG.
+    """(H, W) int64 labels >= 0 from a label map file (see the module doc for the formats).
 
     Args:
         colours: (C, 3) uint8 class colours; needed for RGB masks whose channels differ, whose
             pixel colours then map to the class index (an unknown colour is an error).
+
+    Raises:
+        MaskError: the file is missing, of another type, unreadable, or not a single 2-D label map.
     """
     path = Path(path)
-    mask = _load(path)
-    if mask.ndim == 3 and mask.shape[-1] == 1:
-        mask = mask[..., 0]
+    if path.suffix.lower() not in MASK_SUFFIXES and not path.is_dir():
+        raise _fail(path, f"unsupported file type {path.suffix!r}; expected a {', '.join(MASK_SUFFIXES)} label map")
+    mask = _load(path, mask=True)
+    if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+        mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
     if mask.ndim == 3 and mask.shape[-1] == 3:
         if np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2]):
             mask = mask[..., 0]  # grey saved as RGB
         elif colours is None:
-            raise _fail(path, "is an RGB colour mask; give class colours in the class list, or save index/palette PNGs")
+            raise _fail(path, "is a colour image (mode RGB) with differing channels, read as an RGB colour mask; give "
+                        "class colours in the class list, or save single-channel index/palette PNGs")
         else:
             mask = _decode_colours(mask, colours, path)
     if mask.ndim != 2:
         raise _fail(path, f"has shape {mask.shape}; expected a 2-D label map")
+    return _as_labels(mask, path)
+
+
+def _as_labels(mask: np.ndarray, path: Path) -> np.ndarray:
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.floating):
+        if not (np.all(np.isfinite(mask)) and np.all(mask == np.round(mask))):
+            raise _fail(path, "holds non-integer values; expected integer class labels")
+        mask = mask.astype(np.int64)
     if not np.issubdtype(mask.dtype, np.integer):
-        raise _fail(path, f"holds {mask.dtype} values; expected integer labels")
+        raise _fail(path, f"holds {mask.dtype} values; expected integer class labels")
     if mask.size and mask.min() < 0:
         raise _fail(path, f"holds negative label {int(mask.min())}; expected labels >= 0")
     return mask.astype(np.int64)
@@ -142,85 +176,3 @@ def _decode_colours(rgb: np.ndarray, colours: np.ndarray, path: Path) -> np.ndar
         y, x = np.argwhere(~found)[0]
         raise _fail(path, f"pixel ({y}, {x}) has colour {tuple(int(v) for v in rgb[y, x])}, which is no class colour")
     return order[pos]
-
-
-@dataclass(frozen=True)
-class ClassList:
-    """Class names in label order (label i is ``names[i]``), with optional (C, 3) uint8 colours."""
-
-    names: tuple[str, ...]
-    colours: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def read_class_list(path: str | Path) -> ClassList:
-    """Class list from YAML or TXT.
-
-    YAML: a list (or a mapping with key ``classes`` or ``names`` holding the list) whose entries are
-    names or ``{name: ..., color: [r, g, b]}``. TXT: one class per line, ``name`` or ``name r g b`` or
-    ``name #rrggbb``; blank lines and lines starting with ``#`` are skipped. Colours are all or none.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise _fail(path, "cannot read the class list", error) from error
-    if path.suffix.lower() in (".yaml", ".yml"):
-        entries = _yaml_entries(path, text)
-    else:
-        entries = [_txt_entry(path, line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if len(entries) < 2:
-        raise _fail(path, f"lists {len(entries)} class(es); expected at least 2 (background included)")
-    names = tuple(name for name, _ in entries)
-    if len(set(names)) != len(names):
-        raise _fail(path, "names a class twice")
-    given = [colour is not None for _, colour in entries]
-    if any(given) and not all(given):
-        raise _fail(path, "gives colours for some classes only; expected a colour for every class or none")
-    colours = np.array([colour for _, colour in entries], dtype=np.uint8) if all(given) else None
-    return ClassList(names, colours)
-
-
-def _check_colour(path: Path, colour) -> tuple[int, int, int]:
-    values = [int(v) for v in colour]
-    if len(values) != 3 or min(values) < 0 or max(values) > 255:
-        raise _fail(path, f"colour {colour} is not three values in 0..255")
-    return (values[0], values[1], values[2])
-
-
-def _yaml_entries(path: Path, text: str) -> list[tuple[str, tuple | None]]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise _fail(path, "is not valid YAML", error) from error
-    if isinstance(data, dict):
-        data = data.get("classes", data.get("names"))
-    if not isinstance(data, list):
-        raise _fail(path, "expected a list of classes (or a mapping with key 'classes')")
-    entries = []
-    for entry in data:
-        if isinstance(entry, dict) and "name" in entry:
-            colour = entry.get("color", entry.get("colour"))
-            entries.append((str(entry["name"]), None if colour is None else _check_colour(path, colour)))
-        elif isinstance(entry, str | int):
-            entries.append((str(entry), None))
-        else:
-            raise _fail(path, f"class entry {entry!r} is neither a name nor a mapping with 'name'")
-    return entries
-
-
-def _txt_entry(path: Path, line: str) -> tuple[str, tuple | None]:
-    parts = line.split()
-    if len(parts) == 1:
-        return (parts[0], None)
-    if len(parts) == 2 and parts[1].startswith("#") and len(parts[1]) == 7:
-        value = parts[1][1:]
-        return (parts[0], _check_colour(path, [int(value[i : i + 2], 16) for i in (0, 2, 4)]))
-    if len(parts) == 4:
-        try:
-            return (parts[0], _check_colour(path, parts[1:]))
-        except ValueError:
-            pass
-    raise _fail(path, f"line {line!r}: expected 'name', 'name r g b' or 'name #rrggbb'")

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from rleseg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from rleseg.typed_yaml import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 
 @dataclass

@@ -1,0 +1,233 @@
+"""``rleseg tokenize``, ``stats`` and ``examples``: the tokenizer's commands (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..imageio import read_label_map
+from ..stats import DatasetStats, StatsOptions, folder_stats
+from ..stats.panoptic import folder_panoptic_stats
+from ..stats.report import format_panoptic_stats, format_stats, format_video_stats
+from ..stats.video import path_video_stats
+from ..tokens import Tokenizer, downsample_mask
+from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
+from .common import UserError, list_of, non_negative_int, num_classes, positive_int, write_json
+
+EXAMPLES = Path(__file__).parent.with_name("examples")
+
+
+def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
+    """--scheme/--starts (one value, or --schemes/--starts lists), --order, --max-run, --downsample-method."""
+    if many:
+        parser.add_argument("--schemes", type=list_of(str, SCHEMES), default=SCHEMES, metavar="LIST",
+                            help="comma-separated schemes (default: lac,class,binary; binary only for 2 classes)")
+        parser.add_argument("--starts", type=list_of(str, START_MODES), default=ABSOLUTE_START_MODES,
+                            metavar="LIST", help="comma-separated start modes among 1d,2d,relative (default: 1d,2d; "
+                            "relative not with --video or --panoptic)")
+    else:
+        parser.add_argument("--scheme", choices=SCHEMES, default="lac", help="token scheme (default: lac)")
+        parser.add_argument("--starts", choices=START_MODES, default="1d",
+                            help="1d: one flat-index token per start; 2d: row and column tokens; relative: one "
+                            "token for the gap after the previous run (default: 1d)")
+    parser.add_argument("--order", choices=("C", "F"), default="C",
+                        help="raster order: C row-major, F column-major (default: C)")
+    parser.add_argument("--max-run", type=positive_int, default=None, metavar="L",
+                        help="longest run L (default: one row of the subsampled mask)")
+    parser.add_argument("--downsample-method", choices=("nearest", "mode"), default="nearest",
+                        help="nearest: centre pixel of each cell; mode: most frequent label (default: nearest)")
+    parser.add_argument("--num-classes", type=num_classes, default=None, metavar="C",
+                        help="C, background included (default: largest label + 1, at least 2)")
+
+
+# ----------------------------------------------------------------------------- tokenize
+def add_tokenize(subparsers) -> None:
+    parser = subparsers.add_parser("tokenize", help="print the token sequence of one label mask",
+                                   description="Encode one label mask (PNG or TIFF) and print its tokens.")
+    parser.add_argument("mask", type=Path, metavar="MASK_IMAGE", help="label PNG (grayscale or palette) or TIFF")
+    _add_tokenizer_options(parser, many=False)
+    parser.add_argument("--subsample", type=positive_int, default=1, metavar="N",
+                        help="subsampling factor before encoding (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print tokens, summary and tokenizer as JSON")
+    parser.set_defaults(run=_run_tokenize)
+
+
+def _encode(
+    mask: np.ndarray, name: str, *, scheme: str = "lac", starts: str = "1d", order: str = "C",
+    max_run: int | None = None, subsample: int = 1, method: str = "nearest", num_classes: int | None = None,
+) -> tuple[Tokenizer, np.ndarray, dict]:
+    """Subsample and encode one mask; returns the tokenizer, the tokens and a summary."""
+    max_label = int(mask.max()) if mask.size else 0
+    num_classes = num_classes or max(2, max_label + 1)
+    if max_label >= num_classes:
+        raise UserError(f"{name}: holds label {max_label}, expected labels < --num-classes {num_classes}")
+    small = downsample_mask(mask, subsample, method)
+    try:
+        tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, order, max_run)
+    except ValueError as error:  # the options are the user's: e.g. scheme binary with 3 classes
+        raise UserError(f"{name}: {error}") from None
+    tokens = tokenizer.encode(small)
+    summary = {
+        "file": name,
+        "mask_size": list(mask.shape),
+        "subsampled_size": list(small.shape),
+        "runs": (tokens.size - 1) // tokenizer.tokens_per_run,
+        "tokens": int(tokens.size),
+        "vocab_size": tokenizer.vocab.size,
+        "pixels_per_token": mask.size / tokens.size,
+    }
+    return tokenizer, tokens, summary
+
+
+def _summary_line(tokenizer: Tokenizer, summary: dict, subsample: int) -> str:
+    height, width = summary["mask_size"]
+    small = "x".join(str(v) for v in summary["subsampled_size"])
+    return (
+        f"{summary['file']}: {height}x{width}"
+        + (f" -> {small} (subsample {subsample})" if subsample > 1 else "")
+        + f", {tokenizer.num_classes} classes, {tokenizer.scheme}/{tokenizer.starts} order {tokenizer.order}"
+        f" max_run {tokenizer.max_run}: {summary['runs']} runs, {summary['tokens']} tokens (EOS included),"
+        f" vocab size {summary['vocab_size']}"
+    )
+
+
+def _run_tokenize(args: argparse.Namespace) -> int:
+    mask = read_label_map(args.mask)
+    tokenizer, tokens, summary = _encode(
+        mask, str(args.mask), scheme=args.scheme, starts=args.starts, order=args.order, max_run=args.max_run,
+        subsample=args.subsample, method=args.downsample_method, num_classes=args.num_classes,
+    )
+    if args.json:
+        print(json.dumps({"tokens": tokens.tolist(), "summary": summary, "tokenizer": tokenizer.to_dict()}))
+    else:
+        print(" ".join(map(str, tokens.tolist())))
+        print(_summary_line(tokenizer, summary, args.subsample))
+    return 0
+
+
+# ----------------------------------------------------------------------------- stats
+def add_stats(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="token lengths and subsampling fidelity over a folder of label masks",
+        description="For each scheme x starts x subsampling factor: tokens per mask (mean, p50, p95, p99, "
+        "max; EOS included), vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode "
+        "-> upsample against the full-resolution masks.",
+    )
+    parser.add_argument("folder", type=Path, metavar="MASK_DIR",
+                        help="folder of label PNGs / TIFFs (with --video: also a multi-page TIFF)")
+    _add_tokenizer_options(parser, many=True)
+    parser.add_argument("--subsample", type=list_of(positive_int), default=(1, 2, 4, 8), metavar="N,N,...",
+                        help="comma-separated subsampling factors (default: 1,2,4,8)")
+    parser.add_argument("--tolerance", type=non_negative_int, default=2, metavar="PX",
+                        help="boundary F-score tolerance in full-resolution pixels (default: 2)")
+    parser.add_argument("--ignore-index", type=non_negative_int, default=None, metavar="LABEL",
+                        help="label of unlabelled pixels (e.g. 255): background to the tokenizer, not scored")
+    parser.add_argument("--max-seq-len", type=positive_int, default=None, metavar="N",
+                        help="cut sequences after N tokens, as a model of that length would, and score what "
+                        "decodes (default: no cut)")
+    parser.add_argument("--pattern", default="*", help="glob for mask file names (default: *)")
+    parser.add_argument("--recursive", action="store_true", help="also look in subfolders")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--video", type=positive_int, default=None, metavar="N",
+                      help="MASK_DIR is one video (its frames, in name order), a multi-page TIFF or a folder of "
+                      "them: tokens per window of 1, 2, 4 .. N frames under volume, TAC and LTAC")
+    mode.add_argument("--panoptic", action="store_true",
+                      help="the masks are instance maps (0 background, each id one instance): panoptic tokens, "
+                      "fidelity and PQ")
+    parser.set_defaults(run=_run_stats)
+
+
+def _stats_options(args: argparse.Namespace) -> StatsOptions:
+    return StatsOptions(
+        factors=args.subsample, schemes=args.schemes, starts=args.starts, order=args.order,
+        max_run=args.max_run, downsample_method=args.downsample_method, num_classes=args.num_classes,
+        ignore_index=args.ignore_index, tolerance=args.tolerance, max_seq_len=args.max_seq_len,
+    )
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    if args.video is not None or args.panoptic:
+        return _run_stats_mode(args)
+    result = folder_stats(args.folder, _stats_options(args), args.pattern, args.recursive,
+                          progress=not args.no_progress)
+    if not result.rows:
+        raise UserError(f"{args.folder}: nothing to report, {'; '.join(result.notes)}")
+    _emit_stats(result, str(args.folder), args.json, args.out)
+    return 0
+
+
+def _emit_stats(result: DatasetStats, source: str, as_json: bool, out: Path | None) -> None:
+    data = {"source": source, **result.to_dict()}
+    if out is not None:
+        write_json(out, data)
+    if as_json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(format_stats(result, source))
+        if out is not None:
+            print(f"JSON written to {out}")
+
+
+def _run_stats_mode(args: argparse.Namespace) -> int:
+    """``stats --video N`` / ``stats --panoptic``: the modes of rleseg.stats.video and rleseg.stats.panoptic."""
+    if "relative" in args.starts:
+        raise UserError("--starts relative is for image statistics only, not with --video or --panoptic")
+    options = _stats_options(args)
+    if args.video is not None:
+        result = path_video_stats(args.folder, args.video, options, args.pattern, args.recursive,
+                                  progress=not args.no_progress)
+        text = format_video_stats(result, str(args.folder))
+    else:
+        result = folder_panoptic_stats(args.folder, options, args.pattern, args.recursive,
+                                       progress=not args.no_progress)
+        text = format_panoptic_stats(result, str(args.folder))
+    data = {"source": str(args.folder), **result.to_dict()}
+    if args.out is not None:
+        write_json(args.out, data)
+    print(json.dumps(data, indent=1) if args.json else text)
+    if args.out is not None and not args.json:
+        print(f"JSON written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- examples
+def add_examples(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "examples", help="tokenize the bundled example masks (a tour of the tokenizer, no torch)",
+        description="Tokenize the bundled example masks with a few schemes and print their statistics.",
+    )
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write stats.json into DIR")
+    parser.set_defaults(run=_run_examples)
+
+
+def _run_examples(args: argparse.Namespace) -> int:
+    files = sorted(EXAMPLES.glob("*.png"))
+    if not files:
+        raise UserError(f"{EXAMPLES}: no example masks (is the package installed with its data?)")
+    print("rleseg examples: each bundled example mask encoded with three settings (first tokens shown),\n"
+          "then the statistics of the examples folder as `rleseg stats` prints them.\n")
+    for path in files:
+        mask = read_label_map(path)
+        print(f"== {path.name}: {mask.shape[0]}x{mask.shape[1]}, labels {np.unique(mask).tolist()}")
+        for scheme, starts, factor in (("lac", "1d", 1), ("class", "2d", 1), ("lac", "1d", 4)):
+            tokenizer, tokens, summary = _encode(mask, path.name, scheme=scheme, starts=starts, subsample=factor)
+            head = " ".join(map(str, tokens[:12].tolist())) + (" ..." if tokens.size > 12 else "")
+            print(f"  {scheme:5s} {starts} subsample {factor}: {summary['runs']:5d} runs, {tokens.size:5d} tokens, "
+                  f"vocab {tokenizer.vocab.size:6d}, {summary['pixels_per_token']:6.1f} pixels/token  [{head}]")
+            if not np.array_equal(tokenizer.decode(tokens), downsample_mask(mask, factor)):
+                raise RuntimeError(f"{path.name}: decode(encode(mask)) differs from the mask")  # a bug, not user error
+        print()
+    result = folder_stats(EXAMPLES, StatsOptions(factors=(1, 2, 4, 8)), pattern="*.png")
+    print(format_stats(result, "bundled examples"))
+    if args.out is not None:
+        write_json(args.out / "stats.json", {"source": "bundled examples", **result.to_dict()})
+        print(f"JSON written to {args.out / 'stats.json'}")
+    return 0
+
+

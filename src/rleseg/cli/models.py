@@ -1,0 +1,227 @@
+"""``rleseg train``, ``demo``, ``evaluate`` and ``predict``: the commands that need torch (imported inside
+each ``_run_*``, so that the tokenizer's commands start fast)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..stats.report import format_score
+from .common import (
+    UserError,
+    list_of,
+    non_negative_float,
+    non_negative_int,
+    num_classes,
+    positive_int,
+    probability,
+    user_errors,
+)
+
+
+# ----------------------------------------------------------------------------- train
+def add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model from a YAML config",
+        description="Train from a YAML experiment config (see configs/). Under torchrun it trains with DDP.",
+    )
+    parser.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help="experiment YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (default: output.dir)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from ..experiment import load_config
+    from ..train import train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise UserError("give either CONFIG or --resume RUN_DIR (a resumed run uses its saved config)")
+        source, run_dir = args.resume / "config.yaml", args.resume
+        if not source.is_file():
+            raise UserError(f"{args.resume}: not a run folder (no config.yaml)")
+    elif args.config is None:
+        raise UserError("give a CONFIG file (see configs/) or --resume RUN_DIR")
+    else:
+        source, run_dir = args.config, args.out
+    with user_errors():
+        config = load_config(source, args.overrides)
+        result = train(config, run_dir, resume=args.resume is not None)
+    if result.interrupted:
+        return 130
+    if result.metrics is not None:
+        print(f"run folder: {result.run_dir} (best.safetensors, metrics.json, pictures/)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train, evaluate and report a small model on generated data (the main job)",
+        description="Generate the synthetic dataset, train the tiny token model for a bounded time on the CPU, "
+        "evaluate it and write a run folder with checkpoint, metrics, report and pictures.",
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget in minutes (default: 5)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                        help="run folder (default: runs/demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the demo config (repeatable)")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    if args.minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    with user_errors():
+        report = run_demo(args.minutes, args.out, args.overrides)
+    return 0 if report is not None else 130
+
+
+# ----------------------------------------------------------------------------- evaluate / predict
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """How full images are predicted (see rleseg.inference): mode, stride, sampling, batching, device."""
+    parser.add_argument("--mode", choices=("patches", "whole"), default="patches",
+                        help="patches: sliding windows of the model input, stitched at full resolution (the paper); "
+                        "whole: the image scaled to the model input (default: patches)")
+    parser.add_argument("--stride", type=positive_int, default=None, metavar="PX",
+                        help="window step in pixels (default: the patch size, no overlap)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="patches per batch (16)")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
+                        help="sampling temperature, 0 = greedy (default: 0; the paper samples at 1 with top-p 0.4)")
+    parser.add_argument("--top-p", type=probability, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--unconstrained", action="store_true",
+                        help="sample without the token grammar (malformed runs are dropped and counted)")
+    parser.add_argument("--max-len", type=positive_int, default=None, metavar="N",
+                        help="tokens generated at most per patch (default: the model's max_seq_len)")
+    parser.add_argument("--eos-by-mass", action="store_true",
+                        help="end a sequence only where EOS holds at least half the allowed probability")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling at temperature > 0")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
+            "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
+            "eos_by_mass": args.eos_by_mass}
+
+
+def add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a checkpoint on a dataset, or prediction PNGs against ground-truth PNGs",
+        description="With CHECKPOINT (a .safetensors file or a run folder): predict every image of the data "
+        "(--config / the run's config.yaml, or --images/--masks) and score at full resolution. Without it: score "
+        "--pred-dir label maps against --gt-dir label maps paired by file stem (no torch needed). Writes "
+        "metrics.json, metrics.md, per_image.csv, confusion.png and pictures into --out.",
+    )
+    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--config", type=Path, default=None, metavar="YAML",
+                      help="experiment config whose dataset to use (default: config.yaml beside the checkpoint)")
+    data.add_argument("--split", choices=("val", "train"), default="val", help="split of the config's dataset (val)")
+    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set data.root=/data (repeatable)")
+    data.add_argument("--images", type=Path, default=None, metavar="DIR", help="folder of images (with --masks)")
+    data.add_argument("--masks", type=Path, default=None, metavar="DIR", help="folder of label maps, paired by stem")
+    data.add_argument("--mask-suffix", default="", help="masks are named <image stem><suffix>.png (default: none)")
+    data.add_argument("--pred-dir", type=Path, default=None, metavar="DIR", help="predicted label maps (no checkpoint)")
+    data.add_argument("--gt-dir", type=Path, default=None, metavar="DIR", help="ground-truth label maps")
+    data.add_argument("--num-classes", type=num_classes, default=None, metavar="C",
+                      help="classes, background included (required with --pred-dir; checked against a checkpoint)")
+    data.add_argument("--class-names", type=list_of(str), default=None, metavar="LIST", help="comma-separated names")
+    data.add_argument("--ignore-index", type=non_negative_int, default=None, metavar="LABEL",
+                      help="ground-truth label left out of scoring (default: the config's, 255 for --images, "
+                      "none for --pred-dir)")
+    data.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate the first N images only")
+    parser.add_argument("--tolerance", type=non_negative_int, default=2, metavar="PX",
+                        help="boundary F-score tolerance in pixels (default: 2)")
+    parser.add_argument("--pictures", type=non_negative_int, default=4, metavar="K",
+                        help="comparison pictures of the first K images (default: 4; video: frames of the first "
+                        "sequence)")
+    parser.add_argument("--window-stride", type=positive_int, default=None, metavar="F",
+                        help="video models: a window of N frames every F frames, overlaps merged by vote "
+                        "(default: N, no overlap, as the paper evaluates)")
+    _add_inference_options(parser)
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint is None:
+        if args.pred_dir is None or args.gt_dir is None:
+            raise UserError("give a CHECKPOINT, or --pred-dir DIR --gt-dir DIR --num-classes C")
+        if args.num_classes is None:
+            raise UserError("--pred-dir needs --num-classes C")
+        from ..evaluate import score_folders
+
+        with user_errors():
+            results = score_folders(args.pred_dir, args.gt_dir, args.num_classes, args.out, args.ignore_index,
+                                    args.class_names and list(args.class_names), args.tolerance, args.overwrite,
+                                    not args.no_progress)
+    else:
+        if args.pred_dir is not None or args.gt_dir is not None:
+            raise UserError("--pred-dir/--gt-dir score existing predictions: leave out CHECKPOINT")
+        from ..evaluate import evaluate_checkpoint
+
+        with user_errors():
+            results = evaluate_checkpoint(
+                args.checkpoint, args.out, config=args.config, overrides=args.overrides, split=args.split,
+                images=args.images, masks=args.masks, mask_suffix=args.mask_suffix,
+                class_names=args.class_names and list(args.class_names), num_classes=args.num_classes,
+                ignore_index=args.ignore_index, options=_inference_options(args), limit=args.limit,
+                pictures=args.pictures, tolerance=args.tolerance, device=args.device, overwrite=args.overwrite,
+                progress=not args.no_progress, window_stride=args.window_stride)
+    semantic = results["semantic"]
+    means = {agg: semantic[agg]["mean_without_background"] for agg in ("per_image", "pooled")}
+    per_image, pooled = means["per_image"], means["pooled"]
+    print(f"{results['num_images']} images, classes without background: mDice {format_score(per_image['dice'])}"
+          f" / mIoU {format_score(per_image['iou'])} per image, {format_score(pooled['dice'])} /"
+          f" {format_score(pooled['iou'])} pooled; report in {args.out}")
+    if "temporal" in results:
+        flips = results["temporal"]["pooled"]
+        print(f"{results['num_videos']} videos: flip rate {format_score(flips['pred_flip_rate'])} predicted, "
+              f"{format_score(flips['gt_flip_rate'])} in the ground truth")
+    return 0
+
+
+def add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="label maps for images, folders and videos",
+        description="Predict label PNGs (instance maps for panoptic models), overlays and optionally COCO RLE "
+        "JSON for images, folders of images or frames, and videos (PyAV).",
+    )
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, folder or video")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
+    parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before patching (1)")
+    parser.add_argument("--coco-json", action="store_true", help="also write predictions.json (COCO RLE)")
+    parser.add_argument("--no-overlays", action="store_true", help="no overlay pictures")
+    parser.add_argument("--window-stride", type=positive_int, default=None, metavar="F",
+                        help="video models: a window of N frames every F frames, overlaps merged per frame by vote "
+                        "(default: N)")
+    _add_inference_options(parser)
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ..inference import load
+    from ..predict import predict_command, summary_line
+
+    with user_errors():
+        if not args.scale > 0:
+            raise UserError(f"--scale must be > 0, got {args.scale}")
+        predictor = load(args.checkpoint, args.device, scale=args.scale, **_inference_options(args))
+        summary = predict_command(predictor, args.inputs, args.out, coco_json=args.coco_json,
+                                  overlays=not args.no_overlays, overwrite=args.overwrite,
+                                  progress=not args.no_progress, window_stride=args.window_stride)
+    print(summary_line(summary))
+    return 0
+
+

@@ -1,0 +1,126 @@
+"""Building models: the presets, ``create_model`` for every architecture, and configs read back from files.
+
+The config's class picks the model (``MODELS``): a ModelConfig gives a :class:`Pix2Seq` (image tokens), a
+VideoModelConfig a :class:`VideoPix2Seq` (the tokens of a window of frames), a DenseConfig the dense
+baseline :class:`DenseModel` (per-pixel logits). A preset name stands for its ModelConfig, and a
+ModelConfig meets a video tokenizer as the VideoModelConfig with the same fields::
+
+    >>> model = create_model("tiny", Tokenizer((32, 32), num_classes=3))             # Pix2Seq
+    >>> model = create_model("tiny", VideoTokenizer(2, (16, 16), 3), fusion="late")  # VideoPix2Seq
+    >>> model = create_model(DENSE_PRESETS["tiny"], Tokenizer((32, 32), 3))         # DenseModel
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from rleseg.tokens import MaskTokenizer, from_dict
+
+from .dense import DenseConfig, DenseModel
+from .pix2seq import START_HEADS, ModelConfig, Pix2Seq
+from .video import VideoModelConfig, VideoPix2Seq
+
+PRESETS = {
+    "paper": ModelConfig(),
+    "small": ModelConfig(
+        backbone="resnet18", image_size=256, dim=256, heads=8, mlp_dim=1024, encoder_layers=2, decoder_layers=2
+    ),
+    "tiny": ModelConfig(
+        backbone="resnet10t", image_size=128, dim=128, heads=4, mlp_dim=512, encoder_layers=2, decoder_layers=2,
+        max_seq_len=256,
+    ),
+}
+# The dense baseline of each preset: the same backbone and input size, the token model's width.
+DENSE_PRESETS = {
+    name: DenseConfig(backbone=c.backbone, image_size=c.image_size, width=c.dim) for name, c in PRESETS.items()
+}
+
+MODELS = {ModelConfig: Pix2Seq, VideoModelConfig: VideoPix2Seq, DenseConfig: DenseModel}
+AnyModelConfig = ModelConfig | VideoModelConfig | DenseConfig
+
+
+def create_model(
+    config: str | AnyModelConfig, tokenizer: MaskTokenizer | None = None, **changes
+) -> Pix2Seq | DenseModel:
+    """The model of a preset name ("tiny", "small", "paper") or a config, for ``tokenizer``.
+
+    ``tokenizer`` may be omitted when the config already holds one (``config.tokenizer``, its
+    ``to_dict()``); the model's config stores the tokenizer's ``to_dict()`` either way. ``changes``
+    override config fields, e.g. ``fusion="late"`` for a video model.
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if type(config) not in MODELS:
+        raise ValueError(f"config must be a preset name or one of {', '.join(c.__name__ for c in MODELS)}, "
+                         f"got {type(config).__name__}")
+    if tokenizer is None:
+        if config.tokenizer is None:
+            raise ValueError("no tokenizer: pass one, or a config whose tokenizer field is set")
+        tokenizer = from_dict(config.tokenizer)
+    if type(config) is ModelConfig and tokenizer.task == "video":
+        config = VideoModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
+    config = dataclasses.replace(config, tokenizer=tokenizer.to_dict(), **changes)
+    if isinstance(config, ModelConfig):
+        config = resolve_start_head(config, tokenizer)
+    return MODELS[type(config)](config, tokenizer)
+
+
+def config_from_dict(config_class: str, fields: dict) -> AnyModelConfig:
+    """The config a checkpoint describes: ``config_class`` names one of MODELS' configs, ``fields`` are its
+    ``dataclasses.asdict``. Older files load too: a dense model saved as a ModelConfig with ``head``
+    "dense" (its width in ``dim``), a token model with ``head`` "token", one saved before start heads
+    existed (no ``start_head``: the plain table)."""
+    classes = {cls.__name__: cls for cls in MODELS}
+    if config_class not in classes:
+        raise ValueError(f"unknown model config class {config_class!r}; expected one of {', '.join(classes)}")
+    fields = dict(fields)
+    if fields.pop("head", "token") == "dense":
+        config_class, fields = "DenseConfig", dense_fields(fields)
+    cls = classes[config_class]
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"checkpoint config has unknown fields {unknown}")
+    if cls is not DenseConfig:
+        fields.setdefault("start_head", "table")
+    return cls(**fields)
+
+
+def dense_fields(fields: dict) -> dict:
+    """A token model's config fields as a dense model's: ``dim`` becomes ``width`` (unless ``width`` is
+    there too) and the fields only a token model has are left out. Fields neither has stay, for the
+    caller to refuse."""
+    names = {f.name for f in dataclasses.fields(DenseConfig)}
+    token_only = {f.name for f in dataclasses.fields(VideoModelConfig)} - names
+    out = {k: v for k, v in fields.items() if k not in token_only}
+    if "dim" in fields:
+        out.setdefault("width", fields["dim"])
+    return out
+
+
+# ----------------------------------------------------------------------------- the start head
+def has_start_per_cell(tokenizer: MaskTokenizer) -> bool:
+    """Whether an image or panoptic tokenizer writes one start token per mask cell (1-D starts): what the
+    pointer start head needs."""
+    start = tokenizer.vocab.ranges.get("start")
+    image = tokenizer.task in ("semantic", "panoptic")
+    return image and start is not None and start.size == math.prod(tokenizer.mask_size)
+
+
+def resolve_start_head(config: ModelConfig, tokenizer: MaskTokenizer) -> ModelConfig:
+    """start_head "auto" -> "pointer" where :func:`has_start_per_cell`, else "table"; then checks that an
+    image model's tokenizer suits its start head and auxiliary loss (video models check their own)."""
+    if config.start_head not in START_HEADS:
+        raise ValueError(f"start_head must be one of {START_HEADS}, got {config.start_head!r}")
+    if config.start_head == "auto":
+        config = dataclasses.replace(config, start_head="pointer" if has_start_per_cell(tokenizer) else "table")
+    if tokenizer.task == "video":
+        return config
+    if config.start_head == "pointer" and not has_start_per_cell(tokenizer):
+        raise ValueError("start_head 'pointer' needs 1-D starts (one start token per mask cell); "
+                         f"the tokenizer has starts={tokenizer.starts!r}")
+    if config.aux_dense_weight > 0 and tokenizer.task != "semantic":
+        raise ValueError(f"aux_dense_weight needs a semantic tokenizer, got task {tokenizer.task!r}")
+    return config

@@ -1,0 +1,90 @@
+"""The tokenizer interface, written down once, and ``from_dict`` to rebuild any tokenizer.
+
+Code above ``rleseg.tokens`` (models, data, inference, training) relies on :class:`MaskTokenizer` and
+nothing more; ``tokenizer.task`` says which maps ``encode`` takes and ``decode`` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .grammar import Grammar
+from .panoptic import PanopticTokenizer
+from .runs import Runs
+from .tokenizer import Tokenizer
+from .video import VideoTokenizer
+from .vocab import Vocab
+
+
+@runtime_checkable
+class MaskTokenizer(Protocol):
+    """Masks <-> token sequences; :class:`Tokenizer`, :class:`PanopticTokenizer` and
+    :class:`VideoTokenizer` all are one.
+
+    A sequence (``tokens``) is any 1-D integer sequence (list, numpy array, CPU tensor): the runs'
+    tokens, then EOS, then only PAD; the model writes the task's BOS before it.
+
+    Attributes:
+        task: "semantic", "panoptic" or "video" (one of ``TASKS``): which maps ``encode`` takes and
+            ``decode`` gives back.
+        mask_size: (H, W) of the (already subsampled) maps; a video's frames are each (H, W).
+        num_classes: C, background 0 included.
+        vocab: the token layout; ``vocab.size`` rows of the model's embedding.
+        bos: the task's BOS token (``vocab.bos[task]``).
+        order: raster order of the flattening, "C" (row-major) or "F" (column-major); runs' flat starts
+            count in it.
+        tokens_per_run: the tokens of one run (a panoptic group's closing class token is extra).
+        encode: the maps of one sample -> (T,) int64 tokens, the runs' tokens then one EOS (no BOS, no
+            padding). semantic: an (H, W) label map; panoptic: (H, W) classes and (H, W) instance ids;
+            video: an (N, H, W) label volume. Its arguments depend on the task, hence ``Callable[...]``.
+    """
+
+    task: str
+    mask_size: tuple[int, int]
+    num_classes: int
+    vocab: Vocab
+    order: str
+    encode: Callable[..., np.ndarray]
+
+    @property
+    def bos(self) -> int: ...
+
+    @property
+    def tokens_per_run(self) -> int: ...
+
+    def decode(self, tokens, errors: str = "strict") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Tokens -> the maps ``encode`` takes: an (H, W) label map, (semantic, instances) (H, W) each,
+        or an (N, H, W) volume. errors="strict" raises ValueError naming the first malformed token;
+        errors="ignore" never raises on a 1-D integer sequence and keeps the well-formed runs."""
+        ...
+
+    def decode_runs(self, tokens, errors: str = "strict") -> Runs:
+        """Tokens -> every run the sequence stands for, in sequence order; ``errors`` as for ``decode``.
+        Flat starts in ``order`` over the map the runs paint: the (H, W) mask, or for video the stacked
+        volume or TAC map; a panoptic run's class is its group's."""
+        ...
+
+    def count_runs(self, tokens) -> tuple[int, int]:
+        """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps); the difference
+        is what the lenient decoder dropped as malformed."""
+        ...
+
+    def grammar(self, batch_size: int) -> Grammar:
+        """Decoding states for a batch: the tokens allowed next (constrained decoding)."""
+        ...
+
+    def to_dict(self) -> dict:
+        """The arguments and vocabulary layout as plain data (a checkpoint stores it); see ``from_dict``."""
+        ...
+
+
+def from_dict(data: dict) -> Tokenizer | PanopticTokenizer | VideoTokenizer:
+    """Rebuild a tokenizer from its ``to_dict()``, whatever its type ("image", "video" or "panoptic")."""
+    kind = data.get("type", "image") if isinstance(data, dict) else None
+    classes = {cls.KIND: cls for cls in (Tokenizer, VideoTokenizer, PanopticTokenizer)}
+    if kind not in classes:
+        raise ValueError(f"unknown tokenizer type {kind!r}; expected 'image', 'video' or 'panoptic'")
+    return classes[kind].from_dict(data)

@@ -1,0 +1,107 @@
+"""The written tokenizer interface: every tokenizer is a MaskTokenizer, its members behave as the
+protocol says, from_dict rebuilds any of them, and count_runs counts what the lenient decoder keeps."""
+
+import numpy as np
+import pytest
+
+from helpers import sample_under_grammar
+from rleseg.tokens import (
+    EOS,
+    TASKS,
+    MaskTokenizer,
+    PanopticTokenizer,
+    Runs,
+    Tokenizer,
+    VideoTokenizer,
+    from_dict,
+    mask_to_runs,
+)
+
+SEMANTIC = np.array([[1, 1, 0, 2], [1, 0, 1, 2]])
+INSTANCES = np.array([[5, 5, 0, 0], [5, 0, 7, 0]])
+VIDEO = np.array([[[0, 1, 1, 0], [2, 0, 0, 0]], [[0, 1, 1, 0], [2, 2, 0, 1]]])
+
+
+def _samples():
+    """(tokenizer, the maps encode takes) of each task."""
+    return [
+        (Tokenizer((2, 4), 3, "lac"), (SEMANTIC,)),
+        (Tokenizer((2, 4), 3, "class", "relative", "F"), (SEMANTIC,)),
+        (PanopticTokenizer((2, 4), 3, thing_classes=[1]), (SEMANTIC, INSTANCES)),
+        (PanopticTokenizer((2, 4), 3, thing_classes=[1], starts="2d", order="F"), (SEMANTIC, INSTANCES)),
+        (VideoTokenizer(2, (2, 4), 3, "tac"), (VIDEO,)),
+        (VideoTokenizer(2, (2, 4), 3, "volume", "class", "2d"), (VIDEO,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tok", "maps"), _samples(), ids=["image", "image-relative", "panoptic", "panoptic-2d", "video-tac", "video-volume"]
+)
+def test_every_tokenizer_keeps_the_protocol(tok, maps):
+    assert isinstance(tok, MaskTokenizer)
+    assert tok.task in TASKS and tok.bos == tok.vocab.bos[tok.task]
+    assert tok.mask_size == (2, 4) and tok.num_classes == 3 and tok.order in ("C", "F")
+    tokens = tok.encode(*maps)
+    assert tokens.dtype == np.int64 and tokens.ndim == 1 and tokens[-1] == EOS
+    decoded = tok.decode(tokens)
+    for got, want in zip(decoded if isinstance(decoded, tuple) else (decoded,), maps, strict=True):
+        assert got.shape == want.shape
+    if tok.task != "panoptic":  # panoptic instance ids come back renumbered
+        assert np.array_equal(decoded, maps[0])
+    runs = tok.decode_runs(tokens)
+    assert isinstance(runs, Runs) and len(runs) == len(tok.decode_runs(tokens, errors="ignore"))
+    assert tok.count_runs(tokens) == (len(runs), len(runs))
+    class_tokens = len(tok.decode_groups(tokens)) if tok.task == "panoptic" else 0
+    assert tokens.size - 1 == len(runs) * tok.tokens_per_run + class_tokens
+    sampled = sample_under_grammar(tok, np.random.default_rng(0), 3, 24)
+    for row in sampled:
+        tok.decode(row)  # the grammar allows only sequences that decode strictly
+    rebuilt = from_dict(tok.to_dict())
+    assert type(rebuilt) is type(tok) and rebuilt.to_dict() == tok.to_dict()
+
+
+def test_from_dict_names_the_types_it_knows():
+    with pytest.raises(ValueError, match="unknown tokenizer type 'audio'; expected 'image', 'video' or 'panoptic'"):
+        from_dict({"type": "audio"})
+    old = Tokenizer((2, 4), 3).to_dict()
+    del old["type"]  # written before tokenizers had types: an image tokenizer
+    assert isinstance(from_dict(old), Tokenizer)
+
+
+def test_count_runs_by_hand():
+    tok = Tokenizer((2, 3), 3, "lac")
+    good = tok.encode(np.array([[0, 1, 1], [2, 2, 0]]))  # 2 runs, 2 tokens each, then EOS
+    assert tok.count_runs(good) == (2, 2)
+    stray = np.concatenate([good[:2], [good[1]], good[2:]])  # a lac token where a start belongs
+    assert tok.count_runs(stray) == (3, 2)
+    assert tok.count_runs(good[:-2]) == (2, 1)  # cut inside the second run, no EOS
+    assert tok.count_runs(np.append(good, good)) == (2, 2)  # tokens after EOS do not count
+    pan = PanopticTokenizer((2, 4), 3, thing_classes=[1])
+    tokens = pan.encode(SEMANTIC, INSTANCES)
+    assert pan.count_runs(tokens) == (5, 5)
+    assert pan.count_runs(np.append(tokens[:-2], EOS)) == (5, 3)  # the last group lost its class token
+
+
+def test_video_counts_and_runs_are_its_image_tokenizers():
+    tok = VideoTokenizer(2, (2, 4), 3, "volume")
+    tokens = tok.encode(VIDEO)
+    cut = tokens[:-2]
+    assert tok.count_runs(cut) == tok.image.count_runs(cut)
+    runs = tok.decode_runs(tokens)
+    expected = mask_to_runs(VIDEO.reshape(4, 4), max_run=tok.max_run)  # frames stacked along the rows
+    assert np.array_equal(runs.starts, expected.starts) and np.array_equal(runs.classes, expected.classes)
+
+
+def test_panoptic_decode_runs_are_its_groups_runs_in_sequence_order():
+    tok = PanopticTokenizer((2, 4), 3, thing_classes=[1])
+    tokens = tok.encode(SEMANTIC, INSTANCES)
+    for sequence, errors in ((tokens, "strict"), (np.append(tokens[:-2], EOS), "ignore")):
+        groups = tok.decode_groups(sequence, errors)
+        runs = tok.decode_runs(sequence, errors)
+        for field in ("starts", "lengths", "classes"):
+            assert getattr(runs, field).tolist() == [v for g in groups for v in getattr(g.runs, field).tolist()]
+    # (start, length): instance 5 (0, 2) (4, 1) | instance 7 (6, 1) | stuff (3, 1) (7, 1), in that order
+    runs = tok.decode_runs(tokens)
+    assert list(zip(runs.starts.tolist(), runs.lengths.tolist(), runs.classes.tolist(), strict=True)) == [
+        (0, 2, 1), (4, 1, 1), (6, 1, 1), (3, 1, 2), (7, 1, 2),
+    ]
