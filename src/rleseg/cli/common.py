@@ -23,6 +23,22 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+def add_command(subparsers, run: Callable[[argparse.Namespace], int]) -> Parser:
+    """The subcommand that ``run`` runs, named after it (``_run_<name>``); ``run``'s docstring is the command's
+    help (its first line) and ``--help`` description (the rest)."""
+    summary, _, details = (run.__doc__ or "").strip().partition("\n\n")
+    summary = summary.rstrip(".")
+    parser = subparsers.add_parser(run.__name__.removeprefix("_run_"), help=summary[:1].lower() + summary[1:],
+                                   description=" ".join(details.split()) or summary)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_overrides(group, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 # ----------------------------------------------------------------------------- option types
 def number_type(kind: type, accept, expected: str):
     """An argparse type: ``kind(text)`` that ``accept`` approves, or "expected ..., got ..."."""

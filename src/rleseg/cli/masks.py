@@ -15,7 +15,7 @@ from ..stats.report import format_panoptic_stats, format_stats, format_video_sta
 from ..stats.video import path_video_stats
 from ..tokens import Tokenizer, downsample_mask
 from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
-from .common import UserError, list_of, non_negative_int, num_classes, positive_int, write_json
+from .common import UserError, add_command, list_of, non_negative_int, num_classes, positive_int, write_json
 
 EXAMPLES = Path(__file__).parent.with_name("examples")
 
@@ -45,14 +45,12 @@ def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
 
 # ----------------------------------------------------------------------------- tokenize
 def add_tokenize(subparsers) -> None:
-    parser = subparsers.add_parser("tokenize", help="print the token sequence of one label mask",
-                                   description="Encode one label mask (PNG or TIFF) and print its tokens.")
+    parser = add_command(subparsers, _run_tokenize)
     parser.add_argument("mask", type=Path, metavar="MASK_IMAGE", help="label PNG (grayscale or palette) or TIFF")
     _add_tokenizer_options(parser, many=False)
     parser.add_argument("--subsample", type=positive_int, default=1, metavar="N",
                         help="subsampling factor before encoding (default: 1)")
     parser.add_argument("--json", action="store_true", help="print tokens, summary and tokenizer as JSON")
-    parser.set_defaults(run=_run_tokenize)
 
 
 def _encode(
@@ -95,6 +93,10 @@ def _summary_line(tokenizer: Tokenizer, summary: dict, subsample: int) -> str:
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
+    """Print the token sequence of one label mask.
+
+    Encode one label mask (PNG or TIFF) and print its tokens.
+    """
     mask = read_label_map(args.mask)
     tokenizer, tokens, summary = _encode(
         mask, str(args.mask), scheme=args.scheme, starts=args.starts, order=args.order, max_run=args.max_run,
@@ -110,12 +112,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- stats
 def add_stats(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "stats", help="token lengths and subsampling fidelity over a folder of label masks",
-        description="For each scheme x starts x subsampling factor: tokens per mask (mean, p50, p95, p99, "
-        "max; EOS included), vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode "
-        "-> upsample against the full-resolution masks.",
-    )
+    parser = add_command(subparsers, _run_stats)
     parser.add_argument("folder", type=Path, metavar="MASK_DIR",
                         help="folder of label PNGs / TIFFs (with --video: also a multi-page TIFF)")
     _add_tokenizer_options(parser, many=True)
@@ -140,7 +137,6 @@ def add_stats(subparsers) -> None:
     mode.add_argument("--panoptic", action="store_true",
                       help="the masks are instance maps (0 background, each id one instance): panoptic tokens, "
                       "fidelity and PQ")
-    parser.set_defaults(run=_run_stats)
 
 
 def _stats_options(args: argparse.Namespace) -> StatsOptions:
@@ -152,6 +148,12 @@ def _stats_options(args: argparse.Namespace) -> StatsOptions:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
+    """Token lengths and subsampling fidelity over a folder of label masks.
+
+    For each scheme x starts x subsampling factor: tokens per mask (mean, p50, p95, p99, max; EOS included),
+    vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode -> upsample against the
+    full-resolution masks.
+    """
     if args.video is not None or args.panoptic:
         return _run_stats_mode(args)
     result = folder_stats(args.folder, _stats_options(args), args.pattern, args.recursive,
@@ -198,15 +200,15 @@ def _run_stats_mode(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- examples
 def add_examples(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "examples", help="tokenize the bundled example masks (a tour of the tokenizer, no torch)",
-        description="Tokenize the bundled example masks with a few schemes and print their statistics.",
-    )
+    parser = add_command(subparsers, _run_examples)
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write stats.json into DIR")
-    parser.set_defaults(run=_run_examples)
 
 
 def _run_examples(args: argparse.Namespace) -> int:
+    """Tokenize the bundled example masks (a tour of the tokenizer, no torch).
+
+    Tokenize the bundled example masks with a few schemes and print their statistics.
+    """
     files = sorted(EXAMPLES.glob("*.png"))
     if not files:
         raise UserError(f"{EXAMPLES}: no example masks (is the package installed with its data?)")

@@ -9,6 +9,8 @@ from pathlib import Path
 from ..stats.report import format_score
 from .common import (
     UserError,
+    add_command,
+    add_overrides,
     list_of,
     non_negative_float,
     non_negative_int,
@@ -21,20 +23,19 @@ from .common import (
 
 # ----------------------------------------------------------------------------- train
 def add_train(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train a model from a YAML config",
-        description="Train from a YAML experiment config (see configs/). Under torchrun it trains with DDP.",
-    )
+    parser = add_command(subparsers, _run_train)
     parser.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help="experiment YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    add_overrides(parser, help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (default: output.dir)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
-    parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    """Train a model from a YAML config.
+
+    Train from a YAML experiment config (see configs/). Under torchrun it trains with DDP.
+    """
     from ..experiment import load_config
     from ..train import train
 
@@ -60,20 +61,19 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def add_demo(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="train, evaluate and report a small model on generated data (the main job)",
-        description="Generate the synthetic dataset, train the tiny token model for a bounded time on the CPU, "
-        "evaluate it and write a run folder with checkpoint, metrics, report and pictures.",
-    )
+    parser = add_command(subparsers, _run_demo)
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget in minutes (default: 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
                         help="run folder (default: runs/demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of the demo config (repeatable)")
-    parser.set_defaults(run=_run_demo)
+    add_overrides(parser, help="override a value of the demo config (repeatable)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    """Train, evaluate and report a small model on generated data (the main job).
+
+    Generate the synthetic dataset, train the tiny token model for a bounded time on the CPU, evaluate it
+    and write a run folder with checkpoint, metrics, report and pictures.
+    """
     from ..demo import run_demo
 
     if args.minutes <= 0:
@@ -114,21 +114,14 @@ def _inference_options(args: argparse.Namespace) -> dict:
 
 
 def add_evaluate(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="score a checkpoint on a dataset, or prediction PNGs against ground-truth PNGs",
-        description="With CHECKPOINT (a .safetensors file or a run folder): predict every image of the data "
-        "(--config / the run's config.yaml, or --images/--masks) and score at full resolution. Without it: score "
-        "--pred-dir label maps against --gt-dir label maps paired by file stem (no torch needed). Writes "
-        "metrics.json, metrics.md, per_image.csv, confusion.png and pictures into --out.",
-    )
+    parser = add_command(subparsers, _run_evaluate)
     parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="model file or run folder")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
     data = parser.add_argument_group("data")
     data.add_argument("--config", type=Path, default=None, metavar="YAML",
                       help="experiment config whose dataset to use (default: config.yaml beside the checkpoint)")
     data.add_argument("--split", choices=("val", "train"), default="val", help="split of the config's dataset (val)")
-    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config value, e.g. --set data.root=/data (repeatable)")
+    add_overrides(data, help="override a config value, e.g. --set data.root=/data (repeatable)")
     data.add_argument("--images", type=Path, default=None, metavar="DIR", help="folder of images (with --masks)")
     data.add_argument("--masks", type=Path, default=None, metavar="DIR", help="folder of label maps, paired by stem")
     data.add_argument("--mask-suffix", default="", help="masks are named <image stem><suffix>.png (default: none)")
@@ -150,10 +143,16 @@ def add_evaluate(subparsers) -> None:
                         help="video models: a window of N frames every F frames, overlaps merged by vote "
                         "(default: N, no overlap, as the paper evaluates)")
     _add_inference_options(parser)
-    parser.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a dataset, or prediction PNGs against ground-truth PNGs.
+
+    With CHECKPOINT (a .safetensors file or a run folder): predict every image of the data (--config / the
+    run's config.yaml, or --images/--masks) and score at full resolution. Without it: score --pred-dir label
+    maps against --gt-dir label maps paired by file stem (no torch needed). Writes metrics.json, metrics.md,
+    per_image.csv, confusion.png and pictures into --out.
+    """
     if args.checkpoint is None:
         if args.pred_dir is None or args.gt_dir is None:
             raise UserError("give a CHECKPOINT, or --pred-dir DIR --gt-dir DIR --num-classes C")
@@ -192,11 +191,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_predict(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict", help="label maps for images, folders and videos",
-        description="Predict label PNGs (instance maps for panoptic models), overlays and optionally COCO RLE "
-        "JSON for images, folders of images or frames, and videos (PyAV).",
-    )
+    parser = add_command(subparsers, _run_predict)
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="model file or run folder")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, folder or video")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
@@ -207,10 +202,14 @@ def add_predict(subparsers) -> None:
                         help="video models: a window of N frames every F frames, overlaps merged per frame by vote "
                         "(default: N)")
     _add_inference_options(parser)
-    parser.set_defaults(run=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    """Label maps for images, folders and videos.
+
+    Predict label PNGs (instance maps for panoptic models), overlays and optionally COCO RLE JSON for
+    images, folders of images or frames, and videos (PyAV).
+    """
     from ..inference import load
     from ..predict import predict_command, summary_line
 

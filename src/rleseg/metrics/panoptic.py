@@ -143,6 +143,8 @@ class PanopticMeter(Meter):
             unassigned pixels), or None.
     """
 
+    ARGUMENTS = ("num_classes", "thing_classes", "stuff_classes", "ignore_index")
+
     def __init__(
         self,
         num_classes: int,
@@ -166,14 +168,6 @@ class PanopticMeter(Meter):
         self._thing = np.isin(np.arange(num_classes), things)
         self._category = self._thing | np.isin(np.arange(num_classes), stuff)
         self.reset()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "num_classes": self.num_classes,
-            "thing_classes": self.thing_classes,
-            "stuff_classes": self.stuff_classes,
-            "ignore_index": self.ignore_index,
-        }
 
     def _fields(self) -> dict[str, tuple[tuple[int, ...], type]]:
         c = self.num_classes

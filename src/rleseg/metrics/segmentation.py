@@ -33,6 +33,8 @@ class SegmentationMeter(Meter):
             costly part, about 10x the confusion matrix).
     """
 
+    ARGUMENTS = ("num_classes", "ignore_index", "background", "boundary_tolerance")
+
     def __init__(
         self,
         num_classes: int,
@@ -56,14 +58,6 @@ class SegmentationMeter(Meter):
     def scores(self) -> tuple[str, ...]:
         """Names of the per-class scores, in the row order of the per-image sums."""
         return (*SCORES, "boundary_f") if self.boundary_tolerance is not None else SCORES
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "num_classes": self.num_classes,
-            "ignore_index": self.ignore_index,
-            "background": self.background,
-            "boundary_tolerance": self.boundary_tolerance,
-        }
 
     def _fields(self) -> dict[str, tuple[tuple[int, ...], type]]:
         c = self.num_classes

@@ -30,16 +30,15 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
     """(V, dim): the geometry code of each start token, zero rows for the other tokens.
 
     "start" tokens (flat index on the scan grid) get the 2-D code of (major, minor) = divmod(index, minor
-    size), i.e. (row, col) for order "C"; a tokenizer's ``start_grid`` (e.g. (frames, H, W) for video
-    volume starts, giving a 3-D code) overrides its ``grid``. 2-D "coord" tokens get the 1-D code of their
+    size) of the tokenizer's scan ``grid``, i.e. (row, col) for order "C". 2-D "coord" tokens get the 1-D code of their
     coordinate, relative "gap" tokens the 1-D code of their gap. Rows are scaled to
     ``norm``, the expected norm of a randomly initialised embedding row.
     """
     table = torch.zeros(tokenizer.vocab.size, dim)
     for name, span in tokenizer.vocab.ranges.items():
         if name == "start":
-            grid = tuple(getattr(tokenizer, "start_grid", None) or getattr(tokenizer, "grid", None) or ())
-            if grid and math.prod(grid) == span.size:
+            grid = tuple(tokenizer.grid)
+            if math.prod(grid) == span.size:
                 code = sincos_grid(grid, dim)
             else:  # no grid known for these starts: their 1-D order still carries nearness
                 code = sincos(torch.arange(span.size), dim)

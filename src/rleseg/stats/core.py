@@ -97,6 +97,23 @@ class StatsRow:
     fidelity: Fidelity
 
 
+def result_dict(result) -> dict:
+    """A statistics result dataclass (its ``options`` and per-factor ``subsampling`` fidelity included) as
+    JSON-ready data, led by the max_seq_len recommendation."""
+    data = {"recommendation": RECOMMENDATION, **asdict(result)}
+    data["options"] = asdict(result.options)
+    data["subsampling"] = {str(k): asdict(v) for k, v in result.subsampling.items()}
+    return data
+
+
+def encode_cut_decode(tokenizer, small: np.ndarray, max_seq_len: int | None) -> tuple[int, np.ndarray]:
+    """(tokens of ``small``, what decodes from them once cut after ``max_seq_len``, as a model of that length
+    would cut them)."""
+    tokens = tokenizer.encode(small)
+    cut = tokens if max_seq_len is None else tokens[:max_seq_len]
+    return tokens.size, tokenizer.decode(cut, errors="ignore")
+
+
 @dataclass
 class DatasetStats:
     num_images: int
@@ -110,10 +127,7 @@ class DatasetStats:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        data = {"recommendation": RECOMMENDATION, **asdict(self)}
-        data["options"] = asdict(self.options)
-        data["subsampling"] = {str(k): asdict(v) for k, v in self.subsampling.items()}
-        return data
+        return result_dict(self)
 
 
 # ----------------------------------------------------------------------------- fidelity

@@ -10,8 +10,8 @@ import numpy as np
 from rleseg.tokens import Tokenizer, downsample_mask
 
 from ..imageio import MaskError
-from .core import Accumulator, DatasetStats, StatsOptions, VocabSize, progress_bar
-from .masks import find_masks, iter_masks
+from .core import Accumulator, DatasetStats, StatsOptions, VocabSize, encode_cut_decode, progress_bar
+from .masks import over_folder
 
 
 def image_stats(
@@ -41,13 +41,10 @@ def image_stats(
     return acc.result(_vocab_size(options))
 
 
-def folder_stats(
-    folder: str | Path, options: StatsOptions | None = None, pattern: str = "*", recursive: bool = False,
-    progress: bool = False,
-) -> DatasetStats:
-    """:func:`image_stats` over the PNG/TIFF label masks of a folder."""
-    files = find_masks(folder, pattern, recursive)
-    return image_stats(iter_masks(files), options, progress, total=len(files))
+def folder_stats(folder: str | Path, options: StatsOptions | None = None, pattern: str = "*", recursive: bool = False,
+                 progress: bool = False) -> DatasetStats:
+    """:func:`image_stats` over the label masks of a folder."""
+    return over_folder(image_stats, folder, options, pattern, recursive, progress)
 
 
 def _add_image(acc: Accumulator, name: str, truth: np.ndarray) -> None:
@@ -64,13 +61,8 @@ def _add_image(acc: Accumulator, name: str, truth: np.ndarray) -> None:
                 continue  # the dataset has more classes: its binary rows are dropped at the end
             for starts in opts.starts:
                 tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, opts.order, opts.max_run)
-                tokens = tokenizer.encode(small)
-                length = tokens.size
-                if opts.max_seq_len is not None:
-                    tokens = tokens[: opts.max_seq_len]
-                decoded = tokenizer.decode(tokens, errors="ignore")
-                same = np.array_equal(decoded, small)
-                scores = shared if same else acc.score(truth, decoded, factor, num_classes)
+                length, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
+                scores = shared if np.array_equal(decoded, small) else acc.score(truth, decoded, factor, num_classes)
                 acc.add(scheme, starts, factor, length, small.shape, scores)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ..imageio import MASK_SUFFIXES, MaskError, read_label_map
+
+T = TypeVar("T")
 
 
 def find_masks(folder: str | Path, pattern: str = "*", recursive: bool = False) -> list[Path]:
@@ -25,3 +28,10 @@ def find_masks(folder: str | Path, pattern: str = "*", recursive: bool = False) 
 def iter_masks(files: Iterable[Path]) -> Iterator[tuple[str, np.ndarray]]:
     for path in files:
         yield str(path), read_label_map(path)
+
+
+def over_folder(measure: Callable[..., T], folder: str | Path, options, pattern: str, recursive: bool,
+                progress: bool) -> T:
+    """``measure(masks, options, progress, total=...)`` (a statistics function) over the masks of a folder."""
+    files = find_masks(folder, pattern, recursive)
+    return measure(iter_masks(files), options, progress, total=len(files))

@@ -22,7 +22,7 @@ from rleseg.tokens.panoptic import PanopticTokenizer
 
 from ..imageio import MaskError
 from .core import RECOMMENDATION, Accumulator, Fidelity, StatsOptions, fidelity_scores, progress_bar
-from .masks import find_masks, iter_masks
+from .masks import over_folder
 
 THING = 1  # the class every instance gets
 
@@ -151,13 +151,10 @@ def panoptic_stats(
     )
 
 
-def folder_panoptic_stats(
-    folder: str | Path, options: StatsOptions | None = None, pattern: str = "*", recursive: bool = False,
-    progress: bool = False,
-) -> PanopticStats:
-    """:func:`panoptic_stats` over the PNG/TIFF instance masks of a folder."""
-    files = find_masks(folder, pattern, recursive)
-    return panoptic_stats(iter_masks(files), options, progress, total=len(files))
+def folder_panoptic_stats(folder: str | Path, options: StatsOptions | None = None, pattern: str = "*",
+                          recursive: bool = False, progress: bool = False) -> PanopticStats:
+    """:func:`panoptic_stats` over the instance masks of a folder."""
+    return over_folder(panoptic_stats, folder, options, pattern, recursive, progress)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

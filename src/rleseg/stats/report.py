@@ -36,6 +36,12 @@ def _length_table(header: list[str], rows: list[list[str]], results: list, max_s
     return _table(header, rows)
 
 
+def _rows_table(header: list[str], result, cells) -> str:
+    """The length table of a statistics result: ``cells(row)`` for each of ``result.rows``."""
+    rows = [cells(row) for row in result.rows]
+    return _length_table(header, rows, result.rows, result.options.max_seq_len)
+
+
 def format_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -59,13 +65,10 @@ def format_stats(result: DatasetStats, source: str) -> str:
         "",
     ]
     header = ["scheme", "starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "mIoU", "mBF"]
-    rows = []
-    for row in result.rows:
-        cells = [row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
-                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
-                 format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]
-        rows.append(cells)
-    lines.append(_length_table(header, rows, result.rows, opts.max_seq_len))
+    lines.append(_rows_table(header, result, lambda row: [
+        row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
+        f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
+        format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]))
     lines.append("")
     first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
     lines.append(
@@ -105,16 +108,12 @@ def format_video_stats(result: VideoStats, source: str) -> str:
     ]
     header = ["encoding", "N", "starts", "factor", "frame", "vocab", "windows", "tokens/window", "p99",
               "tokens/frame", "growth", "mIoU", "mBF"]
-    rows = []
-    for row in result.rows:
-        vocab = str(row.vocab_size) if row.feasible else f"infeasible ({row.vocab_size})"
-        cells = [row.encoding, str(row.frames), row.starts, str(row.factor), "x".join(map(str, row.mask_size)),
-                 vocab, str(row.windows), f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}",
-                 "-" if row.growth is None else f"{row.growth:.3f}", format_score(row.fidelity.miou),
-                 format_score(row.fidelity.mbf)]
-        rows.append(cells)
     lines += [
-        _length_table(header, rows, result.rows, opts.max_seq_len),
+        _rows_table(header, result, lambda row: [
+            row.encoding, str(row.frames), row.starts, str(row.factor), "x".join(map(str, row.mask_size)),
+            str(row.vocab_size) if row.feasible else f"infeasible ({row.vocab_size})", str(row.windows),
+            f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}", "-" if row.growth is None else f"{row.growth:.3f}",
+            format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]),
         "",
         "Tokens per window include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. growth = tokens of "
         "the windows / tokens of the same frames encoded one by one (below 1: the window compresses). volume = "
@@ -136,15 +135,12 @@ def format_panoptic_stats(result: PanopticStats, source: str) -> str:
     ]
     header = ["starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "instances", "mIoU", "mBF",
               "PQ", "SQ", "RQ"]
-    rows = []
-    for row in result.rows:
-        cells = [row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
-                 f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max), f"{row.instances:.1f}",
-                 format_score(row.fidelity.miou), format_score(row.fidelity.mbf), format_score(row.quality.pq),
-                 format_score(row.quality.sq), format_score(row.quality.rq)]
-        rows.append(cells)
     lines += [
-        _length_table(header, rows, result.rows, opts.max_seq_len),
+        _rows_table(header, result, lambda row: [
+            row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size), f"{row.mean:.1f}",
+            str(row.p50), str(row.p95), str(row.p99), str(row.max), f"{row.instances:.1f}",
+            format_score(row.fidelity.miou), format_score(row.fidelity.mbf), format_score(row.quality.pq),
+            format_score(row.quality.sq), format_score(row.quality.rq)]),
         "",
         "Tokens per mask include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. instances: per mask "
         "after subsampling and decoding. mIoU / mBF: foreground vs background; PQ / SQ / RQ: the instances "

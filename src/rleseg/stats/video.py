@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,16 @@ from rleseg.tokens import downsample_mask, upsample_mask
 from rleseg.tokens.video import DEFAULT_MAX_VOCAB, VideoTokenizer, video_vocab_size
 
 from ..imageio import MASK_SUFFIXES, MaskError, read_label_map
-from .core import RECOMMENDATION, Accumulator, Fidelity, StatsOptions, StatsRow, fidelity_scores, progress_bar
+from .core import (
+    Accumulator,
+    Fidelity,
+    StatsOptions,
+    StatsRow,
+    encode_cut_decode,
+    fidelity_scores,
+    progress_bar,
+    result_dict,
+)
 from .masks import find_masks
 
 # Encoding name -> (temporal, scheme) of the VideoTokenizer.
@@ -80,10 +89,7 @@ class VideoStats:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        data = {"recommendation": RECOMMENDATION, **asdict(self)}
-        data["options"] = asdict(self.options)
-        data["subsampling"] = {str(k): asdict(v) for k, v in self.subsampling.items()}
-        return data
+        return result_dict(self)
 
 
 # ----------------------------------------------------------------------------- reading videos
@@ -242,13 +248,8 @@ def _add_window(acc: Accumulator, name: str, truth: np.ndarray) -> dict[tuple[st
                     n, small.shape[1:], num_classes, temporal, scheme, starts, opts.order, opts.max_run,
                     max_vocab=sys.maxsize,
                 )
-                tokens = tokenizer.encode(small)
-                length = tokens.size
-                if opts.max_seq_len is not None:
-                    tokens = tokens[: opts.max_seq_len]
-                decoded = tokenizer.decode(tokens, errors="ignore")
-                same = np.array_equal(decoded, small)
-                scores = shared if same else _score(truth, decoded, factor, num_classes, opts)
+                length, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
+                scores = shared if np.array_equal(decoded, small) else _score(truth, decoded, factor, num_classes, opts)
                 acc.add(encoding, starts, factor, length, small.shape[1:], scores)
                 lengths[(encoding, starts, factor)] = length
     return lengths

@@ -36,6 +36,8 @@ class MaskTokenizer(Protocol):
         bos: the task's BOS token (``vocab.bos[task]``).
         order: raster order of the flattening, "C" (row-major) or "F" (column-major); runs' flat starts
             count in it.
+        grid: (major, minor) of the scan grid the flat starts index: (H, W) for order "C", (W, H) for "F";
+            a volume video stacks its frames along the major axis.
         tokens_per_run: the tokens of one run (a panoptic group's closing class token is extra).
         encode: the maps of one sample -> (T,) int64 tokens, the runs' tokens then one EOS (no BOS, no
             padding). semantic: an (H, W) label map; panoptic: (H, W) classes and (H, W) instance ids;
@@ -47,6 +49,7 @@ class MaskTokenizer(Protocol):
     num_classes: int
     vocab: Vocab
     order: str
+    grid: tuple[int, int]
     encode: Callable[..., np.ndarray]
 
     @property
