@@ -48,7 +48,8 @@ def _overrides(name, tmp_path):
     The paper's 640-pixel patches are shrunk so that the test is fast; everything else is as shipped."""
     if name == "paper-ipsc":
         _ipsc_like_folder(tmp_path / "ipsc")
-        return [f"data.root={tmp_path / 'ipsc'}", "data.patch.patch_size=64"]
+        # One folder for both splits: half of its two images held out for validation.
+        return [f"data.root={tmp_path / 'ipsc'}", "data.patch.patch_size=64", "data.options={val_fraction: 0.5}"]
     if name == "paper-video":
         _video_like_folder(tmp_path / "videos")
         return [f"data.root={tmp_path / 'videos'}", "data.patch.patch_size=64", "data.patch.stride_range=null"]

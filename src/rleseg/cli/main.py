@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..imageio import MaskError
 from .common import EXIT_USER_ERROR, Parser, UserError
+from .config import add_config
 from .masks import add_examples, add_stats, add_tokenize
 from .models import add_demo, add_evaluate, add_predict, add_train
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rleseg", description="Segmentation by language modelling of run-length-encoded masks.")
     parser.add_argument("--version", action="version", version=f"rleseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (add_tokenize, add_stats, add_examples, add_train, add_demo, add_evaluate, add_predict):
+    for add in (add_tokenize, add_stats, add_examples, add_train, add_demo, add_evaluate, add_predict, add_config):
         add(subparsers)
     return parser
 

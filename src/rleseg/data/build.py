@@ -55,12 +55,22 @@ def build_dataset(
         options.setdefault("frames", _frames(tokenizer))
         return SyntheticVideoDataset(tokenizer, patch=patch, seed=seed, **options)
     if name == "folder":
-        from .folder import FolderDataset
+        from .folder import FolderDataset, holdout_stems
 
         base = need_root()
-        return FolderDataset(
-            base / split if (base / split).is_dir() else base, tokenizer, patch=patch, seed=seed, **options
-        )
+        fraction, split_seed = options.pop("val_fraction", None), options.pop("split_seed", 0)
+        if (base / split).is_dir():
+            if fraction is not None:
+                raise ValueError(f"{base}: has a {split}/ folder; val_fraction holds images out of a single folder")
+            return FolderDataset(base / split, tokenizer, patch=patch, seed=seed, **options)
+        if fraction is None:
+            raise ValueError(
+                f"{base}: no {split}/ folder, so training and validation would read the same images (validation "
+                "scores would be training scores); make train/ and val/ folders, or hold out a share of the images "
+                "with data.options.val_fraction (e.g. 0.2)"
+            )
+        part = holdout_stems(base / options.get("images", "images"), fraction, split_seed, split == "val")
+        return FolderDataset(base, tokenizer, patch=patch, seed=seed, stems=part, **options)
     if name == "video_folder":
         from .video import VideoFolderDataset
 

@@ -10,6 +10,7 @@ sample (read) with a warning, counted in ``num_skipped``; otherwise it raises Va
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,20 @@ def _by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "") -> dict[s
     return files
 
 
+def holdout_stems(images: Path, fraction: float, seed: int, held_out: bool) -> set[str]:
+    """The image stems of ``images`` in a held-out share ``fraction`` (``held_out``) or in the rest: at least
+    one image on each side, drawn by image with ``seed``, so both splits of one folder agree."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    stems = sorted(_by_stem(images, IMAGE_SUFFIXES))
+    if len(stems) < 2:
+        raise ValueError(f"{images}: {len(stems)} image(s); holding out a validation share needs at least 2")
+    count = min(len(stems) - 1, max(1, round(fraction * len(stems))))
+    order = np.random.default_rng(seed).permutation(len(stems))
+    chosen = order[:count] if held_out else order[count:]
+    return {stems[i] for i in chosen}
+
+
 class FolderDataset(PatchDataset):
     """Images and masks paired by file stem.
 
@@ -52,6 +67,7 @@ class FolderDataset(PatchDataset):
         mask_suffix: masks are named ``<image stem><mask_suffix>.<ext>`` (e.g. "_mask").
         reduce_zero_label: label 0 becomes ``ignore_index`` and every other label drops by one
             (for datasets whose 0 means "unlabelled").
+        stems: only the images with these stems (a split held out of one folder, :func:`holdout_stems`).
     """
 
     def __init__(
@@ -67,6 +83,7 @@ class FolderDataset(PatchDataset):
         reduce_zero_label: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
+        stems: Collection[str] | None = None,
     ):
         self.root = Path(root)
         self.classes = read_class_list(classes) if isinstance(classes, str | Path) else classes
@@ -78,6 +95,8 @@ class FolderDataset(PatchDataset):
         self.reduce_zero_label, self.skip_bad = reduce_zero_label, skip_bad
         self.num_skipped = 0
         image_files = _by_stem(self.root / images, IMAGE_SUFFIXES)
+        if stems is not None:
+            image_files = {stem: path for stem, path in image_files.items() if stem in stems}
         mask_files = _by_stem(self.root / masks, MASK_SUFFIXES, mask_suffix)
         self.pairs: list[tuple[str, Path, Path]] = []
         self._shapes: list[tuple[int, int]] = []
