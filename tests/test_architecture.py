@@ -18,7 +18,7 @@ LAYERS = {
     "models": 1, "data": 1, "stats": 1, "visualize": 1,
     "inference": 2,
     "engine": 3, "training_state": 3, "experiment": 3,
-    "train": 4, "evaluate": 4, "report": 4, "predict": 4, "demo": 4, "config_reference": 4,
+    "train": 4, "evaluate": 4, "report": 4, "predict": 4, "demo": 4, "config_reference": 4, "patch_stats": 4,
     "cli": 5,
 }
 

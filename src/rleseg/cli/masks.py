@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,17 @@ from ..stats.report import format_panoptic_stats, format_stats, format_video_sta
 from ..stats.video import path_video_stats
 from ..tokens import Tokenizer, downsample_mask
 from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
-from .common import UserError, add_command, list_of, non_negative_int, num_classes, positive_int, write_json
+from .common import (
+    UserError,
+    add_command,
+    add_overrides,
+    list_of,
+    non_negative_int,
+    num_classes,
+    positive_int,
+    user_errors,
+    write_json,
+)
 
 EXAMPLES = Path(__file__).parent.with_name("examples")
 
@@ -113,7 +124,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- stats
 def add_stats(subparsers) -> None:
     parser = add_command(subparsers, _run_stats)
-    parser.add_argument("folder", type=Path, metavar="MASK_DIR",
+    parser.add_argument("folder", type=Path, nargs="?", metavar="MASK_DIR",
                         help="folder of label PNGs / TIFFs (with --video: also a multi-page TIFF)")
     _add_tokenizer_options(parser, many=True)
     parser.add_argument("--subsample", type=list_of(positive_int), default=(1, 2, 4, 8), metavar="N,N,...",
@@ -130,7 +141,13 @@ def add_stats(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overrides(parser, help="with --config: override a config value (repeatable)")
+    parser.add_argument("--epochs", type=positive_int, default=1, metavar="N",
+                        help="with --config: patches of N epochs (random strides and augmentation differ; default: 1)")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--config", type=Path, default=None, metavar="CONFIG",
+                      help="instead of MASK_DIR: tokens per training patch of an experiment config, after its "
+                      "patch pipeline (random strides, augmentation, subsampling), against its model.max_seq_len")
     mode.add_argument("--video", type=positive_int, default=None, metavar="N",
                       help="MASK_DIR is one video (its frames, in name order), a multi-page TIFF or a folder of "
                       "them: tokens per window of 1, 2, 4 .. N frames under volume, TAC and LTAC")
@@ -154,6 +171,10 @@ def _run_stats(args: argparse.Namespace) -> int:
     vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode -> upsample against the
     full-resolution masks.
     """
+    if args.config is not None:
+        return _run_patch_stats(args)
+    if args.folder is None:
+        raise UserError("give a MASK_DIR, or --config CONFIG for the patches of a training run")
     if args.video is not None or args.panoptic:
         return _run_stats_mode(args)
     result = folder_stats(args.folder, _stats_options(args), args.pattern, args.recursive,
@@ -174,6 +195,28 @@ def _emit_stats(result: DatasetStats, source: str, as_json: bool, out: Path | No
         print(format_stats(result, source))
         if out is not None:
             print(f"JSON written to {out}")
+
+
+def _run_patch_stats(args: argparse.Namespace) -> int:
+    """``stats --config``: the token lengths of the training patches (imports torch, unlike the rest)."""
+    if args.folder is not None:
+        raise UserError("give either MASK_DIR or --config CONFIG, not both")
+    from ..experiment import load_config
+    from ..patch_stats import patch_lengths
+
+    with user_errors():
+        result = patch_lengths(load_config(args.config, args.overrides), args.epochs, not args.no_progress)
+    data = {"source": str(args.config), "overrides": args.overrides, **asdict(result),
+            "recommendation": result.recommendation()}
+    if args.out is not None:
+        write_json(args.out, data)
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(f"{args.config}: {result.patches} training patches ({result.epochs} epoch(s)), tokens per patch "
+              f"(EOS included): mean {result.mean:.1f}, p50 {result.p50}, p95 {result.p95}, p99 {result.p99}, "
+              f"max {result.max}\n{result.recommendation()}")
+    return 0
 
 
 def _run_stats_mode(args: argparse.Namespace) -> int:
