@@ -275,3 +275,58 @@ def test_existing_output_is_kept_without_overwrite(capsys, tmp_path):
     assert run(*argv) == 2 and "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
     assert run(*argv, "--overwrite") == 0 and (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+
+
+# ----------------------------------------------------------------------------- the output folder
+def tree(folder):
+    return sorted((p.relative_to(folder), p.is_file() and p.read_bytes()) for p in folder.rglob("*"))
+
+
+def test_out_that_is_or_holds_the_run_or_the_data_is_refused(capsys, run_folder, data, checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.yaml", "best.safetensors"):
+        (run_dir / name).write_bytes((run_folder / name).read_bytes())
+    (run_dir / "checkpoints").mkdir()
+    data_copy = tmp_path / "data"
+    for folder in ("images", "masks"):
+        (data_copy / folder).mkdir(parents=True)
+        for path in (data / folder).iterdir():
+            (data_copy / folder / path.name).write_bytes(path.read_bytes())
+    config = load_config(None, ["data.dataset=folder", f"data.root={data_copy}", "data.options={val_fraction: 0.5}",
+                                "data.patch.patch_size=64", "data.patch.factor=4"])
+    (tmp_path / "folder.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    (tmp_path / "file.txt").write_text("mine")
+    folder_data = ["--images", data_copy / "images", "--masks", data_copy / "masks"]
+    before = tree(tmp_path)
+    for argv, match in (
+        (["evaluate", run_dir, "--out", run_dir], f"holds the input {run_dir / 'best.safetensors'}"),
+        (["evaluate", run_dir / "best.safetensors", "--out", run_dir / "checkpoints" / ".."], "holds the input"),
+        (["evaluate", checkpoint, *folder_data, "--out", data_copy], "holds the input"),
+        (["evaluate", checkpoint, *folder_data, "--out", data_copy / "masks"], "is the input"),
+        (["evaluate", checkpoint, *folder_data, "--out", data_copy / "images" / "x"], "lies inside the data folder"),
+        (["evaluate", checkpoint, "--config", tmp_path / "folder.yaml", "--out", data_copy / "images"],
+         f"lies inside the data folder {data_copy}"),
+        (["evaluate", checkpoint, "--config", tmp_path / "folder.yaml", "--out", tmp_path], "holds the input"),
+        (["evaluate", checkpoint, *folder_data, "--out", tmp_path / "file.txt"], "is a file, not a folder"),
+        (["evaluate", "--pred-dir", data_copy / "masks", "--gt-dir", data_copy / "masks", "--num-classes", 3,
+          "--out", data_copy / "masks"], "is the input"),
+    ):
+        assert run(*argv, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("rleseg: error: ") and match in err, err
+        assert tree(tmp_path) == before
+
+
+def test_evaluate_into_its_own_run_folder_as_a_program(run_folder, tmp_path):
+    """The case of the issue, through the installed command line: the run survives."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.yaml", "best.safetensors"):
+        (run_dir / name).write_bytes((run_folder / name).read_bytes())
+    before = tree(run_dir)
+    done = subprocess.run([sys.executable, "-m", "rleseg.cli", "evaluate", str(run_dir), "--out", str(run_dir),
+                           "--overwrite", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"rleseg: error: {run_dir}: the output folder")
+    assert tree(run_dir) == before

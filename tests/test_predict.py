@@ -193,3 +193,47 @@ def test_video_options_are_refused_for_an_image_model(capsys, checkpoint, tmp_pa
                       "--window-stride is for video checkpoints")
     with pytest.raises(ValueError, match="image model; predict_video needs a video checkpoint"):
         rleseg.load(checkpoint).predict_video(np.zeros((3, 64, 64, 3), np.float32))
+
+
+# ----------------------------------------------------------------------------- the output folder
+def expect_refused(capsys, argv, match):
+    """Exit 2 with one line naming the problem; nothing under the test's folder changes."""
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rleseg: error: ") and match in err and "Traceback" not in err, err
+
+
+def test_out_that_is_or_holds_an_input_or_the_checkpoint_is_refused(capsys, checkpoint, tmp_path):
+    images = tmp_path / "X" / "images"
+    images.mkdir(parents=True)
+    image_file(images / "a.png", (64, 64))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.safetensors").write_bytes(checkpoint.read_bytes())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "X")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for model, inputs, out, match in (
+        (checkpoint, [images], tmp_path / "X", "the output folder holds the input"),
+        (checkpoint, [images], images, "the output folder is the input"),
+        (checkpoint, [images / "a.png"], images, "the output folder holds the input"),
+        (checkpoint, [images], tmp_path / "link", "the output folder holds the input"),  # links resolved
+        (checkpoint, [images], images / ".." / "..", "the output folder holds the input"),
+        (run_dir, [images / "a.png"], run_dir, f"the output folder is the input {run_dir}"),
+        (run_dir / "best.safetensors", [images], run_dir, "the output folder holds the input"),
+        (checkpoint, [images], notes, "is a file, not a folder"),
+        (checkpoint, [images], checkpoint, "is a file, not a folder"),
+    ):
+        expect_refused(capsys, ["predict", model, *inputs, "--out", out, "--overwrite"], match)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert notes.read_text() == "mine" and checkpoint.is_file()
+
+
+def test_images_beyond_the_pixel_limit_are_refused(capsys, checkpoint, tmp_path, monkeypatch):
+    image_file(tmp_path / "a.png", (64, 64))
+    image_file(tmp_path / "b.png", (100, 120))
+    monkeypatch.setenv("RLESEG_MAX_PIXELS", "10000")
+    out = tmp_path / "out"
+    expect_user_error(capsys, ["predict", checkpoint, tmp_path / "a.png", tmp_path / "b.png", "--out", out],
+                      out, "b.png: declares 100x120 = 12000 pixels, more than the limit of 10000 pixels")

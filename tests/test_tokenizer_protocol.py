@@ -3,6 +3,8 @@ protocol says, from_dict rebuilds any of them, and count_runs counts what the le
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import sample_under_grammar
 from rleseg.tokens import (
@@ -105,3 +107,64 @@ def test_panoptic_decode_runs_are_its_groups_runs_in_sequence_order():
     assert list(zip(runs.starts.tolist(), runs.lengths.tolist(), runs.classes.tolist(), strict=True)) == [
         (0, 2, 1), (4, 1, 1), (6, 1, 1), (3, 1, 2), (7, 1, 2),
     ]
+
+
+# ----------------------------------------------------------------------------- any integers
+DECODERS = [
+    Tokenizer((2, 4), 3, "lac"),
+    Tokenizer((2, 4), 3, "class", "2d", "F"),
+    Tokenizer((2, 4), 3, "lac", "relative"),
+    Tokenizer((2, 4), 2, "binary", max_run=3),
+    VideoTokenizer(2, (2, 4), 3, "tac"),
+    VideoTokenizer(2, (2, 4), 3, "volume", "class", "2d"),
+    PanopticTokenizer((2, 4), 3, thing_classes=[1]),
+    PanopticTokenizer((2, 4), 3, thing_classes=[1], starts="2d", order="F"),
+]
+INT64 = np.iinfo(np.int64)
+# Mostly tokens of the vocabularies (so that runs do form), and integers of every size around them.
+ANY_TOKEN = st.one_of(
+    st.integers(0, 60), st.integers(-(2**70), 2**70),
+    st.sampled_from([INT64.max, INT64.max + 1, INT64.min, INT64.min - 1, 2**64 - 1, 2**64, -(2**64)]),
+)
+
+
+def _decode_everything(tok, tokens) -> None:
+    tok.decode(tokens, errors="ignore")
+    tok.decode_runs(tokens, errors="ignore")
+    tok.count_runs(tokens)
+    if tok.task == "panoptic":
+        tok.decode_groups(tokens, errors="ignore")
+
+
+@settings(max_examples=300, deadline=None)
+@given(index=st.integers(0, len(DECODERS) - 1), tokens=st.lists(ANY_TOKEN, max_size=40))
+def test_lenient_decoding_never_raises_on_python_integers(index, tokens):
+    _decode_everything(DECODERS[index], tokens)
+
+
+@settings(max_examples=100, deadline=None)
+@given(index=st.integers(0, len(DECODERS) - 1), tokens=st.lists(st.integers(0, 2**64 - 1), max_size=40))
+def test_lenient_decoding_never_raises_on_uint64_arrays(index, tokens):
+    _decode_everything(DECODERS[index], np.array(tokens, dtype=np.uint64))
+
+
+@pytest.mark.parametrize("big", [2**64, 2**63, -(2**63) - 1, 2**200])
+def test_integers_outside_int64_are_out_of_vocabulary_tokens(big):
+    tok = Tokenizer((2, 4), 3, "lac")
+    tokens = tok.encode(SEMANTIC).tolist()
+    assert tok.decode([big, 1], errors="ignore").tolist() == np.zeros((2, 4)).tolist()
+    # Dropped like any out-of-vocabulary token: the runs around it are kept.
+    spliced = [*tokens[:2], big, *tokens[2:]]
+    assert np.array_equal(tok.decode(spliced, errors="ignore"), SEMANTIC)
+    with pytest.raises(ValueError, match=rf"^token {big} at position 2 is an out-of-vocabulary token"):
+        tok.decode(spliced)
+
+
+def test_strict_errors_show_uint64_tokens_unwrapped():
+    for tok in (Tokenizer((2, 4), 3), VideoTokenizer(2, (2, 4), 3, "tac"), PanopticTokenizer((2, 4), 3, [1])):
+        tokens = np.array([2**63 + 5, EOS], dtype=np.uint64)
+        with pytest.raises(ValueError, match=rf"^token {2**63 + 5} at position 0 is an out-of-vocabulary token"):
+            tok.decode(tokens)
+        assert tok.count_runs(tokens) == (1, 0)
+    with pytest.raises(ValueError, match=r"tokens must be integers, got float 1\.5 at position 1"):
+        Tokenizer((2, 4), 3).decode([2**64, 1.5], errors="ignore")  # ignore is about integers only

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from rleseg.typed_yaml import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from rleseg.typed_yaml import ConfigError, apply_overrides, check_range, from_dict, load_yaml, to_dict
 
 
 @dataclass
@@ -69,3 +69,52 @@ def test_bad_override_and_bad_files(tmp_path):
     broken.write_text("optim: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(broken)
+
+
+@dataclass
+class Schedule:
+    lr: float = 0.1
+    steps: int = 1
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_range(self, 0, None, "lr", low_open=True)
+        check_range(self, 1, None, "steps")
+        check_range(self, 0, 10, "clip", high_open=True)
+
+
+@dataclass
+class Job:
+    schedule: Schedule = field(default_factory=Schedule)
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "steps")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"schedule": {"lr": -1}}, "schedule.lr must be > 0, got -1.0"),
+    ({"schedule": {"lr": 0}}, "schedule.lr must be > 0, got 0.0"),
+    ({"schedule": {"lr": float("nan")}}, "schedule.lr must be a finite number, got nan"),
+    ({"schedule": {"steps": 0}}, "schedule.steps must be >= 1, got 0"),
+    ({"schedule": {"clip": 10}}, "schedule.clip must be >= 0 and < 10, got 10.0"),
+    ({"steps": -1}, "steps must be >= 1, got -1"),
+])
+def test_range_checks_of_the_dataclasses_name_the_dotted_key(data, message):
+    with pytest.raises(ConfigError) as error:
+        from_dict(Job, data)
+    assert str(error.value) == message
+    assert from_dict(Job, {"schedule": {"clip": None, "steps": "1e3"}}).schedule.steps == 1000  # None passes
+
+
+def test_files_that_are_no_yaml_text_are_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    for content, message in [
+        (b"optim: {lr: 0.1}\n\xe9t\xe9: 1\n", "is not a YAML text file: byte 0xe9 at offset 17 is not UTF-8"),
+        (b"\x00" * 64, "is not a YAML text file: control character #x0000 at character 0"),
+        (b"optim:\n  lr: [1\n", "is not valid YAML: line 3, column 1: expected ',' or ']', but got '<stream end>'"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(ConfigError) as error:
+            load_yaml(path)
+        assert str(error.value) == f"{path} {message}"

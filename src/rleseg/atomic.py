@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +69,24 @@ def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_folder(out: str | Path, inputs: Iterable[str | Path], trees: Iterable[str | Path] = ()) -> None:
+    """ValueError unless ``out`` can become an output folder without harm to what a command reads, since
+    :func:`atomic_folder` with ``overwrite`` deletes what it replaces: ``out`` is no existing file, neither
+    is nor holds any of ``inputs`` (files or folders), and lies neither around nor inside any of ``trees``
+    (folders read with all their subfolders, such as a dataset's root). Paths are resolved, so links and
+    ``..`` count."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder; choose a folder for --out")
+    target = out.resolve()
+    for path, is_tree in [*((p, False) for p in inputs), *((p, True) for p in trees)]:
+        resolved = Path(path).resolve()
+        if resolved == target or target in resolved.parents:
+            relation = "is" if resolved == target else "holds"
+            raise ValueError(f"{out}: the output folder {relation} the input {path}; choose an --out outside the "
+                             "inputs (it is replaced as a whole)")
+        if is_tree and resolved in target.parents:
+            raise ValueError(f"{out}: the output folder lies inside the data folder {path}; choose an --out outside "
+                             "the data")

@@ -21,12 +21,14 @@ from torch import nn
 from .inference import InferenceOptions, predict_batch
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
 from .tokens import upsample_mask
+from .typed_yaml import check_range
 
 
 @dataclass
 class TrainConfig:
     steps: int = 2000  # optimizer steps of the schedule
-    minutes: float | None = None  # wall-clock budget: the schedule is shortened to fit it
+    # Wall-clock budget in minutes (> 0): the schedule is shortened to end within it. null: no budget.
+    minutes: float | None = None
     batch_size: int = 16  # per process
     accumulate: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4
@@ -42,6 +44,14 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels, for bit-exact resume tests
 
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "steps", "batch_size", "accumulate")
+        check_range(self, 0, None, "lr", "minutes", low_open=True)
+        check_range(self, 0, None, "warmup_steps", "backbone_lr_scale", "weight_decay", "grad_clip")
+        check_range(self, 0, 1, "min_lr_ratio")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+
 
 @dataclass
 class EvalConfig:
@@ -54,6 +64,11 @@ class EvalConfig:
     eos_by_mass: bool = False  # see Pix2Seq.generate
     boundary_tolerance: int = 2
     best_metric: str = "pooled.mean_without_background.dice"  # a dotted path into the metrics
+
+    def __post_init__(self) -> None:
+        check_range(self, 0, None, "every", "temperature", "boundary_tolerance")
+        check_range(self, 1, None, "max_samples", "batch_size")
+        check_range(self, 0, 1, "top_p", low_open=True)
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig, time_fraction: float = 0.0) -> float:

@@ -1,7 +1,8 @@
 """``rleseg evaluate``: score a model on a dataset, or prediction PNGs against ground-truth PNGs.
 
 Both write one folder (atomically: built under a temporary name beside it, renamed at the end, so an
-error leaves nothing behind; the files are :mod:`rleseg.report`'s):
+error or an interruption leaves nothing behind; a folder that is or holds an input, the checkpoint or
+its data is refused; the files are :mod:`rleseg.report`'s):
 
     metrics.json    SegmentationMeter.compute() (both aggregations, per class), class names, panoptic
                     PQ / SQ / RQ for panoptic models, generation counts (invalid runs, truncated sequences)
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, check_output_folder
 from .imageio import read_label_map
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
 from .progress import progress as progress_bar
@@ -89,6 +90,7 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int, ou
                   overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Score label maps in ``pred_dir`` against those in ``gt_dir`` (paired by stem); write the report."""
     scores = ImageScores(class_names_for(num_classes, class_names), ignore_index, tolerance)
+    check_output_folder(out, (pred_dir, gt_dir))
     pairs = pair_by_stem(Path(pred_dir), Path(gt_dir))
     with atomic_folder(out, overwrite) as tmp:
         for stem, pred_path, gt_path in progress_bar(pairs, desc="evaluate", unit="image", enabled=progress):
@@ -151,6 +153,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
     dataset, names, ignore, source = _dataset(path, model, config, overrides, split, images, masks, mask_suffix,
                                               class_names, ignore_index, options)
     predictor = Predictor(model, InferenceOptions(**options))
+    data = [source[key] for key in ("images", "masks", "root") if source.get(key) is not None]
+    check_output_folder(out, [path, *[source[key] for key in ("config",) if key in source]], trees=data)
     source = {"checkpoint": str(path), **source}
     with atomic_folder(out, overwrite) as tmp:
         if tokenizer.task == "video":
@@ -276,7 +280,8 @@ def _dataset(path: Path, model, config, overrides, split, images, masks, mask_su
         options["stride"] = experiment.data.patch.stride
     ignore = experiment.data.ignore_index if ignore_index is None else ignore_index
     names = class_names_for(tokenizer.num_classes, class_names or experiment.class_names())
-    return dataset, names, ignore, {"config": str(config), "split": split, "dataset": experiment.data.dataset}
+    return dataset, names, ignore, {"config": str(config), "split": split, "dataset": experiment.data.dataset,
+                                    "root": experiment.data.root}
 
 
 def _first_tokens_picture(folder: Path, name: str, data: dict, pred, predictor, ignore: int | None) -> None:

@@ -14,8 +14,9 @@ from typing import Literal
 
 from .data.patches import PatchConfig
 from .engine import EvalConfig, PatchScores, TrainConfig
+from .limits import check_memory
 from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
-from .typed_yaml import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from .typed_yaml import ConfigError, apply_overrides, check_range, from_dict, load_yaml, to_dict
 
 
 @dataclass
@@ -28,6 +29,9 @@ class TokenizerConfig:
     thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances
     frames: int = 1  # video: frames per window
     temporal: Literal["volume", "tac"] = "tac"  # video: one volume, or time-as-class ids
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "max_run", "frames")
 
 
 @dataclass
@@ -44,7 +48,13 @@ class DataConfig:
     options: dict = field(default_factory=dict)  # constructor options of the dataset, both splits
     train_options: dict = field(default_factory=dict)
     val_options: dict = field(default_factory=dict)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
+
+    def __post_init__(self) -> None:
+        check_range(self, 2, None, "num_classes")
+        check_range(self, 0, None, "ignore_index", "num_workers")
+        if self.ignore_index < self.num_classes:  # its pixels would be scored as that class's, or not at all
+            raise ValueError(f"ignore_index must not be a class (0 .. {self.num_classes - 1}), got {self.ignore_index}")
 
 
 @dataclass
@@ -55,6 +65,10 @@ class OutputConfig:
     keep_last: int = 2  # checkpoints kept besides the best
     tensorboard: bool = True
     pictures: int = 4  # validation samples drawn at each evaluation
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "log_every", "save_every", "keep_last")
+        check_range(self, 0, None, "pictures")
 
 
 @dataclass
@@ -88,11 +102,80 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """The experiment of a YAML file or bundled config name (or the defaults, for ``None``), with dotted
-    overrides applied."""
+    overrides applied, checked by :func:`validate_config`."""
     data = load_yaml(resolve_config_path(path)) if path is not None else {}
     config = from_dict(ExperimentConfig, apply_overrides(data, list(overrides)))
-    build_model_config(config)  # validate the model section now, not after the data is built
+    validate_config(config)
     return config
+
+
+def validate_config(config: ExperimentConfig) -> None:
+    """ConfigError naming the key for what the dataclasses cannot check alone, so that a run stops on a typo
+    before its first step, not after training: the model section, the tokenizer, the class names, the
+    memory of the parts that grow with the sizes, and ``eval.best_metric`` against the metrics the
+    validation reports. :func:`load_config` calls it; call it on a config built in Python."""
+    model_config = build_model_config(config)
+    classes = config.data.num_classes
+    # First: the class names and a panoptic tokenizer's list of stuff classes take time in the classes too.
+    _within_limit([(f"the validation's confusion matrix (data.num_classes {classes:,} squared)", 8 * classes**2)])
+    config.class_names()
+    tokenizer = build_tokenizer(config)
+    _within_limit(memory_parts(config, model_config, tokenizer))
+    names = metric_names(tokenizer.task)
+    if config.eval.best_metric not in names:
+        raise ConfigError(f"eval.best_metric {config.eval.best_metric!r} is not a metric of {tokenizer.task} "
+                          f"validation; choose one of {', '.join(names)}")
+
+
+def memory_parts(config: ExperimentConfig, model_config, tokenizer) -> list[tuple[str, int]]:
+    """(what, bytes) of the parts of a training run whose size the config sets, for ``rleseg.limits``: a
+    batch of images and masks (float32 RGB, int64 labels), the model's token and position tables with their
+    gradients and AdamW moments (16 bytes a weight; the start geometry adds 4 a token), the float32 logits
+    of a batch with their gradient and the loss's softmax (12 bytes a logit). Backbone and attention come
+    on top."""
+    from .models import DenseConfig
+
+    batch, side, classes = config.train.batch_size, config.data.patch.patch_size, config.data.num_classes
+    frames = tokenizer.frames if tokenizer.task == "video" else 1
+    patches = f"train.batch_size {batch}{f' x {frames} frames' if frames > 1 else ''}"
+    parts = [(f"a batch of {patches} patches of data.patch.patch_size {side}", 20 * batch * frames * side**2)]
+    if isinstance(model_config, DenseConfig):
+        return [*parts, (f"the logits of a batch ({patches} x data.num_classes {classes:,} x {side}x{side} pixels)",
+                         12 * batch * frames * classes * side**2)]
+    vocab, dim, length = tokenizer.vocab.size, model_config.dim, model_config.max_seq_len
+    return [
+        *parts,
+        (f"the token table ({tokenizer!r} x model.dim {dim})", 20 * vocab * dim),
+        (f"the position table (model.max_seq_len {length:,} x model.dim {dim})", 16 * length * dim),
+        (f"the logits of a batch (train.batch_size {batch} x model.max_seq_len {length:,} x {vocab:,} tokens)",
+         12 * batch * length * vocab),
+    ]
+
+
+def _within_limit(parts: list[tuple[str, int]]) -> None:
+    try:
+        for what, size in parts:
+            check_memory(what, min(size, 10**300))  # a value of hundreds of digits gives sizes beyond floats
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def metric_names(task: str) -> list[str]:
+    """The dotted names of the scores a validation of ``task`` reports (what ``eval.best_metric`` may name);
+    they do not depend on the classes, so two stand in for them."""
+    scores = PatchScores(task, 2, None, 0, [1] if task == "panoptic" else [], [])
+    return sorted(_score_paths(scores.compute()))
+
+
+def _score_paths(metrics: dict, prefix: str = "") -> list[str]:
+    """The dotted paths of the scores in a metrics dict: its numbers, without the config and the counts."""
+    paths = []
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key != "config":
+            paths += _score_paths(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict | list) and key not in ("num_images", "num_videos", "n", "pixel_pairs"):
+            paths.append(prefix + key)
+    return paths
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:

@@ -9,10 +9,22 @@ into three channels, alpha is dropped.
 Label maps: index PNGs (8/16-bit grey), palette PNGs (the palette indices are the labels), TIFF label
 maps (2-D integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
 class colours (``rleseg.data.classes``).
+
+Size limit: every reader refuses a file whose header declares more than :func:`max_pixels` pixels
+(height x width, times the frames of a TIFF stack; colour samples not counted) before it reads a pixel,
+so that a small compressed file cannot make it allocate gigabytes. The limit is ``MAX_PIXELS`` when a
+program sets it, else the environment variable ``RLESEG_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS`` (10^8,
+e.g. 10000 x 10000). Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``) is set to the same number.
+
+Label maps must be lossless: a PNG, TIFF or BMP file. A JPEG (or a JPEG-compressed TIFF) is refused
+whatever its name, since its compression changes label values.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +33,14 @@ from PIL import Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 _TIFF = (".tif", ".tiff")
+_LABEL_FORMATS = ("PNG", "TIFF", "BMP")  # Pillow's names of the lossless formats a label map may have
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS: int | None = None  # set by a program to override RLESEG_MAX_PIXELS and the default
+PIXELS_VARIABLE = "RLESEG_MAX_PIXELS"
+# Image.open applies Pillow's limit while it reads the header; it is lifted there (ours is checked on
+# the header's size instead), and the lock keeps concurrent readers from restoring it in between.
+_PILLOW_LIMIT = threading.Lock()
 
 
 class MaskError(ValueError):
@@ -32,17 +52,49 @@ def _fail(path: Path, what: str, error: Exception | None = None) -> MaskError:
     return MaskError(f"{path}: {what}{detail}")
 
 
+def max_pixels() -> int:
+    """The most pixels a reader accepts: ``MAX_PIXELS``, else ``RLESEG_MAX_PIXELS``, else the default."""
+    if MAX_PIXELS is not None:
+        return MAX_PIXELS
+    text = os.environ.get(PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise MaskError(f"{PIXELS_VARIABLE}={text!r}: expected a positive whole number of pixels")
+    return value
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
+    """MaskError when a header's ``shape`` (colour samples left out) holds more than the limit's pixels."""
+    limit, pixels = max_pixels(), math.prod(int(n) for n in shape)
+    if pixels > limit:
+        size = "x".join(str(int(n)) for n in shape)
+        raise _fail(path, f"declares {size} = {pixels} pixels, more than the limit of {limit} pixels; set "
+                    f"{PIXELS_VARIABLE} to read larger images")
+
+
+def _tiff_pixels(path: Path, shape: tuple[int, ...], axes: str) -> None:
+    _check_pixels(path, tuple(n for n, axis in zip(shape, axes, strict=True) if axis != "S"))
+
+
 def image_shape(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header only; MaskError if the file cannot be opened as an image."""
+    """(H, W) from the file header only; MaskError if the file cannot be opened as an image or declares
+    more pixels than :func:`max_pixels`."""
     path = Path(path)
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
+                page = tif.pages[0]
+                _tiff_pixels(path, page.shape, page.axes)
+                shape = page.shape
             return _spatial(shape, path)
-        with Image.open(path) as img:
+        with _open(path, "cannot read the image header; expected a readable image file") as img:
             return (img.height, img.width)
     except MaskError:
         raise
@@ -65,11 +117,12 @@ def _load(path: Path, mask: bool = False) -> np.ndarray:
         raise _fail(path, "no such file")
     try:
         if path.suffix.lower() in _TIFF:
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
+            return _load_tiff(path, mask)
         img = _open(path)
         with img:
+            if mask and img.format not in _LABEL_FORMATS:
+                raise _fail(path, f"holds {img.format} data, not a PNG, TIFF or BMP label map; save label maps "
+                            "in a lossless format (JPEG compression changes label values)")
             img.load()
             if img.mode == "P":
                 return np.array(img)  # palette indices; the caller decides what they mean
@@ -82,13 +135,37 @@ def _load(path: Path, mask: bool = False) -> np.ndarray:
         raise _fail(path, "cannot read the file; it may be truncated or not an image", error) from error
 
 
-def _open(path: Path) -> Image.Image:
-    """Pillow's image of ``path``, header read; an unreadable header is a MaskError (the pixels may still be
-    truncated: that shows when they are loaded)."""
+def _load_tiff(path: Path, mask: bool) -> np.ndarray:
+    """The first series of a TIFF file (what ``tifffile.imread`` reads), its size checked first."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        _tiff_pixels(path, series.shape, series.axes)
+        if mask and tif.pages[0].compression in (tifffile.COMPRESSION.JPEG, tifffile.COMPRESSION.OJPEG):
+            raise _fail(path, "is a JPEG-compressed TIFF; save label maps losslessly (JPEG compression changes "
+                        "label values)")
+        return np.asarray(tif.asarray())
+
+
+def _open(path: Path, unreadable: str = "cannot read image; expected a readable image file") -> Image.Image:
+    """Pillow's image of ``path``, header read and its size checked; an unreadable header is a MaskError
+    saying ``unreadable`` (the pixels may still be truncated: that shows when they are loaded)."""
+    limit = max_pixels()
+    with _PILLOW_LIMIT:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(path)
+        except Exception as error:
+            raise _fail(path, unreadable, error) from error
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit  # Pillow's guard, for its other readers, at the same number
     try:
-        return Image.open(path)
-    except Exception as error:
-        raise _fail(path, "cannot read image; expected a readable image file", error) from error
+        _check_pixels(path, (img.height, img.width))
+    except MaskError:
+        img.close()
+        raise
+    return img
 
 
 def to_unit_float(array: np.ndarray) -> np.ndarray:

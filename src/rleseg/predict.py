@@ -1,6 +1,7 @@
 """``rleseg predict``: label maps for images, folders of images (frame folders too) and videos.
 
-Output folder (written atomically, as ``rleseg evaluate``'s)::
+Output folder (written atomically, as ``rleseg evaluate``'s; one that is or holds an input or the
+checkpoint is refused)::
 
     labels/<name>.png        class labels: palette PNG (the index is the class; up to 256 classes),
                              16-bit grey PNG beyond
@@ -35,7 +36,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, check_output_folder
 from .imageio import IMAGE_SUFFIXES
 from .inference import Predictor, as_image
 from .progress import progress as progress_bar
@@ -174,9 +175,11 @@ FOLDER_FPS = 5  # frame rate of overlay videos made from frame folders
 
 def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, coco_json: bool = False,
                     overlays: bool = True, overwrite: bool = False, progress: bool = True,
-                    window_stride: int | None = None) -> dict[str, Any]:
-    """Predict every input into ``out`` (layout in the module doc); returns the summary."""
+                    window_stride: int | None = None, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Predict every input into ``out`` (layout in the module doc); returns the summary. ``checkpoint``:
+    where the predictor's model came from, which ``out`` must not replace either."""
     sources = collect_sources(inputs)
+    check_output_folder(out, [s.path for s in sources] + ([] if checkpoint is None else [checkpoint]))
     if predictor.frames is not None:
         return _predict_videos(predictor, sources, out, coco_json=coco_json, overlays=overlays, overwrite=overwrite,
                                progress=progress, window_stride=window_stride)

@@ -9,10 +9,12 @@ plain values and return new ones.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +40,14 @@ from .experiment import (
     config_to_dict,
 )
 from .progress import progress
-from .training_state import TrainingState, load_latest_checkpoint, save_best, save_run_checkpoint
+from .training_state import (
+    TrainingState,
+    check_no_run,
+    load_latest_checkpoint,
+    save_best,
+    save_run_checkpoint,
+    starting_run,
+)
 from .visualize import comparison_panel
 
 CALIBRATION_STEPS = 10  # steps timed before a wall-clock budget first sets the schedule's length
@@ -98,18 +107,26 @@ class TrainResult:
     interrupted: bool
     model: torch.nn.Module
     losses: list[float]  # training loss of each step of this call
+    signal: int | None = None  # the signal that stopped the run (None: it ran to the end, or stop_at_step)
 
 
 def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
-          stop_at_step: int | None = None) -> TrainResult:
-    """Train as ``config`` says; ``resume`` continues from the newest checkpoint in ``run_dir``.
+          overwrite: bool = False, stop_at_step: int | None = None) -> TrainResult:
+    """Train as ``config`` says; ``resume`` continues from the newest complete checkpoint in ``run_dir``.
 
+    A new run refuses a ``run_dir`` that holds a run, unless ``overwrite``: then the old run is deleted,
+    but only once the new one is built, so that a config that fails to build never costs it. A new run
+    that fails before its first checkpoint leaves no run files behind.
     ``stop_at_step`` acts like a signal arriving at that step (checkpoint, then return): what tests use
     to interrupt a run. Once ``run_dir/config.yaml`` exists, SIGINT and SIGTERM end the run with a
     checkpoint.
     """
+    if resume and overwrite:
+        raise ValueError("resume continues the run in run_dir and overwrite replaces it: choose one")
     env = setup_distributed()
     run_dir = Path(run_dir or config.output.dir)
+    if not resume and not overwrite:
+        check_no_run(run_dir)
     tc = config.train
     _seed(tc, env.rank)
 
@@ -120,18 +137,23 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     per_rank = -(-len(train_set) // env.world)
     if per_rank < tc.batch_size:
         raise ValueError(f"the training set has {per_rank} samples per process, fewer than train.batch_size")
-    state = load_latest_checkpoint(run_dir, model, optimizer) if resume else TrainingState(total_steps=tc.steps)
+    if resume:
+        state = load_latest_checkpoint(run_dir, model, optimizer, main=env.main)
+    else:
+        state = TrainingState(total_steps=tc.steps)
 
     loss_of = _loss_function(model, tc, env)
-    stream = _batches(train_set, _collate(model), tc, config.data.num_workers, env,
+    collate = _collate(model)
+    stream = _batches(train_set, collate, tc, config.data.num_workers, env,
                       state.epoch, state.position)
-    writer = _tensorboard(run_dir, config) if env.main else None
     bar = progress(desc="train", unit="step", enabled=env.main, total=state.total_steps, initial=state.step)
-    losses, seen, interrupted = [], 0, False
+    losses, seen, interrupted, truncation = [], 0, False, TruncationCount(collate.max_seq_len)
+    starting = starting_run(run_dir, overwrite) if env.main and not resume else contextlib.nullcontext()
     # The handlers go in before config.yaml is written: once it exists, a signal ends in a checkpoint.
-    with StopFlag() as stop:
+    with StopFlag() as stop, starting, bar:  # the bar closes before an error is printed
         if env.main:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        writer = _tensorboard(run_dir, config) if env.main else None
         first_step, call_started = state.step, time.perf_counter()
         started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
         while state.step < state.total_steps:
@@ -155,6 +177,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             if env.main:
                 speed = seen / (time.perf_counter() - call_started)
                 truncated = sum(batch["num_truncated"] for batch in batches)
+                truncation.add(truncated, tc.batch_size * tc.accumulate, bar)
                 _report_step(bar, writer, state.step, state.total_steps, config.output.log_every,
                              {"loss": loss, "lr": lr, "grad_norm": grad_norm, "truncated": truncated,
                               "images_per_s": speed})
@@ -167,20 +190,43 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                                                         state.step, state.best)
             if env.main and state.step % config.output.save_every == 0 and not finished:
                 save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
-    bar.close()
+        bar.close()  # before the final validation's own bar
+        # The trained weights are saved before the final validation, so nothing that fails there loses them.
+        if env.main:
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
     metrics = None
     if not interrupted:
-        metrics, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
-                                                      state.step, state.best)
-    if env.main:
-        save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
-        if interrupted:
-            print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}")
+        metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best)
+        if env.main and best != state.best:  # a resumed run must compare against this score
+            state.best = best
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+    if env.main and interrupted:
+        print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}")
     if writer is not None:
         writer.close()
     if env.world > 1:
         dist.barrier()
-    return TrainResult(run_dir, state.step, metrics, interrupted, model, losses)
+    return TrainResult(run_dir, state.step, metrics, interrupted, model, losses, stop.signal)
+
+
+@dataclass
+class TruncationCount:
+    """Training sequences of this call cut at ``model.max_seq_len``: the model never learns how their masks
+    end. TensorBoard gets the count of every step; the console one warning, once more than 1% were cut."""
+
+    max_seq_len: int | None
+    cut: int = 0
+    sequences: int = 0
+    warned: bool = False
+
+    def add(self, cut: int, sequences: int, bar) -> None:
+        self.cut, self.sequences = self.cut + cut, self.sequences + sequences
+        if not self.warned and self.cut > 0.01 * self.sequences:
+            self.warned = True
+            bar.write(f"rleseg: warning: {self.cut} of the {self.sequences} training sequences so far "
+                      f"({100 * self.cut / self.sequences:.1f}%) were cut at model.max_seq_len {self.max_seq_len}; "
+                      "raise model.max_seq_len ('rleseg stats --config CONFIG' shows the token lengths)",
+                      file=sys.stderr)
 
 
 def _seed(tc: TrainConfig, rank: int) -> None:

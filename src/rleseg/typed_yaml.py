@@ -20,6 +20,7 @@ Unknown keys and ill-typed values raise ConfigError naming the dotted key and wh
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -34,21 +35,68 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses; the message names the key."""
 
 
+# A config holds a few hundred values in a few kilobytes: a larger file is another kind of file (a checkpoint,
+# /dev/zero), and YAML aliases can make a small file expand to billions of values ("billion laughs").
+MAX_BYTES = 2**20
+MAX_VALUES = 100_000
+
+
 def load_yaml(path: str | Path) -> dict:
+    """The mapping a YAML file holds ({} for an empty file); ConfigError naming the file, on one line, for
+    a file that cannot be read, is not UTF-8 text, is not YAML or is no mapping."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_BYTES // 2**20} MiB: not a config, which is a small YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a YAML text file: byte 0x{raw[error.start]:02x} at offset {error.start} "
+                          "is not UTF-8") from None
     try:
         data = yaml.safe_load(text)
+        values = _count_values(data, {})
+    except yaml.reader.ReaderError as error:  # a control character: most likely a binary file
+        raise ConfigError(f"{path} is not a YAML text file: control character #x{error.character:04x} at "
+                          f"character {error.position}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_one_line(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    if values > MAX_VALUES:
+        raise ConfigError(f"{path} expands to more than {MAX_VALUES:,} values (YAML aliases?); a config holds a few "
+                          "hundred")
     return data
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    """PyYAML's message (several lines, with a picture of the spot) as "line L, column C: problem"."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _count_values(data: Any, counted: dict[int, int | None]) -> int:
+    """How many values ``data`` holds once its aliases are expanded (``counted``: id -> count, None while an
+    object is being counted), without expanding them; above MAX_VALUES for a structure that holds itself."""
+    if not isinstance(data, dict | list):
+        return 1
+    key = id(data)
+    if key in counted:
+        return MAX_VALUES + 1 if counted[key] is None else counted[key]
+    counted[key] = None
+    items = data.values() if isinstance(data, dict) else data
+    counted[key] = 1 + sum(_count_values(item, counted) for item in items)
+    return counted[key]
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -97,7 +145,29 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where or 'config'}: {error}") from None
+        message = str(error)
+        if message.split(" ", 1)[0] in fields:  # a field's own check names it first: "lr must be > 0, got -1"
+            raise ConfigError(_join(where, message)) from None
+        raise ConfigError(f"{where or 'config'}: {message}") from None
+
+
+def check_range(config: Any, low: float | None = None, high: float | None = None, *names: str,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ValueError naming the first of ``names`` whose value (None passes) lies outside [low, high]
+    (``low_open`` / ``high_open``: the bound itself is outside). Config dataclasses call it in
+    ``__post_init__``, so a range is checked wherever the config is built, YAML or Python."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):  # .nan passes every comparison, .inf a low bound
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            left = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            right = "" if high is None else f"{'<' if high_open else '<='} {high}"
+            raise ValueError(f"{name} must be {' and '.join(p for p in (left, right) if p)}, got {value!r}")
 
 
 def to_dict(config: Any) -> Any:
@@ -152,6 +222,17 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return _convert_scalar(hint, value, where)
 
 
+def _number(value: Any) -> float | None:
+    """A YAML number as a float, None for anything else (an integer beyond floats too). YAML 1.1 reads
+    "3e-5" and "1e9" as strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
+
+
 def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
@@ -162,15 +243,14 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        number = _number(value)
+        if number is not None and number.is_integer():  # 1e4 steps, 2.0 frames
+            return int(number)
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _number(value)
+        if number is not None:
+            return number
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

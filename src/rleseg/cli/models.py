@@ -4,6 +4,8 @@ each ``_run_*``, so that the tokenizer's commands start fast)."""
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from ..stats.report import format_score
@@ -28,7 +30,10 @@ def add_train(subparsers) -> None:
     add_overrides(parser, help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (default: output.dir)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
+                        help="continue the run in RUN_DIR from its newest complete checkpoint, with its saved config")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a run folder that holds a run, deleting that run (once the new "
+                        "config is built)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -38,22 +43,29 @@ def _run_train(args: argparse.Namespace) -> int:
     """
     from ..experiment import load_config
     from ..train import train
+    from ..typed_yaml import load_yaml
 
     if args.resume is not None:
         if args.config is not None:
             raise UserError("give either CONFIG or --resume RUN_DIR (a resumed run uses its saved config)")
+        if args.overwrite:
+            raise UserError("--resume continues the run in RUN_DIR and --overwrite starts afresh: give one")
         source, run_dir = args.resume / "config.yaml", args.resume
         if not source.is_file():
             raise UserError(f"{args.resume}: not a run folder (no config.yaml)")
+        with user_errors():
+            if not load_yaml(source):  # an empty file would resume under the default config
+                raise UserError(f"{source} is empty, so the run's settings are unknown: restore it, or start "
+                                f"afresh with 'rleseg train CONFIG --out {args.resume} --overwrite'")
     elif args.config is None:
         raise UserError("give a CONFIG file (see configs/) or --resume RUN_DIR")
     else:
         source, run_dir = args.config, args.out
     with user_errors():
         config = load_config(source, args.overrides)
-        result = train(config, run_dir, resume=args.resume is not None)
+        result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
     if result.interrupted:
-        return 130
+        return 128 + (result.signal or signal.SIGINT)  # 130 for SIGINT, 143 for SIGTERM, as shells report
     if result.metrics is not None:
         print(f"run folder: {result.run_dir} (best.safetensors, metrics.json, pictures/)")
     return 0
@@ -187,6 +199,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         flips = results["temporal"]["pooled"]
         print(f"{results['num_videos']} videos: flip rate {format_score(flips['pred_flip_rate'])} predicted, "
               f"{format_score(flips['gt_flip_rate'])} in the ground truth")
+    generation = results.get("generation", {})  # none when scoring --pred-dir
+    _warn_if_truncated(generation.get("truncated", 0), generation.get("patches", 0), args.max_len)
     return 0
 
 
@@ -219,8 +233,21 @@ def _run_predict(args: argparse.Namespace) -> int:
         predictor = load(args.checkpoint, args.device, scale=args.scale, **_inference_options(args))
         summary = predict_command(predictor, args.inputs, args.out, coco_json=args.coco_json,
                                   overlays=not args.no_overlays, overwrite=args.overwrite,
-                                  progress=not args.no_progress, window_stride=args.window_stride)
+                                  progress=not args.no_progress, window_stride=args.window_stride,
+                                  checkpoint=args.checkpoint)
     print(summary_line(summary))
+    _warn_if_truncated(summary["truncated"], summary["patches"], args.max_len)
     return 0
+
+
+def _warn_if_truncated(truncated: int, sequences: int, max_len: int | None) -> None:
+    """One line on stderr when more than 1% of the generated sequences were cut at the length limit
+    (``max_len``: --max-len, None for the model's max_seq_len)."""
+    if truncated <= 0.01 * sequences:
+        return
+    limit, remedy = ((f"--max-len {max_len}", "raise --max-len (up to model.max_seq_len)") if max_len else
+                     ("the model's max_seq_len", "train with a larger model.max_seq_len"))
+    print(f"rleseg: warning: {truncated} of {sequences} sequences ({100 * truncated / sequences:.1f}%) were cut at "
+          f"{limit}, so their masks may lack runs; {remedy}", file=sys.stderr)
 
 

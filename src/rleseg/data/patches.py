@@ -12,10 +12,12 @@ Image-like arrays carry the spatial axes at (-3, -2) (``(..., H, W, 3)``), label
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from rleseg.tokens import downsample_mask
+from rleseg.typed_yaml import check_range
 
 
 @dataclass(frozen=True)
@@ -30,19 +32,20 @@ class PatchConfig:
     rot90: bool = False  # random multiple of 90 degrees
     flip: bool = False  # random horizontal and vertical flips
     max_angle: float = 0.0  # random extra rotation in [-max_angle, max_angle] degrees (0 = off)
-    downsample: str = "nearest"  # "nearest" (the paper) or "mode"; see rleseg.tokens.downsample_mask
+    # "nearest" (the paper's) or "mode" (each cell's most frequent label); see rleseg.tokens.downsample_mask
+    downsample: Literal["nearest", "mode"] = "nearest"
 
     def __post_init__(self) -> None:
-        if self.patch_size < 1 or self.factor < 1:
-            raise ValueError(f"patch_size and factor must be positive, got {self.patch_size}, {self.factor}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be positive, got {self.stride}")
+        check_range(self, 1, None, "patch_size", "factor", "stride")
+        check_range(self, 0, None, "scale", low_open=True)
+        check_range(self, 0, 180, "max_angle")
+        # Inference cuts images into patches of whole mask cells, so a model trained otherwise could not be used.
+        if self.patch_size % self.factor:
+            raise ValueError(f"patch_size must be a multiple of factor {self.factor}, got {self.patch_size}")
         if self.stride_range is not None:
             low, high = self.stride_range
             if not 1 <= low <= high:
                 raise ValueError(f"stride_range must be (low, high) with 1 <= low <= high, got {self.stride_range}")
-        if self.scale <= 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
 
     @property
     def mask_size(self) -> tuple[int, int]:

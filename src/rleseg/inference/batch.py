@@ -30,7 +30,8 @@ class BatchPrediction:
     logprobs: (T_b,) float32, the log-probability of each of those tokens (see ``Generation``).
     runs: (B, 2) int64, per sequence the runs it stands for and the runs the decoder kept
         (``tokenizer.count_runs``); their difference is what lenient decoding dropped. Dense: 0.
-    truncated: (B,) bool, sequences without EOS within ``max_len`` (never under the grammar).
+    truncated: (B,) bool, sequences the length limit ``max_len`` cut (``Generation.truncated``): without
+        EOS (unconstrained), or ended by the grammar because no further run fitted (constrained).
     """
 
     masks: list
@@ -57,6 +58,7 @@ def predict_batch(model, images: torch.Tensor, options: InferenceOptions | None 
                          constrained=o.constrained, generator=generator, eos_by_mass=o.eos_by_mass)
     tokenizer, errors = model.tokenizer, "strict" if o.constrained else "ignore"
     result = BatchPrediction([], [], [], np.zeros((batch, 2), np.int64), np.zeros(batch, bool))
+    result.truncated[:] = out.truncated.numpy()
     for b, (row, logprobs) in enumerate(zip(out.tokens.numpy(), out.logprobs.numpy(), strict=True)):
         eos = np.flatnonzero(row == EOS)
         end = eos[0] + 1 if eos.size else row.size
@@ -64,6 +66,5 @@ def predict_batch(model, images: torch.Tensor, options: InferenceOptions | None 
         result.logprobs.append(logprobs[:end])
         result.masks.append(tokenizer.decode(row[:end], errors=errors))
         result.runs[b] = tokenizer.count_runs(row[:end])
-        result.truncated[b] = not eos.size
     return result
 

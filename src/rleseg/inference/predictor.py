@@ -21,10 +21,15 @@ Panoptic models give (semantic, instances): both maps are stitched by the same r
 the patch in which it lies farthest from the border), so a pixel's class and instance come from one
 patch. Instance ids are made unique per patch and numbered 1..n per image; an object cut by patch
 borders stays split into one instance per patch (no merging across patches).
+
+Before an image is resized, :meth:`Predictor.memory_needed` estimates the host memory it will take; an
+image (at its ``scale``) above :mod:`rleseg.limits`' memory limit (``RLESEG_MEMORY_LIMIT_GB``) is refused
+with the sizes instead of exhausting memory, and so are batches of patches of a model input too large.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ import torch
 
 from ..data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, window_starts
 from ..imageio import as_rgb, read_image, to_unit_float
+from ..limits import check_memory
 from ..models import load_checkpoint
 from ..tokens import downsample_mask
 from .batch import predict_batch
@@ -43,6 +49,12 @@ from .options import InferenceOptions
 from .stitch import stitch_panoptic_patches, stitch_patches_of_image, stitch_windows
 
 ImageLike = str | Path | np.ndarray
+
+# Host memory per pixel, measured with tracemalloc: the bilinear resize of an image keeps coordinate grids
+# (about 57 bytes a pixel of the resized image) and four float32 RGB neighbour samples (48 bytes a pixel and
+# frame); the stitching maps take 16 (int64 labels, two float32 vote maps); the nearest resize of the label
+# map back to the image's size about 33 bytes a pixel of the image.
+RESIZE_GRID_BYTES, RESIZE_SAMPLE_BYTES, STITCH_BYTES, LABELS_BACK_BYTES = 57, 48, 16, 33
 
 
 @dataclass
@@ -56,7 +68,7 @@ class ImagePrediction:
     tokens: list[np.ndarray] = field(default_factory=list)  # per patch: generated tokens up to EOS included
     generated_runs: int = 0  # runs the sequences stand for (tokens / tokens per run)
     invalid_runs: int = 0  # of those, runs the lenient decoder dropped (0 with constrained decoding)
-    truncated: int = 0  # sequences without EOS within max_len
+    truncated: int = 0  # sequences cut by max_len (see BatchPrediction.truncated)
 
     @property
     def num_tokens(self) -> int:
@@ -164,6 +176,9 @@ class Predictor:
         # Token models decode on the tokenizer's subsampled grid; dense models (trained on the full-resolution
         # "mask") predict at the patch's own resolution.
         self.factor = 1 if model.target_key == "mask" else self.patch_size // mask_h
+        batch = self.options.batch_size * (self.frames or 1) * self.patch_size**2 * 3 * 4  # float32 RGB patches
+        check_memory(f"batches of {self.options.batch_size} patches of the model's input {self.patch_size}x"
+                     f"{self.patch_size} px", batch)
         self.generator = None
         if self.options.seed is not None:
             self.generator = torch.Generator(self.device).manual_seed(self.options.seed)
@@ -245,6 +260,18 @@ class Predictor:
             return self.patch_size / max(shape)
         return self.options.scale
 
+    def memory_needed(self, shape: tuple[int, int]) -> int:
+        """Bytes of host memory an image (a video window) of ``shape`` (H, W) takes on its way through the
+        predictor, roughly: its bilinear resize, the stitching maps, the label map resized back and one
+        batch of patches (the constants above)."""
+        resized = scaled_shape(shape, self.scale_for(shape))
+        pixels, frames = math.prod(resized), self.frames or 1
+        need = STITCH_BYTES * pixels + self.options.batch_size * frames * self.patch_size**2 * 3 * 4
+        if tuple(resized) != tuple(shape):
+            need += (RESIZE_GRID_BYTES + RESIZE_SAMPLE_BYTES * frames) * pixels
+            need += LABELS_BACK_BYTES * frames * math.prod(shape)
+        return need
+
     def label_patch(self, labels: np.ndarray, scale: float, box: np.ndarray, fill: int) -> np.ndarray:
         """(H, W) labels of an image -> those of one of its patches on the model's mask grid, cut as the
         image was: resized by ``scale`` (nearest), ``box`` cut out (``fill`` past the border), subsampled by
@@ -263,7 +290,10 @@ class Predictor:
         # Images (H, W, 3) or video windows (N, H, W, 3): the spatial axes are -3 and -2 in both.
         shape = image.shape[-3:-1]
         scale = self.scale_for(shape)
-        resized = resize(image, scaled_shape(shape, scale), -3, linear=True)
+        height, width = scaled_shape(shape, scale)
+        check_memory(f"predicting a {shape[0]}x{shape[1]} image at scale {scale:g} ({height:,}x{width:,} pixels "
+                     "resized)", self.memory_needed(shape))
+        resized = resize(image, (height, width), -3, linear=True)
         boxes = sliding_windows(resized.shape[-3:-1], self.patch_size, self.options.stride)
         crops = [crop(resized, box, 0.0, -3) for box in boxes]
         return _Job(shape, scale, boxes, crops, [None] * len(boxes), payload)

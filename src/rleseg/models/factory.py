@@ -16,7 +16,10 @@ import dataclasses
 import math
 
 from rleseg.tokens import MaskTokenizer, from_dict
+from rleseg.typed_yaml import ConfigError
+from rleseg.typed_yaml import from_dict as typed_from_dict
 
+from .backbone import check_backbone_kwargs
 from .dense import DenseConfig, DenseModel
 from .pix2seq import START_HEADS, ModelConfig, Pix2Seq
 from .video import VideoModelConfig, VideoPix2Seq
@@ -72,7 +75,9 @@ def config_from_dict(config_class: str, fields: dict) -> AnyModelConfig:
     """The config a checkpoint describes: ``config_class`` names one of MODELS' configs, ``fields`` are its
     ``dataclasses.asdict``. Older files load too: a dense model saved as a ModelConfig with ``head``
     "dense" (its width in ``dim``), a token model with ``head`` "token", one saved before start heads
-    existed (no ``start_head``: the plain table)."""
+    existed (no ``start_head``: the plain table). Values are type-checked as a YAML config's are, and
+    ``backbone_kwargs`` against the allow-list: a ValueError names the key ("config.dim must be an
+    integer, got 'abc'")."""
     classes = {cls.__name__: cls for cls in MODELS}
     if config_class not in classes:
         raise ValueError(f"unknown model config class {config_class!r}; expected one of {', '.join(classes)}")
@@ -85,7 +90,12 @@ def config_from_dict(config_class: str, fields: dict) -> AnyModelConfig:
         raise ValueError(f"checkpoint config has unknown fields {unknown}")
     if cls is not DenseConfig:
         fields.setdefault("start_head", "table")
-    return cls(**fields)
+    config = typed_from_dict(cls, fields, "config")
+    try:
+        check_backbone_kwargs(config.backbone_kwargs)
+    except ValueError as err:
+        raise ConfigError(f"config.{err}") from None
+    return config
 
 
 def dense_fields(fields: dict) -> dict:

@@ -22,6 +22,9 @@ class Generation:
         constrained; the full softmax otherwise). Temperature, top-k and top-p shape the sampling but not
         this number, so it is comparable across sampling settings and usable as a score (e.g. an
         instance's class-token probability). 0.0 at the PAD positions after EOS.
+    truncated: (B,) bool, the sequences that the length limit cut: an unconstrained row without EOS (the
+        default, computed from ``tokens``), or a constrained row whose EOS the grammar forced because the
+        steps left could not hold another run (``Grammar.truncated``).
 
     Masks are the caller's to decode: ``tokenizer.decode(row, errors="strict")`` for a constrained
     generation (every row is valid), ``errors="ignore"`` for an unconstrained one.
@@ -29,6 +32,11 @@ class Generation:
 
     tokens: torch.Tensor
     logprobs: torch.Tensor
+    truncated: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.truncated is None:
+            self.truncated = ~(self.tokens == EOS).any(dim=1)
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:

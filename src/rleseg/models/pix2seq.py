@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rleseg.tokens import EOS, PAD, MaskTokenizer
+from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
 from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
@@ -31,12 +32,12 @@ class ModelConfig:
     freeze_backbone: bool = False  # the paper froze its (COCO-pretrained) backbone
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     image_size: int = 640  # training/inference crop size; informative, any size the stride divides works
-    dim: int = 256
-    heads: int = 8
-    mlp_dim: int = 1024
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    dropout: float = 0.1
+    dim: int = 256  # width of the encoder and decoder tokens
+    heads: int = 8  # attention heads; they divide dim
+    mlp_dim: int = 1024  # hidden width of the transformer MLPs
+    encoder_layers: int = 6  # transformer layers over the backbone's last map
+    decoder_layers: int = 6  # causal decoder layers
+    dropout: float = 0.1  # in attention, MLPs and embeddings
     drop_path: float = 0.1  # stochastic depth of the last layer; earlier layers get linearly less
     max_seq_len: int = 512  # longest token sequence (body + EOS) trained on or generated; also the positions
     # Start tokens carry geometry: their embedding (tied with their output row) is a fixed sin-cos code of
@@ -58,11 +59,22 @@ class ModelConfig:
     pyramid_memory: bool = False
     # Loss weights per target token; the paper weights padding 0.1.
     pad_weight: float = 0.1
-    eos_weight: float = 1.0
+    eos_weight: float = 1.0  # of the EOS target
     class_weight: float = 1.0  # tokens that carry a class ("class" and "lac" ranges), against imbalance
-    label_smoothing: float = 0.0
-    init_std: float = 0.02
+    label_smoothing: float = 0.0  # of the token cross-entropy
+    init_std: float = 0.02  # std of the normal initialisation of the linear layers and embeddings
     tokenizer: dict | None = None  # the tokenizer's to_dict(): a checkpoint describes its own tokens
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, None, "image_size", "dim", "heads", "mlp_dim", "decoder_layers", "max_seq_len",
+                    "pyramid_stride")
+        check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
+        check_range(self, 0, 1, "dropout", "drop_path", "label_smoothing", high_open=True)
+        check_range(self, 0, None, "init_std", low_open=True)
+        if self.start_head not in START_HEADS:
+            raise ValueError(f"start_head must be one of {', '.join(START_HEADS)}, got {self.start_head!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"heads must divide dim {self.dim}, got {self.heads}")
 
     @property
     def uses_pyramid(self) -> bool:
@@ -240,8 +252,6 @@ class Pix2Seq(nn.Module):
 
     def __init__(self, config: ModelConfig, tokenizer: MaskTokenizer):
         super().__init__()
-        if config.dim % config.heads:
-            raise ValueError(f"dim {config.dim} must be divisible by heads {config.heads}")
         if config.start_head not in ("table", "pointer"):
             raise ValueError(f"start_head must be 'table' or 'pointer' here, got {config.start_head!r} "
                              "(create_model resolves 'auto')")
@@ -385,7 +395,8 @@ class Pix2Seq(nn.Module):
                 break
         self.train(was_training)
         steps = step + 1  # the last step ran, whether every row ended or max_len was reached
-        return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu())
+        truncated = None if grammar is None else torch.from_numpy(grammar.truncated)  # else: rows without EOS
+        return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)
 
     def next_logits(
         self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None

@@ -54,6 +54,13 @@ class VideoModelConfig(ModelConfig):
     fusion: str = "middle"  # "middle" | "late" | "static", see the module docstring
     reference_frame: int = 0  # the frame the decoder reads (middle) or the only frame seen (static)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.reference_frame < 0:
+            raise ValueError(f"reference_frame must be >= 0, got {self.reference_frame}")
+
 
 def time_code(offsets: torch.Tensor, dim: int) -> torch.Tensor:
     """(N,) frame offsets -> (N, dim) float: ``sincos(offset) - sincos(0)``, zero at offset 0."""
@@ -173,8 +180,6 @@ class VideoPix2Seq(Pix2Seq):
     def __init__(self, config: VideoModelConfig, tokenizer: MaskTokenizer):
         if tokenizer.task != "video":
             raise ValueError(f"a video model needs a VideoTokenizer, got {type(tokenizer).__name__}")
-        if config.fusion not in ENCODERS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
         if not 0 <= config.reference_frame < tokenizer.frames:
             raise ValueError(
                 f"reference_frame must be in 0 .. {tokenizer.frames - 1} (the tokenizer's frames), "

@@ -7,6 +7,8 @@ Every tokenizer offers ``grammar(batch_size)`` returning an object with this pro
   sequence allows only PAD.
 - ``advance(tokens)``: feed the (B,) tokens chosen at this position (they must have been allowed).
 - ``done``: (B,) bool, True once a sequence has emitted EOS.
+- ``truncated``: (B,) bool, True for the sequences whose EOS the length budget forced: when it came,
+  pixels were left where a run could start, but the steps left could not hold that run and EOS.
 
 A sequence generated under these rules always decodes with ``errors="strict"``: each slot gets a token
 of its type, starts come strictly after the previous run's end in raster order, runs stay inside the
@@ -27,6 +29,7 @@ from .vocab import EOS, PAD
 
 class Grammar(Protocol):
     done: np.ndarray
+    truncated: np.ndarray
 
     def allowed(self, steps_left: int) -> np.ndarray: ...
 
@@ -40,6 +43,8 @@ class ImageGrammar:
     def __init__(self, run_format: RunFormat, batch_size: int):
         self.run_format = run_format
         self.done = np.zeros(batch_size, dtype=bool)
+        self.truncated = np.zeros(batch_size, dtype=bool)
+        self.budget_stops = np.zeros(batch_size, dtype=bool)  # a run could start but for the steps left
         self.slot = np.zeros(batch_size, dtype=np.int64)
         self.free = np.zeros(batch_size, dtype=np.int64)  # first flat index the next run may start at
         self.start = np.zeros(batch_size, dtype=np.int64)  # start of the run being written
@@ -53,7 +58,9 @@ class ImageGrammar:
         boundary = (self.slot == 0) & ~self.done
         out[:, PAD] = self.done
         out[:, EOS] = boundary
-        can_start = boundary & (self.free < fmt.num_pixels) & (steps_left >= k + 1)
+        could_start = boundary & (self.free < fmt.num_pixels)
+        can_start = could_start & (steps_left >= k + 1)
+        self.budget_stops = could_start & ~can_start
         room = np.minimum(fmt.max_run, fmt.num_pixels - self.start)[:, None]  # longest run allowed
         for slot, name in enumerate(fmt.slots):
             here = ((self.slot == slot) & ~self.done)[:, None]
@@ -96,11 +103,14 @@ class ImageGrammar:
 # The helpers below serve ImageGrammar and PanopticGrammar alike: ``state`` is either, with the (B,)
 # arrays ``done``, ``slot`` (the slot of a run the next token fills), ``start`` and ``major``.
 def finish(state, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mark the sequences whose token is EOS done; (tokens as int64, (B,) rows whose token continues a
+    """Mark the sequences whose token is EOS done (and truncated where the last ``allowed`` call found
+    the budget too short for another run); (tokens as int64, (B,) rows whose token continues a
     sequence)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     live = ~state.done
-    state.done = state.done | (tokens == EOS)
+    ends = live & (tokens == EOS)
+    state.truncated = state.truncated | (ends & state.budget_stops)
+    state.done = state.done | ends
     return tokens, live & ~state.done
 
 

@@ -29,6 +29,8 @@ class PanopticGrammar:
         self.run_format, self.is_thing = run_format, is_thing
         num_pixels, num_classes = run_format.num_pixels, len(is_thing)
         self.done = np.zeros(batch_size, dtype=bool)
+        self.truncated = np.zeros(batch_size, dtype=bool)
+        self.budget_stops = np.zeros(batch_size, dtype=bool)  # a run could start but for the steps left
         self.slot = np.zeros(batch_size, dtype=np.int64)
         self.runs_in_group = np.zeros(batch_size, dtype=np.int64)
         self.free = np.zeros(batch_size, dtype=np.int64)  # first flat index the group's next run may start at
@@ -53,9 +55,9 @@ class PanopticGrammar:
         span = vocab["class"]
         out[:, span.first : span.stop] = (boundary & open_group)[:, None] & closable
         free_pixel = ~self.claimed & (self._pixels[None, :] >= self.free[:, None])  # (B, H*W)
-        can_start = (
-            boundary & free_pixel.any(axis=1) & (steps_left >= k + 2) & (open_group | closable.any(axis=1))
-        )
+        could_start = boundary & free_pixel.any(axis=1) & (open_group | closable.any(axis=1))
+        can_start = could_start & (steps_left >= k + 2)
+        self.budget_stops = could_start & ~can_start
         if fmt.starts == "1d":
             span = vocab["start"]
             out[:, span.first : span.stop] = can_start[:, None] & free_pixel

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .grammar import ImageGrammar
 from .run_format import START_SLOTS, RunFormat
 from .runs import Runs, check_label_map, check_order, default_max_run, label_dtype, mask_to_runs, paint_runs
 from .stored import StoredArguments
-from .vocab import EOS, PAD, Vocab
+from .vocab import EOS, MAX_VOCAB, PAD, Vocab, check_layout_size
 
 SCHEMES = ("lac", "class", "binary")
 START_MODES = ("1d", "2d", "relative")
 # Video and panoptic sequences write absolute starts only.
 ABSOLUTE_START_MODES = ("1d", "2d")
+_INT64 = np.iinfo(np.int64)
 
 
 def check_absolute_starts(starts: str, owner: str) -> None:
@@ -23,14 +26,34 @@ def check_absolute_starts(starts: str, owner: str) -> None:
         raise ValueError(f"{owner} starts must be one of {ABSOLUTE_START_MODES}, got {starts!r}{hint}")
 
 
-def parse_tokens(tokens) -> np.ndarray:
-    """Any 1-D integer sequence (list, numpy array, CPU tensor) as an int64 array."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"tokens must be a 1-D sequence, got shape {tokens.shape}")
-    if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
-    return tokens.astype(np.int64, copy=False)
+def parse_tokens(tokens, strict: bool = True) -> np.ndarray:
+    """Any 1-D integer sequence (list, numpy array, CPU tensor) as an int64 array.
+
+    An integer outside int64 (a big Python int, a uint64 above 2**63 - 1) is no token of any vocabulary:
+    strict decoding names the first one with its value, lenient decoding reads it as -1, an
+    out-of-vocabulary token that it drops like any other.
+    """
+    array = np.asarray(tokens)
+    if array.dtype.kind in "fO" and not hasattr(tokens, "dtype"):
+        array = np.asarray(tokens, dtype=object)  # Python ints past int64 would become floats or objects
+    if array.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D sequence, got shape {array.shape}")
+    if array.dtype.kind == "O":
+        wrong = next((i for i, v in enumerate(array) if not isinstance(v, numbers.Integral)), None)
+        if wrong is not None:
+            raise ValueError(f"tokens must be integers, got {type(array[wrong]).__name__} {array[wrong]!r} at "
+                             f"position {wrong}")
+        outside = np.array([not _INT64.min <= int(v) <= _INT64.max for v in array], dtype=bool)
+        values = np.array([-1 if out else int(v) for v, out in zip(array, outside, strict=True)], dtype=np.int64)
+    elif array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got dtype {array.dtype}")
+    else:
+        outside = array > _INT64.max if array.dtype == np.uint64 else np.zeros(array.shape, dtype=bool)
+        values = np.where(outside, -1, array.astype(np.int64, copy=False))
+    if strict and outside.any():
+        pos = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"token {int(array[pos])} at position {pos} is an out-of-vocabulary token (outside int64)")
+    return values
 
 
 def split_at_eos(tokens: np.ndarray, strict: bool) -> np.ndarray:
@@ -52,7 +75,7 @@ def read_body(tokens, errors: str) -> tuple[np.ndarray, bool]:
     if errors not in ("strict", "ignore"):
         raise ValueError(f"errors must be 'strict' or 'ignore', got {errors!r}")
     strict = errors == "strict"
-    return split_at_eos(parse_tokens(tokens), strict), strict
+    return split_at_eos(parse_tokens(tokens, strict), strict), strict
 
 
 class Tokenizer(StoredArguments):
@@ -69,6 +92,8 @@ class Tokenizer(StoredArguments):
             end of the previous run in scan order, 0 for the first run; values 0 .. H*W-1).
         order: raster order of the flattening, "C" or "F".
         max_run: longest run L; default one row in scan order (W for "C", H for "F").
+        max_vocab: refuse layouts of more tokens, or masks of more cells, than this (``vocab.MAX_VOCAB``);
+            not stored with the tokenizer: a stored one is rebuilt under the default.
 
     Attributes:
         vocab: the token layout; ``bos`` is its semantic BOS.
@@ -87,6 +112,7 @@ class Tokenizer(StoredArguments):
         starts: str = "1d",
         order: str = "C",
         max_run: int | None = None,
+        max_vocab: int = MAX_VOCAB,
     ):
         height, width = (int(v) for v in mask_size)
         if height < 1 or width < 1:
@@ -108,7 +134,11 @@ class Tokenizer(StoredArguments):
         # Scan grid: the mask as seen in scan order, (major, minor) = (H, W) for "C", (W, H) for "F".
         self.grid = (height, width) if order == "C" else (width, height)
         self.num_pixels = height * width
-        self.vocab = Vocab(self._layout())
+        layout = self._layout()
+        owner = (f"Tokenizer(mask_size={self.mask_size}, num_classes={self.num_classes}, scheme={scheme!r}, "
+                 f"starts={starts!r}, max_run={self.max_run})")
+        check_layout_size(owner, layout, self.num_pixels, max_vocab)
+        self.vocab = Vocab(layout)
         self.run_format = RunFormat(self.vocab, starts, scheme, self.grid, self.max_run)
         self.slots, self.tokens_per_run = self.run_format.slots, self.run_format.tokens_per_run
 

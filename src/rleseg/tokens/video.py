@@ -38,7 +38,7 @@ from .grammar import ImageGrammar
 from .runs import Runs, check_label_map, check_order, default_max_run, label_dtype
 from .stored import StoredArguments
 from .tokenizer import SCHEMES, Tokenizer, check_absolute_starts
-from .vocab import NUM_SPECIAL
+from .vocab import MAX_VOCAB, NUM_SPECIAL
 
 TEMPORAL = ("volume", "tac")
 DEFAULT_MAX_VOCAB = 262_144
@@ -180,11 +180,14 @@ class VideoTokenizer(StoredArguments):
             raise ValueError(self._infeasible_message(size))
         if temporal == "tac":
             _check_tac_base(self.frames, self.num_classes)
+        # The vocabulary is checked above; the image tokenizer's own ceiling still bounds the mask's cells.
+        ceiling = max(self.max_vocab, MAX_VOCAB)
         if temporal == "volume":
             stacked = (self.frames * height, width) if order == "C" else (height, self.frames * width)
-            self.image = Tokenizer(stacked, self.num_classes, scheme, starts, order, self.max_run)
+            self.image = Tokenizer(stacked, self.num_classes, scheme, starts, order, self.max_run, ceiling)
         else:
-            self.image = Tokenizer(self.mask_size, self.num_classes**self.frames, scheme, starts, order, self.max_run)
+            classes = self.num_classes**self.frames
+            self.image = Tokenizer(self.mask_size, classes, scheme, starts, order, self.max_run, ceiling)
         assert self.image.vocab.size == size, "video_vocab_size disagrees with the image tokenizer layout"
         self.vocab = self.image.vocab
 

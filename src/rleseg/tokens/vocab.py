@@ -13,6 +13,23 @@ EOS = 1
 # One BOS ("task") token per task, so that one model can serve several tasks.
 TASKS = ("semantic", "panoptic", "video")
 NUM_SPECIAL = 2 + len(TASKS)
+# The most tokens an image or panoptic tokenizer lays out, and the most cells its masks have, unless its
+# ``max_vocab`` says otherwise: grammars allocate arrays of the vocabulary's size per sequence and decoding
+# one label per cell, so a typo (num_classes=100000000, max_run=1000000000, a 100000x100000 mask) is refused
+# when the tokenizer is built, naming the size, instead of in an allocator. What a model's embedding table of
+# a vocabulary below this would take is the config's check (rleseg.experiment.validate_config).
+MAX_VOCAB = 2**28
+
+
+def check_layout_size(owner: str, layout: list[tuple[str, int, int]], cells: int, max_vocab: int) -> None:
+    """ValueError naming ``owner`` (the tokenizer's arguments) and the sizes when the vocabulary of ``layout``
+    ((name, size, offset) ranges, as :class:`Vocab` takes them) or the mask's ``cells`` exceed ``max_vocab``."""
+    size = NUM_SPECIAL + sum(int(n) for _, n, _ in layout)
+    if size > max_vocab:
+        ranges = ", ".join(f"{name} {int(n):,}" for name, n, _ in sorted(layout, key=lambda r: -r[1]))
+        raise ValueError(f"{owner} needs a vocabulary of {size:,} tokens ({ranges}), above max_vocab={max_vocab:,}")
+    if cells > max_vocab:
+        raise ValueError(f"{owner} decodes masks of {cells:,} cells, above max_vocab={max_vocab:,}")
 
 
 @dataclass(frozen=True)
