@@ -44,7 +44,7 @@ def run_one(name: str, label: str, overrides: list[str], minutes: float, out: Pa
         config = load_config(name, [*overrides, *budget])
         load_before = os.getloadavg()
         started = time.perf_counter()
-        result = train(config, run_dir)
+        result = train(config, run_dir, overwrite=True)
         seconds = time.perf_counter() - started
         record.update(steps=result.step, batch_size=config.train.batch_size,
                       images_seen=result.step * config.train.batch_size * config.train.accumulate,

@@ -30,7 +30,7 @@ def test_presets_forward_shapes_and_loss(preset, tokenizer):
     assert logits.shape == (2, targets.shape[1], tokenizer.vocab.size) and logits.dtype == torch.float32
     loss = model.loss(images, targets)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    if preset == "paper":  # method.md: about 36.6 M parameters with ResNet-50 (vocabulary-dependent)
+    if preset == "paper":  # docs/method.md section 6: about 37 M parameters with ResNet-50 (vocabulary-dependent)
         assert 33e6 < sum(p.numel() for p in model.parameters()) < 40e6
         assert model.config.dim == 256 and model.config.encoder_layers == model.config.decoder_layers == 6
 

@@ -144,7 +144,7 @@ def test_vocab_layout_is_contiguous_and_paper_sized():
 
 
 def test_paper_blob_example_token_counts():
-    """method.md: 4 blobs on an 80x80 3-class mask cost LAC 1-D n*2, class 1-D n*3, LAC 2-D n*3 tokens."""
+    """docs/method.md section 3: 4 blobs on an 80x80 3-class mask cost LAC 1-D n*2, class 1-D and LAC 2-D n*3."""
     yy, xx = np.mgrid[:80, :80]
     mask = np.zeros((80, 80), np.uint8)
     for cy, cx, r, c in [(20, 20, 9, 1), (55, 25, 12, 2), (25, 60, 10, 2), (60, 60, 8, 1)]:

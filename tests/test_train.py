@@ -200,6 +200,23 @@ def test_demo_fast_mode_writes_every_output(tmp_path, capsys):
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
 
 
+def test_a_demo_replaces_an_earlier_demo_but_no_other_run(tmp_path, capsys):
+    overrides = [arg for item in [*TINY, "train.steps=2", "eval.max_samples=2"] for arg in ("--set", item)]
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "2", "--out", str(out), *overrides]) == 0
+    first = (out / "report.md").stat().st_mtime_ns
+    assert main(["demo", "--minutes", "2", "--out", str(out), *overrides]) == 0  # the earlier demo is replaced
+    assert (out / "report.md").stat().st_mtime_ns > first
+    other = tmp_path / "run"
+    train(tiny_config(tmp_path, "train.steps=1"))  # a run in tmp_path / "run"
+    before = sorted(p.name for p in other.rglob("*"))
+    capsys.readouterr()
+    assert main(["demo", "--minutes", "2", "--out", str(other), *overrides]) == 2
+    assert "--overwrite" in capsys.readouterr().err and sorted(p.name for p in other.rglob("*")) == before
+    assert main(["demo", "--minutes", "2", "--out", str(other), "--overwrite", *overrides]) == 0
+    assert (other / "report.md").is_file()
+
+
 def test_a_wall_clock_budget_moves_the_decay_along():
     config = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
     assert learning_rate(10, 100, config, time_fraction=0.5) == pytest.approx(0.5)  # time ahead of steps

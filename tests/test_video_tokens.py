@@ -3,6 +3,7 @@ strict/ignore decoding and grammar-constrained sampling."""
 
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -306,3 +307,12 @@ def test_video_subsampling_is_the_image_rule_frame_by_frame():
     for method in ("nearest", "mode"):
         frames = np.stack([downsample_mask(frame, 3, method) for frame in video])
         assert np.array_equal(downsample_mask(video, 3, method), frames)
+
+
+def test_huge_frame_counts_are_refused_at_once():
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="beyond int64"):
+        VideoTokenizer(10**30, (16, 16), 3, temporal="tac")
+    with pytest.raises(ValueError, match=r"needs a vocabulary of 2,560,000,037 tokens.*frames=\d+"):
+        VideoTokenizer(10**7, (16, 16), 3, temporal="volume")
+    assert time.perf_counter() - started < 2  # no search through every smaller frame count

@@ -18,22 +18,25 @@ from .experiment import build_datasets, build_tokenizer, load_config
 from .inference import predict_batch
 from .metrics import SegmentationMeter
 from .tokens import downsample_mask, upsample_mask
-from .train import train
+from .train import TrainResult, train
 from .visualize import tokens_picture
 
 CONFIG = Path(__file__).with_name("configs") / "synthetic-tiny.yaml"
 FOREGROUND_DICE = "pooled.mean_without_background.dice"
 
 
-def run_demo(minutes: float, out: Path, overrides: list[str] = ()) -> Path | None:
-    """Train and evaluate the demo model; returns the path of the markdown report (None if interrupted)."""
+def run_demo(minutes: float, out: Path, overrides: list[str] = (), overwrite: bool = False) -> TrainResult:
+    """Train and evaluate the demo model into ``out`` (its report: ``out/report.md``); returns the training's
+    result (``interrupted`` when a signal stopped it: no report then).
+
+    An earlier demo in ``out`` (it has a report.md) is replaced; any other run only with ``overwrite``."""
     config = load_config(CONFIG, [f"output.dir={out}", f"train.minutes={minutes}", *overrides])
     print(f"rleseg demo: training the '{config.model.get('preset')}' token model on generated shapes for at most "
           f"{minutes:g} min ({config.data.num_classes} classes, {config.data.patch.patch_size}px patches, "
           f"{config.data.patch.mask_size[0]}x{config.data.patch.mask_size[1]} masks, {config.tokenizer.scheme} tokens)")
-    result = train(config)
+    result = train(config, overwrite=overwrite or (out / "report.md").is_file())
     if result.interrupted:
-        return None
+        return result
     tokenizer = build_tokenizer(config)
     _, val = build_datasets(config, tokenizer)
     count = min(len(val), config.eval.max_samples or len(val))
@@ -47,7 +50,7 @@ def run_demo(minutes: float, out: Path, overrides: list[str] = ()) -> Path | Non
           f"subsampling ceiling: {lookup(ceiling, FOREGROUND_DICE):.3f})")
     print(f"report: {report}\ncheckpoint: {out / 'best.safetensors'}")
     print(f"pictures: {out / 'pictures'}, {out / 'tokens.png'}")
-    return report
+    return result
 
 
 def _meter(config) -> SegmentationMeter:

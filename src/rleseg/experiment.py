@@ -41,7 +41,7 @@ class DataConfig:
     num_classes: int = 3  # background included
     class_names: list[str] | None = None  # default: class 0 .. C-1
     ignore_index: int = 255
-    # The mask the tokens encode is patch_size / factor on a side (method.md section 2).
+    # The mask the tokens encode is patch_size / factor on a side (docs/method.md section 2).
     patch: PatchConfig = field(default_factory=lambda: PatchConfig(patch_size=128, factor=4, flip=True, rot90=True))
     train_split: str = "train"
     val_split: str = "val"
@@ -155,7 +155,7 @@ def memory_parts(config: ExperimentConfig, model_config, tokenizer) -> list[tupl
 def _within_limit(parts: list[tuple[str, int]]) -> None:
     try:
         for what, size in parts:
-            check_memory(what, min(size, 10**300))  # a value of hundreds of digits gives sizes beyond floats
+            check_memory(what, size)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

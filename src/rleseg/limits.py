@@ -26,6 +26,7 @@ def memory_limit() -> float:
 
 def check_memory(what: str, nbytes: float) -> None:
     """Raise ValueError when ``what`` (a phrase naming the value at fault) would take more than the limit."""
+    nbytes = min(nbytes, 10**300)  # a mistyped number of hundreds of digits: beyond floats, still refused
     if nbytes > memory_limit():
         raise ValueError(f"{what} would take about {_size(nbytes)}, above the limit of {_size(memory_limit())} "
                          "(set RLESEG_MEMORY_LIMIT_GB to allow more)")

@@ -38,6 +38,7 @@ from .experiment import (
     build_patch_scores,
     build_tokenizer,
     config_to_dict,
+    validate_config,
 )
 from .progress import progress
 from .training_state import (
@@ -127,6 +128,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     run_dir = Path(run_dir or config.output.dir)
     if not resume and not overwrite:
         check_no_run(run_dir)
+    validate_config(config)  # a config built in Python gets the checks load_config gives a YAML file
     tc = config.train
     _seed(tc, env.rank)
 

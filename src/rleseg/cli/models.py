@@ -65,7 +65,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = load_config(source, args.overrides)
         result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
     if result.interrupted:
-        return 128 + (result.signal or signal.SIGINT)  # 130 for SIGINT, 143 for SIGTERM, as shells report
+        return _exit_status(result)
     if result.metrics is not None:
         print(f"run folder: {result.run_dir} (best.safetensors, metrics.json, pictures/)")
     return 0
@@ -76,7 +76,9 @@ def add_demo(subparsers) -> None:
     parser = add_command(subparsers, _run_demo)
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget in minutes (default: 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
-                        help="run folder (default: runs/demo)")
+                        help="run folder (default: runs/demo); an earlier demo there is replaced")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace a run in --out that is not a finished demo (e.g. an interrupted one)")
     add_overrides(parser, help="override a value of the demo config (repeatable)")
 
 
@@ -91,8 +93,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
     with user_errors():
-        report = run_demo(args.minutes, args.out, args.overrides)
-    return 0 if report is not None else 130
+        result = run_demo(args.minutes, args.out, args.overrides, args.overwrite)
+    return _exit_status(result)
 
 
 # ----------------------------------------------------------------------------- evaluate / predict
@@ -251,3 +253,7 @@ def _warn_if_truncated(truncated: int, sequences: int, max_len: int | None) -> N
           f"{limit}, so their masks may lack runs; {remedy}", file=sys.stderr)
 
 
+def _exit_status(result) -> int:
+    """0 for a run that ended, 128 + the signal for one a signal stopped (130 SIGINT, 143 SIGTERM), as shells
+    report."""
+    return 128 + (result.signal or signal.SIGINT) if result.interrupted else 0

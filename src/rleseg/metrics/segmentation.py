@@ -1,6 +1,6 @@
 """SegmentationMeter: semantic segmentation scores aggregated two ways, always both.
 
-* ``per_image`` (the paper's protocol, method.md section 6): each score is computed per image and per
+* ``per_image`` (the paper's protocol, docs/method.md section 6): each score is computed per image and per
   class, then averaged over the images in which the class is present in the prediction or the ground
   truth (images where it is absent from both are skipped for that class).
 * ``pooled`` (MMSegmentation / cityscapesScripts mIoU, mDice): pixel counts (TP, FP, FN) and boundary

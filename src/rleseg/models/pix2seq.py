@@ -42,7 +42,7 @@ class ModelConfig:
     max_seq_len: int = 512  # longest token sequence (body + EOS) trained on or generated; also the positions
     # Start tokens carry geometry: their embedding (tied with their output row) is a fixed sin-cos code of
     # the start's position on the mask grid plus a zero-initialised learned residual. Measured as a large
-    # gain in learning speed (docs learning-notes); False gives plain learned embeddings.
+    # gain in learning speed (docs/method.md section 8); False gives plain learned embeddings.
     start_geometry: bool = True
     # "pointer": the start rows of the (tied) embedding table also carry the image's own features at each
     # start cell (a feature pyramid brought to the mask grid, through a zero-initialised projection), so

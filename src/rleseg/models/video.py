@@ -14,7 +14,7 @@ model), and one frame goes through exactly the image model's computation. With L
   3-D position codes (each cell's 2-D sin-cos code plus the sin-cos code of its frame), and layer L is
   joint self-attention over all of them. The decoder cross-attends to all, memory (B, N*h*w, D).
 - ``"static"``: the image encoder on the reference frame alone, memory (B, h*w, D); the decoder still
-  writes the whole window's sequence (method.md section 4: the paper reports it can match video models).
+  writes the whole window's sequence (docs/method.md section 4: the paper reports it can match video models).
 
 The reference frame is ``reference_frame`` (default 0, as in the paper: the TAC sequence puts frame 0 in
 the least significant digit, and the window's first frame is the one a sliding window has seen least).

@@ -32,6 +32,8 @@ The vocabulary a configuration needs is computed (in exact integers) before anyt
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .grammar import ImageGrammar
@@ -46,8 +48,10 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 
 def _check_tac_base(frames: int, num_classes: int) -> int:
-    classes = int(num_classes) ** int(frames)
-    if classes - 1 > _INT64_MAX:
+    # The logarithm first: num_classes ** frames itself takes seconds to compute for millions of frames.
+    too_many = int(frames) * math.log2(max(int(num_classes), 1)) > 64
+    classes = 0 if too_many else int(num_classes) ** int(frames)
+    if too_many or classes - 1 > _INT64_MAX:
         raise ValueError(
             f"TAC ids of {frames} frames with {num_classes} classes reach {num_classes}**{frames} - 1, "
             f"beyond int64; use fewer frames or temporal='volume'"
@@ -169,6 +173,8 @@ class VideoTokenizer(StoredArguments):
         if self.max_run < 1:
             raise ValueError(f"max_run must be >= 1, got {max_run}")
         self.max_vocab = int(max_vocab)
+        if temporal == "tac":
+            _check_tac_base(self.frames, self.num_classes)
         size = self._vocab_size(temporal=temporal, scheme=scheme, starts=starts)
         if temporal == "tac" and scheme == "binary" and self.num_classes**self.frames != 2:
             raise ValueError(
@@ -178,8 +184,6 @@ class VideoTokenizer(StoredArguments):
             )
         if size > self.max_vocab:
             raise ValueError(self._infeasible_message(size))
-        if temporal == "tac":
-            _check_tac_base(self.frames, self.num_classes)
         # The vocabulary is checked above; the image tokenizer's own ceiling still bounds the mask's cells.
         ceiling = max(self.max_vocab, MAX_VOCAB)
         if temporal == "volume":
@@ -200,11 +204,20 @@ class VideoTokenizer(StoredArguments):
             self.order, self.max_run,
         )
 
+    def _most_frames(self) -> int:
+        """The most frames below ``frames`` whose vocabulary fits ``max_vocab`` (0: none); the vocabulary grows
+        with the frames, so a bisection finds it (TAC ids stop fitting int64 after 64 frames anyway)."""
+        low, high = 0, min(self.frames - 1, 64) if self.temporal == "tac" else self.frames - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if self._vocab_size(frames=middle) <= self.max_vocab else (low, middle - 1)
+        return low
+
     def _infeasible_message(self, size: int) -> str:
         alternatives = []
-        fewer = [n for n in range(self.frames - 1, 0, -1) if self._vocab_size(frames=n) <= self.max_vocab]
+        fewer = self._most_frames()
         if fewer:
-            alternatives.append(f"frames={fewer[0]} (vocab {self._vocab_size(frames=fewer[0]):,})")
+            alternatives.append(f"frames={fewer} (vocab {self._vocab_size(frames=fewer):,})")
         for name, value in (("scheme", "class"), ("starts", "2d"), ("temporal", "volume")):
             if getattr(self, name) != value:
                 changed = self._vocab_size(**{name: value})
