@@ -22,8 +22,9 @@ INTRO = """# Config reference
 Every key of an experiment config (`rleseg train CONFIG`), by section, with its type, default and meaning.
 Generated from the dataclasses by `rleseg config --reference`; do not edit by hand. Any key can be
 overridden on the command line with `--set section.key=value` (values are read as YAML), and
-`rleseg config CONFIG --set ...` prints the resolved config. Unknown keys and ill-typed values are refused
-with a message naming the key.
+`rleseg config CONFIG --set ...` prints the resolved config. Unknown keys, ill-typed values and values out
+of their range are refused with a message naming the key; so are sizes that would take more memory than
+`RLESEG_MEMORY_LIMIT_GB` (default 64).
 """
 
 
