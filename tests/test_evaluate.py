@@ -16,7 +16,7 @@ from rleseg.experiment import config_to_dict, load_config
 from rleseg.inference import Predictor, predict_batch
 from rleseg.metrics import SegmentationMeter
 from rleseg.models import ModelConfig, create_model, save_checkpoint
-from rleseg.tokens import EOS, Tokenizer
+from rleseg.tokens import Tokenizer
 from rleseg.tokens.panoptic import PanopticTokenizer
 
 SIZES = [(64, 64), (100, 150), (40, 70)]  # larger and smaller than the 64 px patch
@@ -105,19 +105,6 @@ def test_unconstrained_sampling_counts_invalid_and_truncated(checkpoint, data, t
     assert gen["invalid_runs"] > 0 and gen["truncated"] > 0 and not gen["constrained"]
     assert gen["invalid_runs"] == sum(int(r["invalid_runs"]) for r in rows)
     assert gen["invalid_runs"] <= gen["generated_runs"]
-
-
-def test_run_counts_by_hand():
-    tok = Tokenizer((2, 3), 3, "lac")
-    good = tok.encode(np.array([[0, 1, 1], [2, 2, 0]]))  # 2 runs, 2 tokens each, then EOS
-    assert tok.count_runs(good) == (2, 2)
-    stray = np.concatenate([good[:2], [good[1]], good[2:]])  # a lac token where a start belongs
-    assert tok.count_runs(stray) == (3, 2)
-    assert tok.count_runs(good[:-2]) == (2, 1)  # cut inside the second run, no EOS
-    pan = PanopticTokenizer((2, 4), 3, thing_classes=[1])
-    tokens = pan.encode(np.array([[1, 1, 0, 2], [1, 0, 1, 2]]), np.array([[5, 5, 0, 0], [5, 0, 7, 0]]))
-    assert pan.count_runs(tokens) == (5, 5)
-    assert pan.count_runs(np.append(tokens[:-2], EOS)) == (5, 3)  # the last group lost its class token
 
 
 def write_maps(folder, maps):
