@@ -142,3 +142,14 @@ def overfit_exactly(model, images, targets, truths, lr: float = 1e-3, every: int
                 break
     assert all(exact), f"after {step} steps (loss {loss.item():.4f}) reproduced: {exact}"
     assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
+
+
+# A training run of seconds on the synthetic data (`--set` overrides of any shipped config).
+TINY = [
+    "model.preset=tiny", "model.dim=64", "model.heads=2", "model.mlp_dim=128", "model.max_seq_len=160",
+    "model.encoder_layers=1", "model.decoder_layers=1",
+    "data.patch.patch_size=64", "data.patch.factor=4", "data.train_options={length: 24}",
+    "data.val_options={length: 4}",
+    "train.batch_size=4", "train.lr=0.002", "train.warmup_steps=2", "train.seed=3",
+    "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=2",
+]

@@ -15,13 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import TINY
 from rleseg import train as train_module
 from rleseg.cli import main
 from rleseg.experiment import load_config
 from rleseg.train import train
 from rleseg.training_state import remove_leftovers
 from rleseg.typed_yaml import to_dict
-from test_train import TINY
 
 # Checkpoints at steps 2 and 4, all kept; deterministic, so that a resumed run can be compared bit for bit.
 STEPS = ["train.steps=4", "output.save_every=2", "output.keep_last=3", "train.deterministic=true"]
@@ -215,6 +215,14 @@ def test_leftovers_of_killed_runs_are_removed_and_nothing_else(run):
     remove_leftovers(run)
     assert not any(path.exists() for path in leftovers)
     assert (run / ".gitignore").exists() and _checkpoints(run) == ["step_0000002", "step_0000004"]
+
+
+def test_a_checkpoint_killed_while_being_replaced_is_restored(run):
+    """A SIGKILL while step N's folder is swapped for its new copy leaves only the old copy, hidden."""
+    newest = run / "checkpoints" / "step_0000004"
+    newest.rename(run / "checkpoints" / ".step_0000004.old-123")
+    remove_leftovers(run)
+    assert _checkpoints(run) == ["step_0000002", "step_0000004"] and (newest / "complete").is_file()
 
 
 # ----------------------------------------------------------------------------- kills and faults

@@ -168,3 +168,16 @@ def test_strict_errors_show_uint64_tokens_unwrapped():
         assert tok.count_runs(tokens) == (1, 0)
     with pytest.raises(ValueError, match=r"tokens must be integers, got float 1\.5 at position 1"):
         Tokenizer((2, 4), 3).decode([2**64, 1.5], errors="ignore")  # ignore is about integers only
+
+
+def test_count_runs_of_a_strictly_decoded_sequence_decodes_nothing_again(monkeypatch):
+    tok = Tokenizer((2, 3), 3, "lac")
+    pan = PanopticTokenizer((2, 4), 3, thing_classes=[1])
+    cases = [(tok, tok.encode(np.array([[0, 1, 1], [2, 2, 0]]))), (pan, pan.encode(SEMANTIC, INSTANCES))]
+    for tokenizer, tokens in cases:
+        lenient = tokenizer.count_runs(tokens)
+        monkeypatch.setattr(type(tokenizer), "decode_runs", lambda *args, **kwargs: pytest.fail("decoded again"))
+        assert tokenizer.count_runs(tokens, errors="strict") == lenient
+        monkeypatch.undo()
+    with pytest.raises(ValueError, match="errors must be"):
+        tok.count_runs([1], errors="replace")

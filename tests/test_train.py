@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY
 from rleseg.cli import main
 from rleseg.data.sampler import epoch_order
 from rleseg.engine import TrainConfig, build_optimizer, learning_rate
@@ -20,14 +21,6 @@ from rleseg.train import fit_schedule, train
 from rleseg.training_state import TrainingState, load_run_checkpoint
 
 # A model and data small enough to train for a few steps in seconds on 2 CPU cores.
-TINY = [
-    "model.preset=tiny", "model.dim=64", "model.heads=2", "model.mlp_dim=128", "model.max_seq_len=160",
-    "model.encoder_layers=1", "model.decoder_layers=1",
-    "data.patch.patch_size=64", "data.patch.factor=4", "data.train_options={length: 24}",
-    "data.val_options={length: 4}",
-    "train.batch_size=4", "train.lr=0.002", "train.warmup_steps=2", "train.seed=3",
-    "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=2",
-]
 
 
 def tiny_config(tmp_path: Path, *extra: str):

@@ -237,6 +237,10 @@ def remove_leftovers(run_dir: Path) -> None:
     of checkpoints being written, replaced or pruned, and of atomically written run files."""
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
+    for old in checkpoints.glob(".step_*.old-*"):  # killed while replacing step_N: the old copy is complete
+        complete = checkpoints / old.name[1:].split(".old-")[0]
+        if not complete.exists():
+            old.rename(complete)
     leftovers = [*checkpoints.glob(".*"), *run_dir.glob(".*.tmp*"), *(run_dir / "pictures").glob(".*.tmp*")]
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -65,6 +65,6 @@ def predict_batch(model, images: torch.Tensor, options: InferenceOptions | None 
         result.tokens.append(row[:end])
         result.logprobs.append(logprobs[:end])
         result.masks.append(tokenizer.decode(row[:end], errors=errors))
-        result.runs[b] = tokenizer.count_runs(row[:end])
+        result.runs[b] = tokenizer.count_runs(row[:end], errors)  # strict: decoded above, not again
     return result
 

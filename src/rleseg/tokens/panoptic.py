@@ -221,12 +221,12 @@ class PanopticTokenizer(StoredArguments):
         in this tokenizer's order). ``errors`` as for :meth:`decode`."""
         return self._parse(tokens, errors).runs
 
-    def count_runs(self, tokens) -> tuple[int, int]:
+    def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps): as
         :meth:`Tokenizer.count_runs`, class tokens left out."""
-        body, _ = read_body(tokens, "ignore")
-        run_tokens = body.size - int(self.vocab["class"].contains(body).sum())
-        return -(-run_tokens // self.tokens_per_run), len(self.decode_runs(tokens, errors="ignore"))
+        body, strict = read_body(tokens, errors)
+        written = -(-(body.size - int(self.vocab["class"].contains(body).sum())) // self.tokens_per_run)
+        return written, written if strict else len(self.decode_runs(tokens, errors="ignore"))
 
     def decode_groups(self, tokens, errors: str = "strict") -> list[PanopticGroup]:
         """Tokens -> the groups in sequence order, each with its class, instance id, token span and runs."""

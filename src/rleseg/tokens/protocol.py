@@ -70,9 +70,10 @@ class MaskTokenizer(Protocol):
         volume or TAC map; a panoptic run's class is its group's."""
         ...
 
-    def count_runs(self, tokens) -> tuple[int, int]:
+    def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps); the difference
-        is what the lenient decoder dropped as malformed."""
+        is what the lenient decoder dropped as malformed. ``errors="strict"``: the caller decoded the
+        sequence strictly, so every run is kept and it is not decoded again."""
         ...
 
     def grammar(self, batch_size: int) -> Grammar:

@@ -202,14 +202,16 @@ class Tokenizer(StoredArguments):
             return runs
         return runs[run_format.in_mask(runs, in_grid)]
 
-    def count_runs(self, tokens) -> tuple[int, int]:
+    def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps).
 
         n tokens before the first EOS stand for ceil(n / tokens_per_run) runs; the difference is what the
-        lenient decoder dropped as malformed.
+        lenient decoder dropped as malformed. ``errors="strict"`` is for a sequence the caller has decoded
+        strictly (a grammar-constrained one): every run is kept, and nothing is decoded again.
         """
-        body, _ = read_body(tokens, "ignore")
-        return -(-body.size // self.tokens_per_run), len(self.decode_runs(tokens, errors="ignore"))
+        body, strict = read_body(tokens, errors)
+        written = -(-body.size // self.tokens_per_run)
+        return written, written if strict else len(self.decode_runs(tokens, errors="ignore"))
 
     def _strict_run_tokens(self, body: np.ndarray) -> np.ndarray:
         k = self.tokens_per_run

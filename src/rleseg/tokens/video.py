@@ -287,9 +287,9 @@ class VideoTokenizer(StoredArguments):
         frame-major; or the TAC map, classes the TAC ids). ``errors`` as for :meth:`Tokenizer.decode`."""
         return self.image.decode_runs(tokens, errors)
 
-    def count_runs(self, tokens) -> tuple[int, int]:
+    def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """As :meth:`Tokenizer.count_runs`: a video sequence is its image tokenizer's."""
-        return self.image.count_runs(tokens)
+        return self.image.count_runs(tokens, errors)
 
     # ----------------------------------------------------------------------------- misc
     def grammar(self, batch_size: int) -> ImageGrammar:
