@@ -17,7 +17,7 @@ from rleseg.cli import main
 from rleseg.data.sampler import epoch_order
 from rleseg.engine import TrainConfig, build_optimizer, learning_rate
 from rleseg.experiment import load_config
-from rleseg.train import fit_schedule, train
+from rleseg.train import out_of_time, train
 from rleseg.training_state import TrainingState, load_run_checkpoint
 
 # A model and data small enough to train for a few steps in seconds on 2 CPU cores.
@@ -84,15 +84,22 @@ def test_trainer_json_keeps_the_keys_of_existing_checkpoints(tmp_path):
     assert state == TrainingState(step=1, epoch=3, position=4, total_steps=5, elapsed=6.5, best=None)
 
 
-def test_a_wall_clock_budget_refits_the_schedule_after_10_20_40_steps():
+def test_out_of_time_only_when_the_budget_is_spent():
     config = TrainConfig(steps=1000, minutes=1.0)  # 60 s
-    # At 1 s per step with 30 s left, steps 10, 20 and 40 of this call refit; the others keep the length.
-    refits = [n for n in range(1, 100) if fit_schedule(100 + n, 1000, 30.0, config, n, float(n)) != 1000]
-    assert refits == [10, 20, 40, 80]
-    assert fit_schedule(110, 1000, 30.0, config, 10, 10.0) == 140
-    assert fit_schedule(110, 500, 0.0, config, 10, 0.01) == 1000  # never past train.steps
-    assert fit_schedule(110, 1000, 60.0, config, 3, 3.0) == 110  # out of time: end at this step
-    assert fit_schedule(110, 1000, 99.0, TrainConfig(steps=1000), 10, 10.0) == 1000  # no budget
+    assert not out_of_time(59.9, config) and out_of_time(60.0, config)
+    assert not out_of_time(1e9, TrainConfig(steps=1000))  # no budget
+
+
+def test_a_time_budget_uses_its_time_and_says_what_ended_the_run(tmp_path, capsys):
+    budget = 6.0  # seconds; the tiny model's steps take a small fraction of one
+    result = train(tiny_config(tmp_path, f"train.minutes={budget / 60}", "train.steps=1000000", "eval.max_samples=1"))
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step_*/trainer.json")).read_text())
+    assert budget <= state["elapsed"] <= 1.05 * budget  # the budget is used, not cut short by an early estimate
+    assert result.step == state["step"] < 1000000
+    out = capsys.readouterr().out
+    assert "or a 0.1-minute budget" in out and f"budget ended the run at step {result.step} of 1000000" in out
+    steps = train(tiny_config(tmp_path / "b", "train.minutes=10", "train.steps=2"))
+    assert steps.step == 2 and "the schedule ended the run at step 2" in capsys.readouterr().out
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

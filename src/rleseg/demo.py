@@ -136,7 +136,7 @@ def _write_report(out: Path, config, result, ceiling: dict, background: dict, co
         "```bash",
         f"rleseg predict {out / 'best.safetensors'} IMAGE.png --out predictions/",
         f"rleseg evaluate {out} --out evaluation/",
-        f"rleseg train --resume {out}   # continue training (set train.steps higher in {out / 'config.yaml'})",
+        f"rleseg train --resume {out}   # continue an interrupted demo",
         "```",
     ]
     path = out / "report.md"

@@ -51,8 +51,6 @@ from .training_state import (
 )
 from .visualize import comparison_panel
 
-CALIBRATION_STEPS = 10  # steps timed before a wall-clock budget first sets the schedule's length
-
 
 @dataclass
 class Distributed:
@@ -156,7 +154,10 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
         if env.main:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         writer = _tensorboard(run_dir, config) if env.main else None
-        first_step, call_started = state.step, time.perf_counter()
+        call_started = time.perf_counter()
+        if env.main:
+            print(f"train: steps {state.step} -> {state.total_steps}" + (f" or a {tc.minutes:g}-minute budget "
+                  f"({state.elapsed / 60:.1f} used), whichever ends first" if tc.minutes else ""))
         started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
         while state.step < state.total_steps:
             budget_used = state.elapsed / (tc.minutes * 60) if tc.minutes else 0.0
@@ -171,9 +172,8 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             seen += tc.batch_size * tc.accumulate * env.world
             now = time.perf_counter()
             state.elapsed = now - started
-            if env.main:
-                state.total_steps = fit_schedule(state.step, state.total_steps, state.elapsed, tc,
-                                                 state.step - first_step, now - call_started)
+            if env.main and out_of_time(state.elapsed, tc):
+                state.total_steps = state.step  # the budget is spent: this step is the last
             state.total_steps, state.elapsed, stop_requested = _agree(
                 state.total_steps, state.elapsed, stop.signal is not None or state.step == stop_at_step, env)
             if env.main:
@@ -202,8 +202,9 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
         if env.main and best != state.best:  # a resumed run must compare against this score
             state.best = best
             save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
-    if env.main and interrupted:
-        print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}")
+    if env.main:
+        print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}" if interrupted
+              else _what_ended(state, tc))
     if writer is not None:
         writer.close()
     if env.world > 1:
@@ -275,24 +276,21 @@ def _batches(dataset: Dataset, collate: Collate, tc: TrainConfig, num_workers: i
         epoch, position = epoch + 1, 0
 
 
-def fit_schedule(step: int, total_steps: int, elapsed: float, tc: TrainConfig, steps_this_call: int,
-                 seconds_this_call: float) -> int:
-    """The schedule's length after ``step`` steps, so that it ends within ``tc.minutes`` at the step time
-    measured over this call (``total_steps`` unchanged between refits and without a budget).
+def _what_ended(state: TrainingState, tc: TrainConfig) -> str:
+    clock = f"{state.elapsed / 60:.1f} min"
+    if tc.minutes is not None and state.elapsed >= tc.minutes * 60:
+        return f"train: the {tc.minutes:g}-minute budget ended the run at step {state.step} of {tc.steps} ({clock})"
+    return f"train: the schedule ended the run at step {state.step} ({clock})"
 
-    Refitted after 10, 20, 40, ... steps of this call: the first steps (start-up, warm caches) are slow,
-    and the machine's speed may drift. A time-budgeted schedule is therefore not bit-reproducible.
+
+def out_of_time(elapsed: float, tc: TrainConfig) -> bool:
+    """Whether a wall-clock budget (``tc.minutes``) is spent after ``elapsed`` seconds of the run.
+
+    A budget schedules by time: the learning rate decays with the share of the budget used
+    (:func:`rleseg.engine.learning_rate`), and the run ends at the first step that ends past the budget, or
+    at ``tc.steps``, whichever comes first. Time-budgeted runs are therefore not bit-reproducible.
     """
-    if tc.minutes is None:
-        return total_steps
-    if elapsed >= tc.minutes * 60:
-        return step  # out of time: end here, whatever the estimate said
-    blocks, rest = divmod(steps_this_call, CALIBRATION_STEPS)
-    if blocks == 0 or rest or blocks & (blocks - 1):
-        return total_steps  # only after CALIBRATION_STEPS * 2**k steps of this call
-    per_step = seconds_this_call / steps_this_call
-    remaining = tc.minutes * 60 - elapsed
-    return max(step, min(tc.steps, step + int(remaining / per_step)))
+    return tc.minutes is not None and elapsed >= tc.minutes * 60
 
 
 def _agree(total_steps: int, elapsed: float, stop: bool, env: Distributed) -> tuple[int, float, bool]:
