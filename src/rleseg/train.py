@@ -278,7 +278,7 @@ def _batches(dataset: Dataset, collate: Collate, tc: TrainConfig, num_workers: i
 
 def _what_ended(state: TrainingState, tc: TrainConfig) -> str:
     clock = f"{state.elapsed / 60:.1f} min"
-    if tc.minutes is not None and state.elapsed >= tc.minutes * 60:
+    if out_of_time(state.elapsed, tc):
         return f"train: the {tc.minutes:g}-minute budget ended the run at step {state.step} of {tc.steps} ({clock})"
     return f"train: the schedule ended the run at step {state.step} ({clock})"
 

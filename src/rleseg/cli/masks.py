@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import read_label_map
-from ..stats import DatasetStats, StatsOptions, folder_stats
+from ..stats import StatsOptions, folder_stats
 from ..stats.panoptic import folder_panoptic_stats
 from ..stats.report import format_panoptic_stats, format_stats, format_video_stats
 from ..stats.video import path_video_stats
@@ -181,20 +181,17 @@ def _run_stats(args: argparse.Namespace) -> int:
                           progress=not args.no_progress)
     if not result.rows:
         raise UserError(f"{args.folder}: nothing to report, {'; '.join(result.notes)}")
-    _emit_stats(result, str(args.folder), args.json, args.out)
+    _emit({"source": str(args.folder), **result.to_dict()}, format_stats(result, str(args.folder)), args)
     return 0
 
 
-def _emit_stats(result: DatasetStats, source: str, as_json: bool, out: Path | None) -> None:
-    data = {"source": source, **result.to_dict()}
-    if out is not None:
-        write_json(out, data)
-    if as_json:
-        print(json.dumps(data, indent=1))
-    else:
-        print(format_stats(result, source))
-        if out is not None:
-            print(f"JSON written to {out}")
+def _emit(data: dict, text: str, args: argparse.Namespace) -> None:
+    """A statistics result: ``data`` as JSON to ``--out`` and, with ``--json``, on screen; ``text`` otherwise."""
+    if args.out is not None:
+        write_json(args.out, data)
+    print(json.dumps(data, indent=1) if args.json else text)
+    if args.out is not None and not args.json:
+        print(f"JSON written to {args.out}")
 
 
 def _run_patch_stats(args: argparse.Namespace) -> int:
@@ -208,14 +205,9 @@ def _run_patch_stats(args: argparse.Namespace) -> int:
         result = patch_lengths(load_config(args.config, args.overrides), args.epochs, not args.no_progress)
     data = {"source": str(args.config), "overrides": args.overrides, **asdict(result),
             "recommendation": result.recommendation()}
-    if args.out is not None:
-        write_json(args.out, data)
-    if args.json:
-        print(json.dumps(data, indent=1))
-    else:
-        print(f"{args.config}: {result.patches} training patches ({result.epochs} epoch(s)), tokens per patch "
-              f"(EOS included): mean {result.mean:.1f}, p50 {result.p50}, p95 {result.p95}, p99 {result.p99}, "
-              f"max {result.max}\n{result.recommendation()}")
+    _emit(data, f"{args.config}: {result.patches} training patches ({result.epochs} epoch(s)), tokens per patch "
+          f"(EOS included): mean {result.mean:.1f}, p50 {result.p50}, p95 {result.p95}, p99 {result.p99}, "
+          f"max {result.max}\n{result.recommendation()}", args)
     return 0
 
 
@@ -232,12 +224,7 @@ def _run_stats_mode(args: argparse.Namespace) -> int:
         result = folder_panoptic_stats(args.folder, options, args.pattern, args.recursive,
                                        progress=not args.no_progress)
         text = format_panoptic_stats(result, str(args.folder))
-    data = {"source": str(args.folder), **result.to_dict()}
-    if args.out is not None:
-        write_json(args.out, data)
-    print(json.dumps(data, indent=1) if args.json else text)
-    if args.out is not None and not args.json:
-        print(f"JSON written to {args.out}")
+    _emit({"source": str(args.folder), **result.to_dict()}, text, args)
     return 0
 
 
