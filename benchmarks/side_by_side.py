@@ -34,11 +34,12 @@ SCORES = ("dice", "iou", "precision", "recall", "boundary_f")
 
 
 def run_one(name: str, label: str, overrides: list[str], minutes: float, out: Path, eval_only: bool,
-            pictures: int) -> dict:
+            pictures: int, steps: int | None = None) -> dict:
     run_dir = out / f"{name}-{label}"
-    # A huge step count makes the wall-clock budget the only limit (the schedule is refitted to it).
-    budget = [f"train.minutes={minutes}", "train.steps=1000000", "eval.every=0", f"output.dir={run_dir}",
-              "output.save_every=1000000"]
+    # A huge step count makes the wall-clock budget the only limit (the schedule is refitted to it);
+    # ``steps`` instead: a step budget, for machines too contended for wall-clock comparisons.
+    limit = [f"train.steps={steps}"] if steps else [f"train.minutes={minutes}", "train.steps=1000000"]
+    budget = [*limit, "eval.every=0", f"output.dir={run_dir}", "output.save_every=1000000"]
     record: dict = {"dataset": name, "run": label, "overrides": overrides, "run_dir": str(run_dir)}
     if not eval_only:
         config = load_config(name, [*overrides, *budget])

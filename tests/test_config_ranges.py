@@ -15,7 +15,7 @@ import pytest
 from rleseg.cli import main
 from rleseg.data import PatchConfig
 from rleseg.engine import EvalConfig, PatchScores, TrainConfig, lookup
-from rleseg.experiment import DataConfig, OutputConfig, load_config, metric_names
+from rleseg.experiment import DataConfig, OutputConfig, build_tokenizer, load_config, metric_names
 from rleseg.models import DenseConfig, ModelConfig, VideoModelConfig
 from rleseg.tokens import PanopticTokenizer, Tokenizer, VideoTokenizer, video_vocab_size
 from rleseg.typed_yaml import ConfigError
@@ -246,3 +246,20 @@ def test_the_command_line_refuses_in_a_subprocess(tmp_path):
         assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
         assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(f"rleseg: error: {message}")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.yaml"]
+
+
+def test_tokenizer_max_vocab_is_a_yaml_key(capsys, tmp_path):
+    # LTAC windows of 9 frames of 3 classes need 314,933 tokens: above the video tokenizer's default limit.
+    path = tmp_path / "video.yaml"
+    text = ("tokenizer: {task: video, frames: 9, temporal: tac, scheme: lac, starts: 2d%s}\n"
+            "data: {dataset: synthetic_video, num_classes: 3, patch: {patch_size: 64, factor: 4}}\n")
+    path.write_text(text % ", max_vocab: 400000")
+    tokenizer = build_tokenizer(load_config(path))
+    assert (tokenizer.vocab.size, tokenizer.max_vocab) == (314_933, 400_000)
+    assert VideoTokenizer.from_dict(tokenizer.to_dict()).max_vocab == 400_000  # stored with the tokenizer
+    path.write_text(text % "")
+    message = refused(capsys, tmp_path, str(path))
+    assert "tokenizer: VideoTokenizer(LTAC, frames=9" in message and "above max_vocab=262,144" in message
+    # Lowered, it guards image tokenizers too; it must be a positive count.
+    assert "above max_vocab=100" in refused(capsys, tmp_path, "synthetic-tiny", "tokenizer.max_vocab=100")
+    assert "tokenizer.max_vocab" in refused(capsys, tmp_path, "synthetic-tiny", "tokenizer.max_vocab=0")

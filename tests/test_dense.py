@@ -207,7 +207,7 @@ def test_engine_validates_the_dense_model_at_full_resolution():
     seen = []
     batches = [{"image": images[:2], "mask": masks[:2]}, {"image": images[2:], "mask": masks[2:]}]
     scores = validate(model, batches, PatchScores("semantic", 3, IGNORE, None), EvalConfig(), torch.device("cpu"),
-                      on_batch=lambda batch, predictions: seen.append(predictions))
+                      on_batch=lambda batch, predictions, tokens: seen.append(predictions))
     assert [p.shape for p in seen] == [(2, 32, 32), (2, 32, 32)]
     metrics = scores.compute()
     assert 0.0 <= metrics["pooled"]["mean"]["dice"] <= 1.0

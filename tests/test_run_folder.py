@@ -190,7 +190,11 @@ def test_no_complete_checkpoint_is_one_error_and_moves_nothing(run):
 
 
 def test_a_checkpoint_of_another_model_is_one_line_naming_it(run):
-    line = _error(rleseg("train", "--resume", run, "--set", "model.mlp_dim=256"))
+    # A config.yaml edited by hand (a --set model.* on resume is refused before the checkpoint is read).
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["mlp_dim"] = 256
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    line = _error(rleseg("train", "--resume", run))
     assert f"{run / 'checkpoints' / 'step_0000004'}: its weights do not fit the model of this config" in line
 
 

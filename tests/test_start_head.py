@@ -60,13 +60,13 @@ def test_pointer_cached_and_uncached_generation_agree(sampling):
         tokenizer.decode(seq, errors="strict")
 
 
-def test_pointer_needs_one_start_token_per_cell_and_an_image_model():
+def test_pointer_needs_one_start_token_per_cell():
     with pytest.raises(ValueError, match="1-D starts"):
         create_model(micro_config(start_head="pointer"), Tokenizer((16, 16), 3, starts="2d"))
     with pytest.raises(ValueError, match="start_head must be one of"):
         create_model(micro_config(start_head="pointers"), Tokenizer((16, 16), 3))
-    with pytest.raises(ValueError, match="image models"):
-        create_model(micro_config(start_head="pointer"), VideoTokenizer(2, (8, 8), 3, temporal="volume"))
+    with pytest.raises(ValueError, match="1-D starts"):  # the video pointer: tests/test_video_pointer.py
+        create_model(micro_config(start_head="pointer"), VideoTokenizer(2, (8, 8), 3, starts="2d"))
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -135,7 +135,7 @@ def test_auto_start_head_points_wherever_there_is_one_start_token_per_cell():
         "video": create_model(micro_config(start_head="auto"),
                               VideoTokenizer(2, (8, 8), 3, temporal="tac")).config.start_head,
     }
-    assert heads == {"1d": "pointer", "2d": "table", "panoptic": "pointer", "video": "table"}
+    assert heads == {"1d": "pointer", "2d": "table", "panoptic": "pointer", "video": "pointer"}
 
 
 def test_pyramid_memory_adds_pooled_cells_to_what_the_decoder_reads():

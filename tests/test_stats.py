@@ -212,11 +212,11 @@ def test_read_label_map_refuses_bad_files(tmp_path):
     Image.fromarray(colour).save(tmp_path / "rgb.png")
     (tmp_path / "text.png").write_text("not an image")
     tifffile.imwrite(tmp_path / "half.tif", np.full((4, 4), 0.5, np.float32))
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 4, 4), np.uint8))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 4, 4), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "negative.tif", np.full((4, 4), -1, np.int16))
     (tmp_path / "mask.jpg").write_bytes(b"")
     for name, message in [("rgb.png", "colour image"), ("text.png", "cannot read"), ("half.tif", "non-integer"),
-                          ("stack.tif", "2-D"), ("negative.tif", "negative"), ("mask.jpg", "unsupported"),
+                          ("stack.tif", "stack of 3 frames"), ("negative.tif", "negative"), ("mask.jpg", "unsupported"),
                           ("missing.png", "no such file")]:
         with pytest.raises(MaskError, match=message) as error:
             read_label_map(tmp_path / name)

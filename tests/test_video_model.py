@@ -164,7 +164,7 @@ def test_image_weights_load_into_video_models(fusion, tokenizer):
     cross-attention. A static model with an image model's weights is that image model on frame 0."""
     torch.manual_seed(0)
     image = Pix2Seq(video_config(start_head="table"), tokenizer)  # the plain image model, fed the video tokens
-    video = create_model(video_config(), tokenizer, fusion=fusion)
+    video = create_model(video_config(start_head="table"), tokenizer, fusion=fusion)
     result = video.load_state_dict(image.state_dict(), strict=False)
     assert not result.unexpected_keys
     assert all(".cross_attn." in k or ".ln_query." in k or ".ln_context." in k for k in result.missing_keys)

@@ -87,7 +87,10 @@ def reference_markdown() -> str:
               "`model.preset` picks a preset (" + ", ".join(f"`{name}`" for name in PRESETS) + "; default `tiny`) "
               "and `model.architecture` the model: `token` (default: the Pix2Seq token model, or its video "
               "variant when `tokenizer.task` is `video`) or `dense` (the per-pixel baseline). The other keys "
-              "override the preset's fields. `model.image_size` is always the patch size (`data.patch.patch_size`).",
+              "override the preset's fields. `model.image_size` is always the patch size (`data.patch.patch_size`). "
+              "`model.init_from` (a checkpoint file, or a run folder: its `best.safetensors`) starts a new run "
+              "from those weights, with a fresh optimizer and schedule; the tokenizer must be the same and the "
+              "weights of the same shapes.",
               "", "### token model (`architecture: token`)", ""]
     lines += _table("model.", ModelConfig, skip=("tokenizer",))
     own = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -102,6 +105,7 @@ def reference_markdown() -> str:
     for name, cls in sections:
         lines += [f"## {name}", "", *_table(f"{name}.", cls)]
     lines += ["### data.patch", "", *_table("data.patch.", type(DataConfig().patch))]
+    lines += ["### data.normalize", "", *_table("data.normalize.", type(DataConfig().normalize))]
     for name, cls in (("train", type(ExperimentConfig().train)), ("eval", type(ExperimentConfig().eval)),
                       ("output", OutputConfig)):
         lines += [f"## {name}", "", *_table(f"{name}.", cls)]

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import InferenceOptions, predict_batch
+from .inference import InferenceOptions, autocast, predict_batch
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
+from .progress import progress
 from .tokens import upsample_mask
 from .typed_yaml import check_range
 
@@ -39,7 +40,9 @@ class TrainConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.05  # the schedule decays to lr times this
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast where the device supports it
+    # fp32, or autocast to bf16 or fp16 (GPUs without bf16); fp16 scales the loss (torch.amp.GradScaler) so small
+    # gradients do not underflow
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False  # torch.compile the loss computation
     seed: int = 0
     deterministic: bool = False  # deterministic kernels, for bit-exact resume tests
@@ -63,7 +66,8 @@ class EvalConfig:
     constrained: bool = True
     eos_by_mass: bool = False  # see Pix2Seq.generate
     boundary_tolerance: int = 2
-    best_metric: str = "pooled.mean_without_background.dice"  # a dotted path into the metrics
+    # A dotted path into the scores: metrics.json's "semantic" section (e.g. pooled.mean.iou) or panoptic.*
+    best_metric: str = "pooled.mean_without_background.dice"
 
     def __post_init__(self) -> None:
         check_range(self, 0, None, "every", "temperature", "boundary_tolerance")
@@ -122,14 +126,14 @@ class LossOf(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(images, targets)
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(images, targets, *extra)
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def grad_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler ``train_step`` needs under fp16 autocast (it keeps its scale from step to step); None
+    otherwise."""
+    return torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
 
 
 def train_step(
@@ -139,10 +143,16 @@ def train_step(
     config: TrainConfig,
     device: torch.device,
     target_key: str = "tokens",
+    extra_targets: tuple[str, ...] = (),
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over ``micro_batches`` (gradient accumulation). Returns (mean loss, grad norm).
 
-    The loss target is ``batch[target_key]``: token sequences for token models, masks for dense ones.
+    The loss target is ``batch[target_key]``: token sequences for token models, masks for dense ones;
+    the entries named by ``extra_targets`` follow it (a token model's ``extra_targets``: the masks its
+    refiner learns from). ``scaler`` (:func:`grad_scaler`, fp16): the loss is scaled before the backward
+    pass and the gradients unscaled before clipping; a step whose gradients overflowed is skipped and the
+    scale lowered.
 
     Raises FloatingPointError on a non-finite loss, before the weights are touched.
     """
@@ -152,15 +162,23 @@ def train_step(
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(loss_of, "no_sync") else loss_of.no_sync()
         with sync, autocast(device, config.precision):
-            loss = loss_of(batch["image"].to(device), batch[target_key].to(device))
+            targets = [batch[key].to(device) for key in (target_key, *extra_targets)]
+            loss = loss_of(batch["image"].to(device), *targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or check the data")
-        (loss / len(micro_batches)).backward()
+        share = loss / len(micro_batches)
+        (share if scaler is None else scaler.scale(share)).backward()
         total += loss.item()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
+    if scaler is None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+    else:
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        scaler.step(optimizer)  # skipped when the unscaled gradients hold inf or NaN
+        scaler.update()
     return total / len(micro_batches), float(norm)
 
 
@@ -206,22 +224,27 @@ class PatchScores:
 
 @torch.no_grad()
 def validate(model: nn.Module, batches: Iterable[dict], scores: PatchScores, config: EvalConfig,
-             device: torch.device, on_batch: Callable[[dict, np.ndarray], None] | None = None) -> PatchScores:
+             device: torch.device, on_batch: Callable[..., None] | None = None, show_progress: bool = False
+             ) -> PatchScores:
     """Predict the patches of ``batches`` (:func:`rleseg.inference.predict_batch`) and score them at full
     patch resolution.
 
     Decoded masks (the tokenizer's subsampled grid) are upsampled (nearest) to the patch size, so the
-    subsampling loss counts, as in the paper. ``on_batch(batch, full_res_predictions)`` is called after
-    each batch (pictures, counters). Returns ``scores`` un-reduced: under DDP call ``all_reduce`` before
-    ``compute``.
+    subsampling loss counts, as in the paper. ``on_batch(batch, full_res_predictions, generated_tokens)``
+    is called after each batch (pictures, counters; dense models generate no tokens).
+    ``show_progress``: a progress display on stderr, counting patches (:func:`rleseg.progress.progress`).
+    Returns ``scores`` un-reduced: under DDP call ``all_reduce`` before ``compute``.
     """
     options = InferenceOptions(temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
                                eos_by_mass=config.eos_by_mass)
-    for batch in batches:
-        predicted = predict_batch(model, batch["image"].to(device), options)
-        full = scores.update(predicted.masks, batch)
-        if on_batch is not None:
-            on_batch(batch, full)
+    total = len(batches.dataset) if hasattr(batches, "dataset") else None
+    with progress(desc="validate", unit="patch", total=total, enabled=show_progress, leave=False) as bar:
+        for batch in batches:
+            predicted = predict_batch(model, batch["image"].to(device), options)
+            full = scores.update(predicted.masks, batch)
+            if on_batch is not None:
+                on_batch(batch, full, predicted.tokens)
+            bar.update(len(full))
     return scores
 
 

@@ -4,13 +4,16 @@ Both write one folder (atomically: built under a temporary name beside it, renam
 error or an interruption leaves nothing behind; a folder that is or holds an input, the checkpoint or
 its data is refused; the files are :mod:`rleseg.report`'s):
 
-    metrics.json    SegmentationMeter.compute() (both aggregations, per class), class names, panoptic
+    metrics.json    :func:`rleseg.report.metrics_document`, the layout training's validation writes too:
+                    SegmentationMeter.compute() (both aggregations, per class), class names, panoptic
                     PQ / SQ / RQ for panoptic models, generation counts (invalid runs, truncated sequences)
     metrics.md      the same as markdown tables
     per_image.csv   one row per image: size, pixel accuracy, Dice / IoU per class, generation counts
     confusion.png   the confusion matrix, rows normalised (ground truth -> predicted)
     pictures/       image | ground truth | prediction panels of the first images (model evaluation)
     tokens_<name>.png  the first patch of the first image as runs: ground-truth and generated tokens
+    panoptic/, panoptic.json  panoptic models: the predictions in COCO panoptic format (:mod:`rleseg.coco`):
+                    ``panoptic/<index>_<name>.png``, the image's ``file_name`` its name in the dataset
 
 Video checkpoints (tokenizer task "video") are scored per whole sequence: every sequence of the data
 (the config's video dataset, or ``--images DIR --masks DIR`` laid out as ``VideoFolderDataset`` expects:
@@ -33,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_folder, check_output_folder
+from .coco import CocoOutput
 from .imageio import read_label_map
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
 from .progress import progress as progress_bar
-from .report import safe_name, save_comparison, table_row, write_report
+from .report import metrics_document, safe_name, save_comparison, table_row, write_report
 from .stats import find_masks
 from .visualize import tokens_picture
 
@@ -77,11 +81,12 @@ class ImageScores:
             self.panoptic.merge(image)
         self.rows.append(table_row({"name": name, "height": gt.shape[0], "width": gt.shape[1]}, scores, 0, extra))
 
-    def results(self) -> dict[str, Any]:
-        out = {"class_names": self.class_names, "num_images": len(self.rows), "semantic": self.semantic.compute()}
+    def results(self, task: str, what: str, num_patches: int | None = None, **extra: Any) -> dict[str, Any]:
+        """metrics.json (:func:`rleseg.report.metrics_document`); ``extra``: source, generation, settings."""
+        scores = self.semantic.compute()
         if self.panoptic is not None and any("pq" in row for row in self.rows):
-            out["panoptic"] = self.panoptic.compute()
-        return out
+            scores["panoptic"] = self.panoptic.compute()
+        return metrics_document(task, what, self.class_names, len(self.rows), scores, num_patches, **extra)
 
 
 # ----------------------------------------------------------------------------- prediction folders
@@ -99,7 +104,7 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int, ou
                 raise ValueError(f"{pred_path}: prediction is {pred.shape[0]}x{pred.shape[1]}, {gt_path} is "
                                  f"{gt.shape[0]}x{gt.shape[1]}; expected equal sizes")
             scores.add(stem, pred, gt)
-        results = {"source": {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir)}, **scores.results()}
+        results = scores.results("semantic", "label maps", source={"pred_dir": str(pred_dir), "gt_dir": str(gt_dir)})
         write_report(tmp, results, scores.rows)
     return results
 
@@ -139,10 +144,11 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
     the first sequence, ``window_stride`` in frames).
     """
     from .inference import InferenceOptions, Predictor, resolve_checkpoint, resolve_device
-    from .models import load_checkpoint
+    from .models import checkpoint_classes, load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     model = load_checkpoint(path, resolve_device(device))
+    stored_names, colours = checkpoint_classes(path)
     tokenizer = model.tokenizer
     if num_classes is not None and num_classes != tokenizer.num_classes:
         raise ValueError(f"--num-classes {num_classes} does not match the checkpoint's {tokenizer.num_classes} "
@@ -151,8 +157,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
         raise ValueError("--window-stride is for video checkpoints; this one is an image model")
     options = dict(options or {})
     dataset, names, ignore, source = _dataset(path, model, config, overrides, split, images, masks, mask_suffix,
-                                              class_names, ignore_index, options)
-    predictor = Predictor(model, InferenceOptions(**options))
+                                              class_names or stored_names, ignore_index, options)
+    predictor = Predictor(model, InferenceOptions(**options), class_names=names, class_colours=colours)
     data = [source[key] for key in ("images", "masks", "root") if source.get(key) is not None]
     check_output_folder(out, [path, *[source[key] for key in ("config",) if key in source]], trees=data)
     source = {"checkpoint": str(path), **source}
@@ -163,7 +169,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
         else:
             results, rows = _evaluate_images(predictor, dataset, tmp, names, ignore, limit, pictures, tolerance,
                                              progress)
-        results = {"source": source, **results}
+        results = {**results, "source": source}
         write_report(tmp, results, rows, "per_frame.csv" if tokenizer.task == "video" else "per_image.csv")
     return results
 
@@ -176,6 +182,7 @@ def _evaluate_images(predictor, dataset, folder: Path, names: list[str], ignore:
     scores = ImageScores(names, ignore, tolerance, things)
     count = dataset.num_images() if limit is None else min(limit, dataset.num_images())
     totals = Counter()
+    panoptic = CocoOutput(folder, names, False, things[0]) if predictor.panoptic else None
 
     def samples():
         for index in range(count):
@@ -191,11 +198,16 @@ def _evaluate_images(predictor, dataset, folder: Path, names: list[str], ignore:
         scores.add(name, pred.labels, np.asarray(data["mask"]), pred.instances, data.get("instances"), **pred.counts)
         if index < pictures:
             save_comparison(folder, f"{index:04d}_{safe_name(name)}", data["image"], data["mask"], pred.labels, names,
-                            name)
+                            name, predictor.class_colours)
         if index == 0:
             _first_tokens_picture(folder, name, data, pred, predictor, ignore)
-    results = {**scores.results(), "generation": {**totals, "constrained": predictor.options.constrained},
-               "settings": _settings(predictor, ignore, tolerance)}
+        if panoptic is not None:
+            panoptic.add(f"{index:06d}_{safe_name(name)}", name, pred.labels, pred.instances, pred.scores)
+    if panoptic is not None:
+        panoptic.write()
+    results = scores.results(tokenizer.task, _what(predictor), totals["patches"],
+                             generation={**totals, "constrained": predictor.options.constrained},
+                             settings=_settings(predictor, ignore, tolerance))
     return results, scores.rows
 
 
@@ -223,13 +235,17 @@ def _evaluate_videos(predictor, dataset, folder: Path, names: list[str], ignore:
         if seq == 0:
             for frame in range(min(pictures, len(gt))):
                 save_comparison(folder, f"{safe_name(name)}_frame_{frame:04d}", data["image"][frame], gt[frame],
-                                pred.labels[frame], names, f"{name} frame {frame}")
+                                pred.labels[frame], names, f"{name} frame {frame}", predictor.class_colours)
     computed = meter.compute()
-    results = {"class_names": names, "num_images": computed["num_images"], "num_videos": computed["num_videos"],
-               "semantic": {k: v for k, v in computed.items() if k not in ("num_videos", "temporal")},
-               "temporal": computed["temporal"], "generation": {**totals, "constrained": predictor.options.constrained},
-               "settings": _settings(predictor, ignore, tolerance, frames=frames, window_stride=stride)}
+    results = metrics_document("video", _what(predictor), names, computed["num_images"], computed, totals["patches"],
+                               generation={**totals, "constrained": predictor.options.constrained},
+                               settings=_settings(predictor, ignore, tolerance, frames=frames, window_stride=stride))
     return results, rows
+
+
+def _what(predictor) -> str:
+    """metrics.json "what": full images from stitched patches, or whole images scaled to the model input."""
+    return "stitched images" if predictor.options.mode == "patches" else "whole images"
 
 
 def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int) -> dict[str, Any]:
@@ -246,6 +262,7 @@ def _dataset(path: Path, model, config, overrides, split, images, masks, mask_su
     """(dataset, class names, ignore_index, source description); fills scale/stride defaults in ``options``."""
     from .data import FolderDataset, PatchConfig, VideoFolderDataset
     from .experiment import build_datasets, load_config
+    from .inference import stored_normalization
 
     tokenizer = model.tokenizer
     if images is not None or masks is not None:
@@ -255,11 +272,13 @@ def _dataset(path: Path, model, config, overrides, split, images, masks, mask_su
         size = model.config.image_size
         patch = PatchConfig(patch_size=size, factor=size // tokenizer.mask_size[0])
         folders = {"images": str(images), "masks": str(masks)}
+        normalization = stored_normalization(path)  # what training used; the run config's data.normalize too
         if tokenizer.task == "video":
-            dataset = VideoFolderDataset(".", tokenizer, tokenizer.frames, patch=patch, ignore_index=ignore, **folders)
+            dataset = VideoFolderDataset(".", tokenizer, tokenizer.frames, patch=patch, ignore_index=ignore,
+                                         normalization=normalization, **folders)
         else:
             dataset = FolderDataset(".", tokenizer, patch=patch, mask_suffix=mask_suffix, ignore_index=ignore,
-                                    **folders)
+                                    normalization=normalization, **folders)
         return dataset, class_names_for(tokenizer.num_classes, class_names), ignore, folders
     config = Path(config) if config is not None else path.parent / "config.yaml"
     if not config.is_file():

@@ -2,7 +2,8 @@
 
 Only the functions here read the whole config; everything they build takes plain arguments. A YAML file
 has the sections of :class:`ExperimentConfig`; ``model`` may name a ``preset`` ("tiny", "small",
-"paper") and override any of its fields.
+"paper") and override any of its fields, and ``init_from`` a checkpoint or run folder whose weights the
+new run starts from (:func:`init_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 
 from .data.patches import PatchConfig
 from .engine import EvalConfig, PatchScores, TrainConfig
+from .imageio import Normalization
 from .limits import check_memory
 from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
 from .typed_yaml import ConfigError, apply_overrides, check_range, from_dict, load_yaml, to_dict
@@ -29,9 +31,12 @@ class TokenizerConfig:
     thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances
     frames: int = 1  # video: frames per window
     temporal: Literal["volume", "tac"] = "tac"  # video: one volume, or time-as-class ids
+    # Refuse vocabularies (and masks of more cells) above this; None: the tokenizer's own limit, 262,144 for
+    # video (stored with it), 2**28 for image and panoptic tokenizers (reloaded under that limit).
+    max_vocab: int | None = None
 
     def __post_init__(self) -> None:
-        check_range(self, 1, None, "max_run", "frames")
+        check_range(self, 1, None, "max_run", "frames", "max_vocab")
 
 
 @dataclass
@@ -49,6 +54,8 @@ class DataConfig:
     train_options: dict = field(default_factory=dict)
     val_options: dict = field(default_factory=dict)
     num_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
+    # How image values become [0, 1] (folder and video_folder data); checkpoints store it for predict/evaluate
+    normalize: Normalization = field(default_factory=Normalization)
 
     def __post_init__(self) -> None:
         check_range(self, 2, None, "num_classes")
@@ -73,7 +80,8 @@ class OutputConfig:
 
 @dataclass
 class ExperimentConfig:
-    # A preset, an architecture ("token" or "dense") and overrides of that model's config fields.
+    # A preset, an architecture ("token" or "dense") and overrides of that model's config fields; init_from: a
+    # checkpoint or run folder (its best.safetensors) whose weights a new run starts from (same tokenizer).
     model: dict = field(default_factory=lambda: {"preset": "tiny"})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -115,6 +123,7 @@ def validate_config(config: ExperimentConfig) -> None:
     memory of the parts that grow with the sizes, and ``eval.best_metric`` against the metrics the
     validation reports. :func:`load_config` calls it; call it on a config built in Python."""
     model_config = build_model_config(config)
+    init_checkpoint(config)
     classes = config.data.num_classes
     # First: the class names and a panoptic tokenizer's list of stuff classes take time in the classes too.
     _within_limit([(f"the validation's confusion matrix (data.num_classes {classes:,} squared)", 8 * classes**2)])
@@ -185,12 +194,14 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 def build_tokenizer(config: ExperimentConfig):
     """The image, panoptic or video tokenizer of ``tokenizer.task``, for the patch's mask size."""
     mask_size, num_classes, t = config.data.patch.mask_size, config.data.num_classes, config.tokenizer
+    limit = {} if t.max_vocab is None else {"max_vocab": t.max_vocab}
     try:
         if t.task == "panoptic":
-            return PanopticTokenizer(mask_size, num_classes, t.thing_classes, t.starts, t.order, t.max_run)
+            return PanopticTokenizer(mask_size, num_classes, t.thing_classes, t.starts, t.order, t.max_run, **limit)
         if t.task == "video":
-            return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run)
-        return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run)
+            return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run,
+                                  **limit)
+        return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run, **limit)
     except ValueError as error:
         raise ConfigError(f"tokenizer: {error}") from None
 
@@ -215,6 +226,7 @@ def build_model_config(config: ExperimentConfig):
     from .models.factory import dense_fields
 
     section = dict(config.model)
+    section.pop("init_from", None)  # not a field of the model: where its first weights come from
     preset = section.pop("preset", "tiny")
     architecture = section.pop("architecture", "token")
     if preset not in PRESETS:
@@ -231,6 +243,23 @@ def build_model_config(config: ExperimentConfig):
     return dataclasses.replace(model_config, image_size=config.data.patch.patch_size)
 
 
+def init_checkpoint(config: ExperimentConfig) -> Path | None:
+    """The checkpoint file that ``model.init_from`` names (a run folder gives its best.safetensors), or None.
+
+    ConfigError naming the key when it is not a string or names no checkpoint."""
+    from .inference import resolve_checkpoint
+
+    source = config.model.get("init_from")
+    if source is None:
+        return None
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"model.init_from must be the path of a checkpoint or run folder, got {source!r}")
+    try:
+        return resolve_checkpoint(source)
+    except ValueError as error:
+        raise ConfigError(f"model.init_from: {error}") from None
+
+
 def build_model(config: ExperimentConfig, tokenizer: Tokenizer):
     """The model of the ``model`` section (:func:`build_model_config`) for ``tokenizer``."""
     from .models import create_model
@@ -245,7 +274,7 @@ def build_datasets(config: ExperimentConfig, tokenizer: Tokenizer):
     data, seed = config.data, config.train.seed
     val_patch = dataclasses.replace(PatchConfig(), patch_size=data.patch.patch_size, factor=data.patch.factor,
                                     downsample=data.patch.downsample, scale=data.patch.scale)
-    common = {"root": data.root, **data.options}
+    common = {"root": data.root, "normalization": data.normalize, **data.options}
     try:
         # Validation draws from another seed: generated datasets would otherwise repeat the training scenes.
         train = build_dataset(

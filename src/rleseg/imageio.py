@@ -1,13 +1,24 @@
 """Reading images and label maps from files, with errors that name the file (numpy, Pillow and tifffile; no
 torch, so the tokenizer's commands and the statistics use it too).
 
-Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 in [0, 1]. 8-bit images
-are divided by 255; deeper ones (16-bit microscopy, float) are stretched from their 1st to 99.8th
-percentile, because their useful range is a small part of the dtype's. Grey images are repeated
+Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 in [0, 1]. Values become
+[0, 1] by a :class:`Normalization` (a config's ``data.normalize``, stored in checkpoints); the default
+("auto") divides 8-bit images by 255 and stretches deeper ones (16-bit microscopy, float) from their 1st
+to 99.8th percentile, because their useful range is a small part of the dtype's. Grey images are repeated
 into three channels, alpha is dropped.
 
+TIFF stacks: a TIFF's first series is read by its axes (tifffile's: T time, Z depth, C channel, Q/I pages,
+Y, X, S samples). Y x X is the image; an S axis of 3 or 4 samples is colour (RGB, RGBA); every other axis
+(T, Z, C, Q, ...) makes frames, flattened in order, so a (T, Z, Y, X) stack gives T x Z frames and a
+3-page grey stack 3 grey frames, never one RGB image. :func:`read_frames` and :func:`read_label_frames`
+read any file as frames ((N, H, W, 3) images, (N, H, W) label maps; a single image is one frame); a stack
+is normalised as one (one percentile range for all its frames), so frames of one recording keep their
+relative brightness. :func:`read_image`, :func:`read_label_map` and :func:`image_shape` take single
+images and refuse a stack of several frames with one line that says to read it as frames: taking its
+first page, or all of it as one image, would silently drop or mix data.
+
 Label maps: index PNGs (8/16-bit grey), palette PNGs (the palette indices are the labels), TIFF label
-maps (2-D integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
+maps (integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
 class colours (``rleseg.data.classes``).
 
 Size limit: every reader refuses a file whose header declares more than :func:`max_pixels` pixels
@@ -25,10 +36,14 @@ from __future__ import annotations
 import math
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args, get_type_hints
 
 import numpy as np
 from PIL import Image
+
+from .typed_yaml import check_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -45,6 +60,28 @@ _PILLOW_LIMIT = threading.Lock()
 
 class MaskError(ValueError):
     """A user's image or mask file that cannot be used as one; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How stored image values become the [0, 1] floats a model reads."""
+
+    # auto: 8-bit images / 255, deeper ones (16-bit, float) stretched from the low to the high percentile;
+    # percentile: every image stretched so (8-bit too); minmax: from its minimum to its maximum; range: divided
+    # by the largest value of its type (255, 65535, ...; float images clipped to [0, 1]); none: values as stored
+    # (for float images already in [0, 1]). A TIFF stack is normalised as one. Checkpoints store it, so
+    # predict and evaluate normalise as training did.
+    mode: Literal["auto", "percentile", "minmax", "range", "none"] = "auto"
+    low: float = 1.0  # percentile (0-100) that becomes 0, in modes auto (deeper images) and percentile
+    high: float = 99.8  # percentile (0-100) that becomes 1; above low
+
+    def __post_init__(self) -> None:
+        modes = get_args(get_type_hints(Normalization)["mode"])
+        if self.mode not in modes:
+            raise ValueError(f"mode must be one of {', '.join(modes)}, got {self.mode!r}")
+        check_range(self, 0, 100, "low", "high")
+        if self.low >= self.high:
+            raise ValueError(f"high must be above low, got low {self.low} and high {self.high}")
 
 
 def _fail(path: Path, what: str, error: Exception | None = None) -> MaskError:
@@ -77,40 +114,85 @@ def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
                     f"{PIXELS_VARIABLE} to read larger images")
 
 
-def _tiff_pixels(path: Path, shape: tuple[int, ...], axes: str) -> None:
-    _check_pixels(path, tuple(n for n, axis in zip(shape, axes, strict=True) if axis != "S"))
+# ----------------------------------------------------------------------------- TIFF axes
+def _colour_axis(shape: tuple[int, ...], axes: str) -> int | None:
+    """The S axis of 3 or 4 samples (colour, anywhere: planar RGB is SYX), or None."""
+    return next((i for i, (n, axis) in enumerate(zip(shape, axes, strict=True)) if axis == "S" and n in (3, 4)), None)
 
 
-def image_shape(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header only; MaskError if the file cannot be opened as an image or declares
-    more pixels than :func:`max_pixels`."""
-    path = Path(path)
+def _axis_order(shape: tuple[int, ...], axes: str) -> tuple[list[int], list[int], int | None]:
+    """(frame axes, [Y, X], colour axis or None) of a TIFF series: Y and X by name (else the last two other
+    axes), colour by :func:`_colour_axis`, every other axis a frame axis."""
+    colour = _colour_axis(shape, axes)
+    others = [i for i in range(len(shape)) if i != colour]
+    spatial = [axes.index("Y"), axes.index("X")] if "Y" in axes and "X" in axes else others[-2:]
+    return [i for i in others if i not in spatial], spatial, colour
+
+
+def _tiff_header(path: Path, series) -> tuple[int, tuple[int, int]]:
+    """(frames, (H, W)) of a TIFF series (tifffile's), its pixels checked against the limit."""
+    shape, axes = tuple(int(n) for n in series.shape), series.axes
+    colour = _colour_axis(shape, axes)
+    _check_pixels(path, tuple(n for i, n in enumerate(shape) if i != colour))
+    if len(shape) < 2 or 0 in shape:
+        raise _fail(path, f"has shape {shape}; expected at least one plane of Y x X pixels")
+    frame_axes, (y, x), _ = _axis_order(shape, axes)
+    return math.prod(shape[i] for i in frame_axes), (shape[y], shape[x])
+
+
+def _as_frames(array: np.ndarray, axes: str) -> np.ndarray:
+    """A TIFF series array -> (N, H, W) or (N, H, W, S) with S the colour samples."""
+    frame_axes, spatial, colour = _axis_order(array.shape, axes)
+    order = frame_axes + spatial + ([] if colour is None else [colour])
+    array = np.transpose(array, order)
+    return array.reshape((-1, *array.shape[len(frame_axes):]))
+
+
+def _header(path: Path) -> tuple[int, tuple[int, int], str | None]:
+    """(frames, (H, W), TIFF axes or None) from the file header only, its pixels checked."""
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                _tiff_pixels(path, page.shape, page.axes)
-                shape = page.shape
-            return _spatial(shape, path)
+                series = tif.series[0]
+                return (*_tiff_header(path, series), series.axes)
         with _open(path, "cannot read the image header; expected a readable image file") as img:
-            return (img.height, img.width)
+            return 1, (img.height, img.width), None
     except MaskError:
         raise
     except Exception as error:  # the readers raise many types for a bad header
         raise _fail(path, "cannot read the image header; expected a readable image file", error) from error
 
 
-def _spatial(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
-    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)):
-        return (int(shape[0]), int(shape[1]))
-    if len(shape) == 3 and shape[0] in (1, 3, 4):
-        return (int(shape[1]), int(shape[2]))
-    raise _fail(path, f"has shape {tuple(shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+def frames_shape(path: str | Path) -> tuple[int, int, int]:
+    """(frames, H, W) from the file header only: a TIFF stack's frames (see the module doc), 1 for any other
+    image; MaskError if the file cannot be opened as an image or declares more pixels than :func:`max_pixels`."""
+    frames, shape, _ = _header(Path(path))
+    return (frames, *shape)
 
 
-def _load(path: Path, mask: bool = False) -> np.ndarray:
+def _single(path: Path, frames: int, axes: str | None, reader: str) -> None:
+    """MaskError for a stack of several frames where one image was asked for."""
+    if frames > 1:
+        raise _fail(path, f"is a stack of {frames} frames (TIFF axes {axes}), not a single image; read it as frames "
+                    f"({reader}; rleseg predict and the folder datasets take stacks frame by frame, video datasets "
+                    "as sequences)")
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header only; MaskError if the file cannot be opened as an image, is a stack of
+    several frames (:func:`frames_shape` gives those) or declares more pixels than :func:`max_pixels`."""
+    path = Path(path)
+    frames, shape, axes = _header(path)
+    _single(path, frames, axes, "rleseg.imageio.frames_shape")
+    return shape
+
+
+# ----------------------------------------------------------------------------- reading
+def _load(path: Path, mask: bool = False) -> tuple[np.ndarray, str | None]:
+    """(pixels, TIFF axes) of a file: a TIFF's first series as stored with its axes, any other image as
+    Pillow gives it (axes None)."""
     if path.is_dir():
         raise _fail(path, "is a directory, expected a mask image file" if mask else "is a directory, expected an image")
     if not path.is_file():
@@ -125,27 +207,34 @@ def _load(path: Path, mask: bool = False) -> np.ndarray:
                             "in a lossless format (JPEG compression changes label values)")
             img.load()
             if img.mode == "P":
-                return np.array(img)  # palette indices; the caller decides what they mean
+                return np.array(img), None  # palette indices; the caller decides what they mean
             if img.mode in ("RGBA", "LA", "CMYK", "YCbCr"):
                 img = img.convert("RGB")
-            return np.array(img)
+            return np.array(img), None
     except MaskError:
         raise
     except Exception as error:  # truncated or corrupt files raise OSError, struct.error, ...
         raise _fail(path, "cannot read the file; it may be truncated or not an image", error) from error
 
 
-def _load_tiff(path: Path, mask: bool) -> np.ndarray:
-    """The first series of a TIFF file (what ``tifffile.imread`` reads), its size checked first."""
+def _load_tiff(path: Path, mask: bool) -> tuple[np.ndarray, str]:
+    """The first series of a TIFF file (what ``tifffile.imread`` reads) and its axes, its size checked first."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        _tiff_pixels(path, series.shape, series.axes)
+        _tiff_header(path, series)
         if mask and tif.pages[0].compression in (tifffile.COMPRESSION.JPEG, tifffile.COMPRESSION.OJPEG):
             raise _fail(path, "is a JPEG-compressed TIFF; save label maps losslessly (JPEG compression changes "
                         "label values)")
-        return np.asarray(tif.asarray())
+        return np.asarray(series.asarray()), series.axes
+
+
+def _load_frames(path: Path) -> tuple[np.ndarray, str | None]:
+    """((N, H, W[, C]) pixels, TIFF axes or None) of any image file: a TIFF by its axes, any other file one
+    frame."""
+    array, axes = _load(path)
+    return (array[None] if axes is None else _as_frames(array, axes)), axes
 
 
 def _open(path: Path, unreadable: str = "cannot read image; expected a readable image file") -> Image.Image:
@@ -168,35 +257,94 @@ def _open(path: Path, unreadable: str = "cannot read image; expected a readable 
     return img
 
 
-def to_unit_float(array: np.ndarray) -> np.ndarray:
-    """Any image array -> float32 in [0, 1] (see the module doc for the scaling rule)."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
+def to_unit_float(array: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
+    """An image (or a stack, normalised as one) -> float32 in [0, 1] by ``normalization`` (default "auto",
+    see :class:`Normalization`; mode "none" keeps the values as they are)."""
+    norm = normalization or Normalization()
+    if norm.mode == "none":
+        return array.astype(np.float32)
     if array.dtype == bool:
         return array.astype(np.float32)
-    array = array.astype(np.float32)
-    # Percentiles of about a million pixels are as good as of all and much cheaper on big stacks.
-    sample = array.ravel()[:: max(1, array.size // 1_000_000)]
-    low, high = (float(v) for v in np.percentile(sample, (1.0, 99.8))) if array.size else (0.0, 1.0)
-    return np.clip((array - np.float32(low)) / np.float32(max(high - low, 1e-6)), 0, 1).astype(np.float32)
+    if norm.mode == "range" or (norm.mode == "auto" and array.dtype == np.uint8):
+        top = np.iinfo(array.dtype).max if np.issubdtype(array.dtype, np.integer) else 1.0
+        low, scale = 0.0, float(top)
+    elif not array.size:
+        return array.astype(np.float32)
+    elif norm.mode == "minmax":
+        low, high = float(array.min()), float(array.max())
+        scale = max(high - low, 1e-6)
+    else:
+        # Percentiles of about a million pixels are as good as of all and much cheaper on big stacks.
+        sample = array.ravel()[:: max(1, array.size // 1_000_000)].astype(np.float32)
+        low, high = (float(v) for v in np.percentile(sample, (norm.low, norm.high)))
+        scale = max(high - low, 1e-6)
+    out = array.astype(np.float32)  # in place from here: stacks are large
+    out -= np.float32(low)
+    out /= np.float32(scale)
+    return np.clip(out, 0, 1, out=out)
 
 
-def as_rgb(array: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W), (H, W, C) or (C, H, W) -> (H, W, 3)."""
+def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W), (H, W, C) or (C, H, W) -> (H, W, 1 or 3), alpha dropped. For arrays, whose axes are not
+    named: files are read by their TIFF axes instead."""
     if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise _fail(path, f"has shape {array.shape}; expected a grey or RGB(A) image")
-    array = array[..., :3]
+    return array[..., :3]
+
+
+def as_rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W), (H, W, C) or (C, H, W) -> (H, W, 3), values as they are."""
+    array = _channels_last(array, path)
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1]."""
+def unit_rgb(array: np.ndarray, normalization: Normalization | None = None, path: Path = Path("<array>")
+             ) -> np.ndarray:
+    """An image array ((H, W), (H, W, C) or (C, H, W)) -> (H, W, 3) float32 in [0, 1], normalised as a file
+    of the same values is by :func:`read_image`."""
+    return _unit_rgb(_channels_last(array, path)[None], normalization)[0]
+
+
+def _unit_rgb(frames: np.ndarray, normalization: Normalization | None) -> np.ndarray:
+    """(N, H, W[, S]) stored values -> (N, H, W, 3) float32 in [0, 1]: alpha dropped, normalised as one, grey
+    repeated into three channels (after normalising: a third of the work)."""
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    frames = to_unit_float(frames[..., :3], normalization)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def read_frames(path: str | Path, normalization: Normalization | None = None) -> np.ndarray:
+    """(N, H, W, 3) float32 in [0, 1]: the frames of a TIFF stack (see the module doc), or one frame of any
+    other image; a stack is normalised as one."""
+    return _unit_rgb(_load_frames(Path(path))[0], normalization)
+
+
+def read_image(path: str | Path, normalization: Normalization | None = None) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]; MaskError for a stack of several frames (:func:`read_frames` reads those)."""
     path = Path(path)
-    return to_unit_float(as_rgb(_load(path), path))
+    frames, axes = _load_frames(path)
+    _single(path, len(frames), axes, "rleseg.imageio.read_frames")
+    return _unit_rgb(frames, normalization)[0]
+
+
+def read_label_frames(path: str | Path, colours: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) int64 labels >= 0: a TIFF stack's frames as per-frame label maps (see the module doc), or
+    one frame of any other label map file (formats and ``colours`` as :func:`read_label_map`)."""
+    return _label_frames(Path(path), colours)[0]
+
+
+def _label_frames(path: Path, colours: np.ndarray | None) -> tuple[np.ndarray, str | None]:
+    """((N, H, W) int64 labels, TIFF axes or None) of a label map file."""
+    if path.suffix.lower() not in MASK_SUFFIXES and not path.is_dir():
+        raise _fail(path, f"unsupported file type {path.suffix!r}; expected a {', '.join(MASK_SUFFIXES)} label map")
+    array, axes = _load(path, mask=True)
+    frames = array[None] if axes is None else _as_frames(array, axes)
+    return np.stack([_labels(frame, path, colours) for frame in frames]), axes
 
 
 def read_label_map(path: str | Path, colours: np.ndarray | None = None) -> np.ndarray:
@@ -207,15 +355,21 @@ def read_label_map(path: str | Path, colours: np.ndarray | None = None) -> np.nd
             pixel colours then map to the class index (an unknown colour is an error).
 
     Raises:
-        MaskError: the file is missing, of another type, unreadable, or not a single 2-D label map.
+        MaskError: the file is missing, of another type, unreadable, a stack of several frames
+            (:func:`read_label_frames` reads those) or not a single 2-D label map.
     """
     path = Path(path)
-    if path.suffix.lower() not in MASK_SUFFIXES and not path.is_dir():
-        raise _fail(path, f"unsupported file type {path.suffix!r}; expected a {', '.join(MASK_SUFFIXES)} label map")
-    mask = _load(path, mask=True)
-    if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
-        mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
-    if mask.ndim == 3 and mask.shape[-1] == 3:
+    frames, axes = _label_frames(path, colours)
+    _single(path, len(frames), axes, "rleseg.imageio.read_label_frames")
+    return frames[0]
+
+
+def _labels(mask: np.ndarray, path: Path, colours: np.ndarray | None) -> np.ndarray:
+    """One frame of a label map file (H, W), (H, W, 1) or (H, W, 3) -> (H, W) int64."""
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        mask = mask[..., :3]
         if np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2]):
             mask = mask[..., 0]  # grey saved as RGB
         elif colours is None:

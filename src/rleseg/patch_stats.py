@@ -6,6 +6,7 @@ pipeline (random strides, augmentation, subsampling), so ``max_seq_len`` is best
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,19 @@ def patch_lengths(config: ExperimentConfig, epochs: int = 1, show_progress: bool
         train.set_epoch(epoch)
         items = progress(range(len(train)), desc=f"patches (epoch {epoch + 1}/{epochs})", unit="patch",
                          enabled=show_progress, terminal_only=True, leave=False)
-        lengths += [int(train[i]["tokens"].numel()) for i in items]
-    lengths = np.asarray(lengths)
+        lengths += token_lengths(train, items)
     model = build_model_config(config)
-    max_seq_len = None if isinstance(model, DenseConfig) else model.max_seq_len
+    return summarise(lengths, epochs, None if isinstance(model, DenseConfig) else model.max_seq_len)
+
+
+def token_lengths(dataset, items: Iterable[int]) -> list[int]:
+    """Tokens (body + EOS) of the patches ``items`` of ``dataset``, as the dataset tokenizes them."""
+    return [int(dataset[i]["tokens"].numel()) for i in items]
+
+
+def summarise(lengths: list[int], epochs: int, max_seq_len: int | None) -> PatchLengths:
+    """The percentiles of ``lengths`` and the share of them longer than ``max_seq_len``."""
+    lengths = np.asarray(lengths)
     p50, p95, p99 = (int(np.ceil(np.percentile(lengths, q))) for q in (50, 95, 99))
     cut = float((lengths > max_seq_len).mean()) if max_seq_len is not None else 0.0
     return PatchLengths(len(lengths), epochs, float(lengths.mean()), p50, p95, p99, int(lengths.max()), max_seq_len,

@@ -6,19 +6,30 @@ checkpoint is refused)::
     labels/<name>.png        class labels: palette PNG (the index is the class; up to 256 classes),
                              16-bit grey PNG beyond
     instances/<name>.png     panoptic models: instance ids, 16-bit grey PNG (TIFF past 65535 instances)
-    overlays/<name>.png      class colours over the image (unless --no-overlays)
-    predictions.json         with --coco-json: COCO results format, one compressed RLE per class
-                             (semantic) or per instance and stuff class (panoptic)
+    overlays/<name>.png      class colours over the image, a legend of the classes below (unless --no-overlays)
+    predictions.json         with --coco-json: COCO results, one compressed RLE per class (semantic) or
+                             per instance and stuff class (panoptic), integer ``image_id``, category id =
+                             class index (background left out), ``score`` = the mean over the segment's
+                             pixels of the probability of the run that paints them (:mod:`rleseg.coco`)
+    images.json              with --coco-json: the ``images`` and ``categories`` those refer to, so that
+                             ``COCO("images.json").loadRes("predictions.json")`` and ``COCOeval`` take them
+    panoptic/<name>.png      panoptic models: COCO panoptic segment ids (``R + 256 G + 256**2 B``)
+    panoptic.json            panoptic models: COCO panoptic annotations (``segments_info`` per image, with
+                             ``score``), images and categories (``isthing``)
     summary.json             images, patches, tokens, seconds, images/s, tokens/s, invalid runs, truncated
 
 ``<name>`` is the image's stem; images of a folder ``F`` are ``F/<stem>``; frames of a video ``V.mp4``
-are ``V/frame_000000`` ... Videos are read with PyAV (the ``video`` extra).
+are ``V/frame_000000`` ... Videos are read with PyAV (the ``video`` extra). A TIFF stack ``S.tif`` of
+several frames (pages, time points, Z planes: ``rleseg.imageio.read_frames``) is predicted frame by
+frame, as ``S/frame_000000`` ...; a folder may not hold stacks (give them as inputs of their own).
+Images become [0, 1] as the model saw them in training (the checkpoint's ``data.normalize``; a stack is
+normalised as one).
 
-Video models (tokenizer task "video") take videos and frame folders only, each one sequence: it is
+Video models (tokenizer task "video") take videos, TIFF stacks and frame folders only, each one sequence: it is
 predicted by ``Predictor.run_video`` (windows of N frames every ``window_stride`` frames, default N,
 merged per frame by vote; fewer than N frames are padded by repeating the last frame). Besides the
 per-frame files, ``overlays/<sequence>.mp4`` shows the overlays as a video (PyAV, MPEG-4 part 2 codec,
-the input video's frame rate, 5 fps for frame folders; sides padded to even numbers). The summary
+the input video's frame rate, 5 fps for frame folders and stacks; sides padded to even numbers). The summary
 adds ``videos`` and ``windows``.
 """
 
@@ -37,11 +48,11 @@ import tifffile
 from PIL import Image
 
 from .atomic import atomic_folder, check_output_folder
-from .imageio import IMAGE_SUFFIXES
+from .coco import CocoOutput
+from .imageio import IMAGE_SUFFIXES, Normalization, frames_shape, read_frames
 from .inference import Predictor, as_image
 from .progress import progress as progress_bar
-from .tokens.formats import instance_map_to_coco_rles, label_map_to_coco_rles
-from .visualize import overlay, palette
+from .visualize import overlay, palette, with_legend
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -49,12 +60,13 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 @dataclass(frozen=True)
 class Source:
     path: Path
-    kind: str  # "image", "folder" or "video"
+    kind: str  # "image", "folder", "stack" (a TIFF of several frames) or "video"
     files: tuple[Path, ...] = ()  # the images of a folder
+    frames: int = 1  # the frames of a stack
 
 
 def collect_sources(paths: list[str | Path]) -> list[Source]:
-    """Check every input (exists, is an image, a folder with images, or a video) before any work."""
+    """Check every input (exists, is an image, a TIFF stack, a folder with images, or a video) before any work."""
     sources = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -63,19 +75,24 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
             if not files:
                 raise ValueError(f"{path}: a folder without images; expected files ending in "
                                  f"{', '.join(IMAGE_SUFFIXES)}")
+            stack = next((f for f in files if _tiff_frames(f) > 1), None)
+            if stack is not None:
+                raise ValueError(f"{stack}: a TIFF stack of {_tiff_frames(stack)} frames in the folder {path}; give "
+                                 "stacks as inputs of their own (each is predicted frame by frame)")
             sources.append(Source(path, "folder", files))
         elif not path.exists():
             raise ValueError(f"{path}: no such file or folder")
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            sources.append(Source(path, "image"))
+            frames = _tiff_frames(path)
+            sources.append(Source(path, "image") if frames == 1 else Source(path, "stack", frames=frames))
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             _require_av()
             sources.append(Source(path, "video"))
         else:
             raise ValueError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
                              f"({', '.join(VIDEO_SUFFIXES)}) nor a folder")
-    names = [name for s in sources if s.kind != "video" for name in _names(s)]
-    names += [s.path.stem for s in sources if s.kind == "video"]
+    names = [name for s in sources if s.kind in ("image", "folder") for name in _names(s)]
+    names += [s.path.stem for s in sources if s.kind in ("stack", "video")]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise ValueError(f"two inputs give the output name {duplicate!r}; rename one or predict them separately")
@@ -85,7 +102,14 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
 def _names(source: Source) -> list[str]:
     if source.kind == "image":
         return [source.path.stem]
+    if source.kind == "stack":
+        return [f"{source.path.stem}/frame_{index:06d}" for index in range(source.frames)]
     return [f"{source.path.name}/{f.stem}" for f in source.files]
+
+
+def _tiff_frames(path: Path) -> int:
+    """The frames of a TIFF file (its header only); 1 for other images."""
+    return frames_shape(path)[0] if path.suffix.lower() in (".tif", ".tiff") else 1
 
 
 def _require_av():
@@ -118,26 +142,40 @@ def _frame_count(path: Path) -> int | None:
         raise ValueError(f"{path}: cannot read the video ({error})") from None
 
 
-def iter_inputs(sources: list[Source]) -> Iterator[tuple[np.ndarray, tuple[str, str, np.ndarray]]]:
-    """(image, (output name, source description, image)) for every image and frame, read in order."""
+def iter_inputs(sources: list[Source], normalization: Normalization | None = None
+                ) -> Iterator[tuple[np.ndarray, tuple[str, str, np.ndarray]]]:
+    """(image, (output name, source description, image)) for every image and frame, read in order and
+    normalised by ``normalization`` (default "auto")."""
     for source in sources:
         if source.kind == "image":
-            image = as_image(source.path)
+            image = as_image(source.path, normalization)
             yield image, (source.path.stem, str(source.path), image)
         elif source.kind == "folder":
             for file, name in zip(source.files, _names(source), strict=True):
-                image = as_image(file)
+                image = as_image(file, normalization)
                 yield image, (name, str(file), image)
+        elif source.kind == "stack":
+            frames = read_frames(source.path, normalization)
+            for index, (image, name) in enumerate(zip(frames, _names(source), strict=True)):
+                yield image, (name, f"{source.path}#{index}", image)
         else:
             for index, frame in enumerate(video_frames(source.path)):
-                image = as_image(frame)
+                image = as_image(frame, normalization)
                 yield image, (f"{source.path.stem}/frame_{index:06d}", f"{source.path}#{index}", image)
 
 
-def save_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+def _overlay_with_legend(predictor, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The class colours over the image, the legend (the checkpoint's class names and colours) below it."""
+    picture = overlay(image, labels, predictor.num_classes, colours=predictor.class_colours)
+    return with_legend(picture, predictor.class_names, predictor.class_colours)
+
+
+def save_labels(path: Path, labels: np.ndarray, num_classes: int, colours: np.ndarray | None = None) -> None:
+    """A palette PNG (the index is the class, ``colours`` or the default palette its colours), 16-bit grey
+    beyond 256 classes."""
     if num_classes <= 256:
         image = Image.fromarray(labels.astype(np.uint8))
-        image.putpalette(palette(num_classes).tobytes())
+        image.putpalette((palette(num_classes) if colours is None else np.asarray(colours, np.uint8)).tobytes())
     else:
         image = Image.fromarray(labels.astype(np.uint16))
     image.save(path)
@@ -152,25 +190,13 @@ def save_instances(path: Path, instances: np.ndarray) -> Path:
     return path
 
 
-def coco_annotations(name: str, labels: np.ndarray, instances: np.ndarray | None, num_classes: int) -> list[dict]:
-    """COCO results entries: per class (semantic), or per instance plus per stuff class (panoptic)."""
-    def entry(category: int, rle: dict, area: int) -> dict:
-        return {"image_id": name, "category_id": int(category), "score": 1.0, "area": int(area),
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}}
-
-    out = []
-    stuff = labels if instances is None else np.where(instances == 0, labels, 0)
-    areas = np.bincount(stuff.ravel(), minlength=num_classes)
-    out += [entry(c, rle, areas[c]) for c, rle in label_map_to_coco_rles(stuff, num_classes).items()]
-    if instances is not None:
-        ids, first, areas = np.unique(instances.ravel(), return_index=True, return_counts=True)
-        category = dict(zip(ids.tolist(), labels.ravel()[first].tolist(), strict=True))
-        area = dict(zip(ids.tolist(), areas.tolist(), strict=True))
-        out += [entry(category[i], rle, area[i]) for i, rle in instance_map_to_coco_rles(instances).items()]
-    return out
+def coco_output(folder: Path, predictor: Predictor, coco_json: bool) -> CocoOutput:
+    """What writes the COCO files of ``folder``: results with ``coco_json``, panoptic files for panoptic models."""
+    things = list(predictor.tokenizer.thing_classes) if predictor.panoptic else None
+    return CocoOutput(folder, predictor.class_names, coco_json, things)
 
 
-FOLDER_FPS = 5  # frame rate of overlay videos made from frame folders
+FOLDER_FPS = 5  # frame rate of overlay videos made from frame folders and TIFF stacks
 
 
 def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, coco_json: bool = False,
@@ -185,32 +211,31 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
                                progress=progress, window_stride=window_stride)
     if window_stride is not None:
         raise ValueError("--window-stride is for video checkpoints; this one is an image model")
-    total = sum(1 if s.kind == "image" else len(s.files) for s in sources if s.kind != "video")
+    total = sum(len(s.files) if s.kind == "folder" else s.frames for s in sources if s.kind != "video")
     frames = [_frame_count(s.path) for s in sources if s.kind == "video"]
     total = None if None in frames else total + sum(frames)
     counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated"), 0)
-    annotations: list[dict] = []
     started = time.perf_counter()
     with atomic_folder(out, overwrite) as tmp:
-        stream = predictor.run_with(iter_inputs(sources))
+        coco = coco_output(tmp, predictor, coco_json)
+        stream = predictor.run_with(iter_inputs(sources, predictor.normalization))
         for pred, (name, origin, image) in progress_bar(stream, desc="predict", unit="image", enabled=progress,
                                                         total=total):
             for folder in ("labels", "overlays", "instances"):
                 if folder == "labels" or (folder == "overlays" and overlays) or pred.instances is not None:
                     (tmp / folder / name).parent.mkdir(parents=True, exist_ok=True)
-            save_labels(tmp / "labels" / f"{name}.png", pred.labels, predictor.num_classes)
+            save_labels(tmp / "labels" / f"{name}.png", pred.labels, predictor.num_classes, predictor.class_colours)
             if pred.instances is not None:
                 save_instances(tmp / "instances" / f"{name}.png", pred.instances)
             if overlays:
-                picture = overlay(image, pred.labels, predictor.num_classes)
+                picture = _overlay_with_legend(predictor, image, pred.labels)
                 Image.fromarray(picture).save(tmp / "overlays" / f"{name}.png")
-            if coco_json:
-                annotations += [{**a, "file_name": origin}
-                                for a in coco_annotations(name, pred.labels, pred.instances, predictor.num_classes)]
+            coco.add(name, origin, pred.labels, pred.instances, pred.scores)
             counts["images"] += 1
             for key in ("patches", "tokens", "invalid_runs", "truncated"):
                 counts[key] += pred.counts[key]
-        return _write_summary(tmp, predictor, counts, started, annotations if coco_json else None, {})
+        coco.write()
+        return _write_summary(tmp, predictor, counts, started, {})
 
 
 def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path, *, coco_json: bool,
@@ -218,18 +243,22 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
     for source in sources:
         if source.kind == "image":
             raise ValueError(f"{source.path}: a single image, but this checkpoint is a video model (windows of "
-                             f"{predictor.frames} frames); give a video file or a folder of frames")
+                             f"{predictor.frames} frames); give a video file, a TIFF stack or a folder of frames")
     counts = dict.fromkeys(("images", "videos", "windows", "patches", "tokens", "invalid_runs", "truncated"), 0)
-    annotations: list[dict] = []
     started = time.perf_counter()
     with atomic_folder(out, overwrite) as tmp:
+        coco = coco_output(tmp, predictor, coco_json)
         for source in progress_bar(sources, desc="predict", unit="input", enabled=progress):
+            norm = predictor.normalization
             if source.kind == "folder":
-                frames, fps = [as_image(file) for file in source.files], FOLDER_FPS
+                frames, fps = [as_image(file, norm) for file in source.files], FOLDER_FPS
                 names, origins = _names(source), [str(file) for file in source.files]
                 sequence = source.path.name
+            elif source.kind == "stack":
+                frames, fps, sequence = list(read_frames(source.path, norm)), FOLDER_FPS, source.path.stem
+                names, origins = _names(source), [f"{source.path}#{i}" for i in range(source.frames)]
             else:
-                frames, fps = [as_image(frame) for frame in video_frames(source.path)], _frame_rate(source.path)
+                frames, fps = [as_image(frame, norm) for frame in video_frames(source.path)], _frame_rate(source.path)
                 sequence = source.path.stem
                 names = [f"{sequence}/frame_{i:06d}" for i in range(len(frames))]
                 origins = [f"{source.path}#{i}" for i in range(len(frames))]
@@ -242,34 +271,30 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
             for folder in ("labels", "overlays") if overlays else ("labels",):
                 (tmp / folder / sequence).mkdir(parents=True, exist_ok=True)
             for image, labels, name, origin in zip(frames, pred.labels, names, origins, strict=True):
-                save_labels(tmp / "labels" / f"{name}.png", labels, predictor.num_classes)
+                save_labels(tmp / "labels" / f"{name}.png", labels, predictor.num_classes, predictor.class_colours)
                 if overlays:
-                    pictures.append(overlay(image, labels, predictor.num_classes))
+                    pictures.append(_overlay_with_legend(predictor, image, labels))
                     Image.fromarray(pictures[-1]).save(tmp / "overlays" / f"{name}.png")
-                if coco_json:
-                    annotations += [{**a, "file_name": origin}
-                                    for a in coco_annotations(name, labels, None, predictor.num_classes)]
+                coco.add(name, origin, labels)
             if overlays:
                 write_video(tmp / "overlays" / f"{sequence}.mp4", pictures, fps)
             counts["images"] += len(frames)
             counts["videos"] += 1
             for key in ("windows", "patches", "tokens", "invalid_runs", "truncated"):
                 counts[key] += pred.counts[key]
+        coco.write()
         stride = predictor.frames if window_stride is None else window_stride
         video = {"frames": predictor.frames, "window_stride": stride}
-        return _write_summary(tmp, predictor, counts, started, annotations if coco_json else None, video)
+        return _write_summary(tmp, predictor, counts, started, video)
 
 
 def _write_summary(folder: Path, predictor: Predictor, counts: dict[str, int], started: float,
-                   annotations: list[dict] | None, options: dict[str, Any]) -> dict[str, Any]:
-    """summary.json (the counts, speed and ``options`` beside the predictor's) and, when ``annotations``
-    are given, predictions.json; returns the summary."""
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """summary.json (the counts, speed and ``options`` beside the predictor's); returns the summary."""
     seconds = time.perf_counter() - started
     summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
                "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
                "options": {**vars(predictor.options), **options}}
-    if annotations is not None:
-        (folder / "predictions.json").write_text(json.dumps(annotations) + "\n")
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

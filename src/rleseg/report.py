@@ -17,6 +17,34 @@ from PIL import Image, ImageDraw, ImageFont
 from .visualize import comparison_panel
 
 PICTURE_SIDE = 384  # longest side of the images in the comparison panels
+METRICS_SCHEMA = "rleseg.metrics/1"  # the layout of metrics.json (:func:`metrics_document`)
+
+
+def metrics_document(task: str, what: str, class_names: list[str], num_images: int, scores: dict[str, Any],
+                     num_patches: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The layout of every metrics.json, from ``rleseg train``'s validations and from ``rleseg evaluate``::
+
+        {"schema": "rleseg.metrics/1", "task": "semantic" | "panoptic" | "video",
+         "what": "patches" | "stitched images" | "whole images" | "label maps",
+         "class_names": [C], "num_images": images scored (video: frames),
+         "num_patches": patches predicted (video: windows of frames x patches), where patches were,
+         "num_videos": video only, "semantic": SegmentationMeter.compute(),
+         "panoptic": PanopticMeter.compute() (panoptic), "temporal": flip rates (video), **extra}
+
+    ``scores``: a meter's compute(), optionally with "panoptic", "temporal" and "num_videos" beside the
+    semantic scores (as ``PatchScores.compute`` and ``VideoMeter.compute`` give them). ``extra``: what one
+    job adds (train: step, metric, value; evaluate: source, generation, settings).
+    """
+    split = ("panoptic", "temporal", "num_videos")
+    document = {"schema": METRICS_SCHEMA, "task": task, "what": what, "class_names": list(class_names),
+                "num_images": int(num_images)}
+    if num_patches is not None:
+        document["num_patches"] = int(num_patches)
+    if "num_videos" in scores:
+        document["num_videos"] = scores["num_videos"]
+    document["semantic"] = {key: value for key, value in scores.items() if key not in split}
+    document.update({key: scores[key] for key in ("panoptic", "temporal") if key in scores})
+    return {**document, **extra}
 
 
 def table_row(head: dict[str, Any], scores: dict[str, np.ndarray], index: int, extra: dict[str, Any] | None = None
@@ -136,9 +164,10 @@ def safe_name(name: str) -> str:
 
 
 def save_comparison(folder: Path, stem: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
-                    class_names: list[str], title: str) -> None:
-    """pictures/<stem>.png: image | ground truth | prediction, each thumbnailed to :data:`PICTURE_SIDE`."""
+                    class_names: list[str], title: str, colours: np.ndarray | None = None) -> None:
+    """pictures/<stem>.png: image | ground truth | prediction, each thumbnailed to :data:`PICTURE_SIDE`, with
+    the legend of ``class_names`` in ``colours`` (default the palette)."""
     (folder / "pictures").mkdir(exist_ok=True)
     panel = comparison_panel(thumbnail(image), thumbnail(np.asarray(truth)), thumbnail(prediction), class_names,
-                             title=title)
+                             title=title, colours=colours)
     panel.save(folder / "pictures" / f"{stem}.png")

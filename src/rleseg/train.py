@@ -10,7 +10,6 @@ plain values and return new ones.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -24,13 +23,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .atomic import atomic_path, write_json, write_text
-from .data import Collate
+from .atomic import write_json, write_text
+from .data import ClassList, Collate
 from .data.sampler import ResumableSampler
-from .engine import LossOf, TrainConfig, build_optimizer, learning_rate, lookup, set_learning_rate, train_step, validate
+from .engine import (
+    LossOf,
+    TrainConfig,
+    build_optimizer,
+    grad_scaler,
+    learning_rate,
+    lookup,
+    set_learning_rate,
+    train_step,
+    validate,
+)
 from .experiment import (
     ExperimentConfig,
     build_datasets,
@@ -38,18 +46,27 @@ from .experiment import (
     build_patch_scores,
     build_tokenizer,
     config_to_dict,
+    init_checkpoint,
     validate_config,
 )
+from .inference import resolve_device
+from .models import load_weights_into
 from .progress import progress
+from .report import metrics_document
+from .training_output import ValidationPictures, end_summary, start_summary
 from .training_state import (
     TrainingState,
     check_no_run,
+    end_segment,
     load_latest_checkpoint,
+    resume_changes,
     save_best,
     save_run_checkpoint,
+    start_segment,
     starting_run,
 )
-from .visualize import comparison_panel
+from .typed_yaml import from_dict, load_yaml
+from .visualize import palette
 
 
 @dataclass
@@ -63,12 +80,16 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed() -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single CPU or GPU process."""
+def setup_distributed(device: str | None = None) -> Distributed:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process on ``device``
+    (:func:`rleseg.inference.resolve_device`: None is cuda when available, else cpu)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+    chosen = resolve_device(device)
     if world == 1:
-        return Distributed(device=torch.device("cuda" if cuda else "cpu"))
+        return Distributed(device=chosen)
+    if device is not None and chosen.index is not None:
+        raise ValueError(f"device {device}: under torchrun each process takes cuda:LOCAL_RANK; give cuda or cpu")
+    cuda = chosen.type == "cuda"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -110,8 +131,14 @@ class TrainResult:
 
 
 def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, stop_at_step: int | None = None) -> TrainResult:
+          overwrite: bool = False, stop_at_step: int | None = None, device: str | None = None,
+          show_progress: bool = True) -> TrainResult:
     """Train as ``config`` says; ``resume`` continues from the newest complete checkpoint in ``run_dir``.
+
+    ``device``: cpu, cuda or cuda:N (None: cuda when available, else cpu; under torchrun each process takes
+    cuda:LOCAL_RANK). The main process prints a summary before the first step and another at the end;
+    ``show_progress=False`` turns the progress displays off (a bar on a terminal, else a line every
+    ``output.log_every`` steps).
 
     A new run refuses a ``run_dir`` that holds a run, unless ``overwrite``: then the old run is deleted,
     but only once the new one is built, so that a config that fails to build never costs it. A new run
@@ -122,23 +149,36 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     """
     if resume and overwrite:
         raise ValueError("resume continues the run in run_dir and overwrite replaces it: choose one")
-    env = setup_distributed()
+    env = setup_distributed(device)
     run_dir = Path(run_dir or config.output.dir)
     if not resume and not overwrite:
         check_no_run(run_dir)
     validate_config(config)  # a config built in Python gets the checks load_config gives a YAML file
+    changes = _changes_on_resume(run_dir, config) if resume else {}
     tc = config.train
     _seed(tc, env.rank)
 
     tokenizer = build_tokenizer(config)
     model = build_model(config, tokenizer).to(env.device)
+    init_from = None if resume else init_checkpoint(config)  # a resumed run's weights are its checkpoint's
+    if init_from is not None:
+        load_weights_into(model, init_from)
     train_set, val_set = build_datasets(config, tokenizer)
+    classes = class_table(config, val_set)
     optimizer = build_optimizer(model, tc)
+    scaler = grad_scaler(tc, env.device)  # fp16 only; its scale starts afresh on resume
     per_rank = -(-len(train_set) // env.world)
     if per_rank < tc.batch_size:
         raise ValueError(f"the training set has {per_rank} samples per process, fewer than train.batch_size")
     if resume:
-        state = load_latest_checkpoint(run_dir, model, optimizer, main=env.main)
+        state = _continued(load_latest_checkpoint(run_dir, model, optimizer, main=env.main), tc, changes, run_dir)
+        if _already_complete(state, run_dir):  # nothing to train, and its final evaluation is written
+            if env.main:
+                print(_complete_line(state, tc, run_dir))
+            return TrainResult(run_dir, state.step, None, False, model, [])
+        if env.main and changes:
+            print(f"train: resuming {run_dir} at step {state.step} with "
+                  + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()))
     else:
         state = TrainingState(total_steps=tc.steps)
 
@@ -146,18 +186,19 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     collate = _collate(model)
     stream = _batches(train_set, collate, tc, config.data.num_workers, env,
                       state.epoch, state.position)
-    bar = progress(desc="train", unit="step", enabled=env.main, total=state.total_steps, initial=state.step)
+    if env.main:
+        print(start_summary(config, model, train_set, val_set, state, env.device, env.world, run_dir), flush=True)
+    bar = progress(desc="train", unit="step", enabled=env.main and show_progress, total=state.total_steps,
+                   initial=state.step, every=config.output.log_every)
     losses, seen, interrupted, truncation = [], 0, False, TruncationCount(collate.max_seq_len)
     starting = starting_run(run_dir, overwrite) if env.main and not resume else contextlib.nullcontext()
     # The handlers go in before config.yaml is written: once it exists, a signal ends in a checkpoint.
     with StopFlag() as stop, starting, bar:  # the bar closes before an error is printed
         if env.main:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            start_segment(run_dir, state.step, changes, None if init_from is None else str(init_from))
         writer = _tensorboard(run_dir, config) if env.main else None
         call_started = time.perf_counter()
-        if env.main:
-            print(f"train: steps {state.step} -> {state.total_steps}" + (f" or a {tc.minutes:g}-minute budget "
-                  f"({state.elapsed / 60:.1f} used), whichever ends first" if tc.minutes else ""))
         started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
         while state.step < state.total_steps:
             budget_used = state.elapsed / (tc.minutes * 60) if tc.minutes else 0.0
@@ -166,7 +207,8 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             micro = [next(stream) for _ in range(tc.accumulate)]  # (batch, epoch, position after it)
             _, state.epoch, state.position = micro[-1]
             batches = [batch for batch, _, _ in micro]
-            loss, grad_norm = train_step(loss_of, batches, optimizer, tc, env.device, model.target_key)
+            loss, grad_norm = train_step(loss_of, batches, optimizer, tc, env.device, model.target_key,
+                                         getattr(model, "extra_targets", ()), scaler)
             state.step += 1
             losses.append(loss)
             seen += tc.batch_size * tc.accumulate * env.world
@@ -189,22 +231,27 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                 break
             if config.eval.every and state.step % config.eval.every == 0 and not finished:
                 _, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
-                                                        state.step, state.best)
+                                                        state.step, state.best, show_progress)
             if env.main and state.step % config.output.save_every == 0 and not finished:
-                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
         bar.close()  # before the final validation's own bar
         # The trained weights are saved before the final validation, so nothing that fails there loses them.
         if env.main:
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
     metrics = None
     if not interrupted:
-        metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best)
+        metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best,
+                                                show_progress)
         if env.main and best != state.best:  # a resumed run must compare against this score
             state.best = best
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
     if env.main:
         print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}" if interrupted
               else _what_ended(state, tc))
+        end_segment(run_dir, state.step,
+                    "interrupted" if interrupted else "budget" if out_of_time(state.elapsed, tc) else "schedule")
+        if metrics is not None:
+            print(end_summary(metrics, config, run_dir, state.step, state.best), flush=True)
     if writer is not None:
         writer.close()
     if env.world > 1:
@@ -276,6 +323,75 @@ def _batches(dataset: Dataset, collate: Collate, tc: TrainConfig, num_workers: i
         epoch, position = epoch + 1, 0
 
 
+def _changes_on_resume(run_dir: Path, config: ExperimentConfig) -> dict[str, list]:
+    """``{key: [old, new]}``: how ``config`` differs from the run's config.yaml (nothing without one).
+
+    ValueError naming the first key that a resumed run may not change (training_state.RESUMABLE)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    stored = config_to_dict(from_dict(ExperimentConfig, load_yaml(path)))  # the defaults filled in, as written
+    return resume_changes(run_dir, stored, config_to_dict(config))
+
+
+def _continued(state: TrainingState, tc: TrainConfig, changes: dict[str, list], run_dir: Path) -> TrainingState:
+    """The state of a resumed run, its schedule set by the config it resumes with.
+
+    The schedule's length is the config's ``train.steps``, not the one the checkpoint stored, so a larger
+    train.steps (or a new train.minutes budget) extends the run. The learning rate is a function of the step
+    and the schedule's length (engine.learning_rate), so the steps after the old end get what a run planned
+    for the new length from the start gives them: the warm-up, long past, is not repeated, and the decay is
+    stretched to the new end. A finished run's rate rises from lr * min_lr_ratio to that schedule's value
+    at this step (cosine, 4 -> 8 steps: about half of lr) and decays to lr * min_lr_ratio again at the new
+    end. Chosen over decaying from the current rate, which for a finished run stays at the minimum and
+    learns little, and over a warm restart at the full lr, which the warm-up was there to avoid; and it
+    needs no state beyond the step: a run extended to N before it ended trains as one planned for N.
+    ``train.minutes`` stays the budget of the whole run: the time of the earlier calls counts.
+    """
+    if tc.steps < state.step:
+        raise ValueError(f"{run_dir}: train.steps {tc.steps} is fewer than the {state.step} steps the run has done; "
+                         f"give train.steps {state.step} or more")
+    if "train.minutes" in changes and out_of_time(state.elapsed, tc):
+        raise ValueError(f"{run_dir}: train.minutes {tc.minutes:g} is spent already (the run has trained "
+                         f"{state.elapsed / 60:.1f} minutes); give more minutes, or null for no budget")
+    if "eval.best_metric" in changes:
+        state.best = None  # a score of another metric: the next evaluation starts the comparison afresh
+    state.total_steps = state.step if out_of_time(state.elapsed, tc) else tc.steps
+    return state
+
+
+def _already_complete(state: TrainingState, run_dir: Path) -> bool:
+    """Whether the run has trained its schedule and written its final evaluation (metrics.json of this step):
+    a run killed during the final evaluation is not complete, and resuming it evaluates."""
+    if state.step < state.total_steps:
+        return False
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["step"] == state.step
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _complete_line(state: TrainingState, tc: TrainConfig, run_dir: Path) -> str:
+    if out_of_time(state.elapsed, tc):
+        return (f"train: {run_dir} is complete: its {tc.minutes:g}-minute budget ended it at step {state.step}; to "
+                "train on, resume with a larger --set train.minutes=M (or null for no budget)")
+    return (f"train: {run_dir} is complete at step {state.step} of train.steps {tc.steps}; to train on, resume "
+            f"with --set train.steps=N (N > {state.step})")
+
+
+def class_table(config: ExperimentConfig, dataset: Dataset) -> dict[str, list]:
+    """The class names and colours every model file of a run stores (``extra``), for predict's and evaluate's
+    legends: names from data.class_names, else the dataset's class list, else "class c"; colours from the
+    dataset's colour table, else the default palette. Beside them ``normalize``: data.normalize, so that
+    predict and evaluate turn image values into [0, 1] as training did."""
+    listed = getattr(dataset, "classes", None)
+    listed = listed if isinstance(listed, ClassList) else None
+    names = config.data.class_names or (list(listed.names) if listed is not None else config.class_names())
+    colours = listed.colours if listed is not None and listed.colours is not None else palette(len(names))
+    return {"class_names": list(names), "class_colours": np.asarray(colours, np.uint8).tolist(),
+            "normalize": vars(config.data.normalize)}
+
+
 def _what_ended(state: TrainingState, tc: TrainConfig) -> str:
     clock = f"{state.elapsed / 60:.1f} min"
     if out_of_time(state.elapsed, tc):
@@ -308,10 +424,10 @@ def _agree(total_steps: int, elapsed: float, stop: bool, env: Distributed) -> tu
 
 
 def _report_step(bar, writer, step: int, total_steps: int, log_every: int, scalars: dict[str, float]) -> None:
-    """Advance the progress bar; every ``log_every`` steps write ``scalars`` to TensorBoard as train/NAME."""
-    bar.update(1)
+    """Advance the progress display; every ``log_every`` steps write ``scalars`` to TensorBoard as train/NAME."""
     bar.total = total_steps
     bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.1e}", img_s=f"{scalars['images_per_s']:.1f}")
+    bar.update(1)  # after the postfix: a log line shows this step's values
     if writer is not None and step % log_every == 0:
         for name, value in scalars.items():
             writer.add_scalar(f"train/{name}", value, step)
@@ -326,67 +442,50 @@ def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:
 
 
 def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: ExperimentConfig, env: Distributed,
-                            run_dir: Path, writer, step: int, best: float | None) -> tuple[dict, float | None]:
+                            run_dir: Path, writer, step: int, best: float | None, show_progress: bool = True
+                            ) -> tuple[dict, float | None]:
     """Validate on disjoint shards of the validation patches (so pooled metrics stay exact under DDP).
 
-    Rank 0 then writes metrics.json, a line of eval_log.jsonl and the pictures, and best.safetensors when
-    the score beats ``best``. Returns (metrics, the best score so far).
+    Rank 0 then writes metrics.json (:func:`rleseg.report.metrics_document`, "what": "patches"), a line of
+    eval_log.jsonl and the pictures, and best.safetensors when the score beats ``best``. Returns (the
+    scores, ``PatchScores.compute()``; the best score so far).
     """
     ec = config.eval
+    classes = class_table(config, val_set)
     _sync_buffers(model, env)
     count = len(val_set) if ec.max_samples is None else min(len(val_set), ec.max_samples)
     loader = DataLoader(Subset(val_set, list(range(env.rank, count, env.world))), ec.batch_size,
                         collate_fn=_collate(model), num_workers=config.data.num_workers)
-    panels = []
-
-    def keep_pictures(batch: dict, predictions: np.ndarray) -> None:
-        room = config.output.pictures - len(panels)
-        if room > 0:
-            panels.extend(itertools.islice(_comparison_panels(batch, predictions, config.class_names()), room))
-
+    tokenizer = model.tokenizer if model.target_key == "tokens" and config.tokenizer.task != "video" else None
+    pictures = ValidationPictures(config.output.pictures, classes["class_names"], config.data.ignore_index, tokenizer,
+                                  classes["class_colours"])
     scores = validate(model, loader, build_patch_scores(config, model.tokenizer), ec, env.device,
-                      keep_pictures if env.main else None)
+                      pictures.add if env.main else None, show_progress and env.main)
     scores.all_reduce()
     metrics = scores.compute()
     if not env.main:
         return metrics, best
     score = lookup(metrics, ec.best_metric)
-    write_json(run_dir / "metrics.json", {"step": step, "metric": ec.best_metric, "value": score, "metrics": metrics})
+    images = metrics["num_images"] if config.tokenizer.task == "video" else _images_of(val_set, count)
+    write_json(run_dir / "metrics.json", metrics_document(config.tokenizer.task, "patches", config.class_names(),
+                                                          images, metrics, count, step=step, metric=ec.best_metric,
+                                                          value=score))
     with (run_dir / "eval_log.jsonl").open("a") as log:
         log.write(json.dumps({"step": step, ec.best_metric: score}) + "\n")
-    if panels:
-        _save_pictures(panels, run_dir / "pictures" / f"step_{step:07d}.png", writer, step)
+    pictures.save(run_dir / "pictures", step, writer)
     if writer is not None:
         writer.add_scalar(f"val/{ec.best_metric}", score, step)
     if best is None or (score == score and score > best):  # a NaN score never replaces a number
         best = score
-        save_best(run_dir, model, {"step": step, ec.best_metric: score})
+        save_best(run_dir, model, {"step": step, ec.best_metric: score, **classes})
     return metrics, best
 
 
-def _comparison_panels(batch: dict, predictions: np.ndarray, class_names: list[str]) -> Iterator[Image.Image]:
-    """Image | truth | prediction panels of a validation batch, frame by frame for video windows."""
-    for i in range(len(predictions)):
-        image, truth, predicted = batch["image"][i].numpy(), batch["mask"][i].numpy(), predictions[i]
-        if image.ndim == 3:  # a still image; a video window has a leading frame axis
-            image, truth, predicted = image[None], truth[None], predicted[None]
-        name = str(batch["name"][i])
-        for t in range(len(image)):
-            title = name if len(image) == 1 else f"{name} frame {t}"
-            yield comparison_panel(image[t], truth[t], predicted[t], class_names, title)
-
-
-def _save_pictures(panels: list[Image.Image], path: Path, writer, step: int) -> None:
-    width, height = max(p.width for p in panels), sum(p.height for p in panels)
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    y = 0
-    for panel in panels:
-        sheet.paste(panel, (0, y))
-        y += panel.height
-    with atomic_path(path) as tmp:
-        sheet.save(tmp)
-    if writer is not None:
-        writer.add_image("val/predictions", np.asarray(sheet), step, dataformats="HWC")
+def _images_of(dataset: Dataset, count: int) -> int:
+    """The images the first ``count`` patches come from (``count`` itself for a dataset that cannot say)."""
+    if not hasattr(dataset, "locate"):
+        return count
+    return len({dataset.locate(item)[0] for item in range(count)})
 
 
 def _tensorboard(run_dir: Path, config: ExperimentConfig):

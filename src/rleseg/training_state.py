@@ -1,11 +1,16 @@
 """Everything an exact resume needs, and the run folder's checkpoints that hold it.
 
-    RUN_DIR/config.yaml                                  the run's config (written atomically)
+    RUN_DIR/config.yaml                                  the config of what ran (written atomically)
+    RUN_DIR/history.json                                 the run's segments: one per call that trained
     RUN_DIR/checkpoints/step_000500/model.safetensors    the model (rleseg.models format, self-describing)
                                     trainer.safetensors  optimizer and RNG tensors
                                     trainer.json         TrainingState's fields, RNG states, optimizer skeleton
                                     complete             the sizes of the three files above, written last
     RUN_DIR/best.safetensors                             the model of the best evaluation so far
+
+A resumed run may change the keys of :data:`RESUMABLE` (:func:`resume_changes`); config.yaml then holds
+the new values and history.json the step range and the changes of each segment, so that the two together
+say what every step ran with. Every model file of a run stores the class names and colours (``extra``).
 
 Stored as safetensors (tensors) + JSON (everything else), never pickle. A checkpoint folder is assembled
 under a temporary name (starting with a dot) and renamed into place; readers look only at ``step_[0-9]*``.
@@ -37,7 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, write_json
 from .models import save_checkpoint
 
 MARKER = "complete"
@@ -45,7 +50,17 @@ CHECKPOINT_FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
 # What a run writes into its folder; --overwrite removes these (config.yaml last, so that a removal cut
 # short still reads as a run) and nothing else the folder may hold.
 RUN_FILES = ("checkpoints", "best.safetensors", "metrics.json", "eval_log.jsonl", "pictures", "tensorboard",
-             "config.yaml")
+             "history.json", "config.yaml")
+HISTORY = "history.json"
+# The keys a resumed run may change. How long it trains (train.train continues the schedule to the new
+# length), how it evaluates, what it writes and how it loads data leave the checkpoint's weights and
+# optimizer state valid; model.init_from is read only at a run's first step (a moved file may be pointed
+# at anew). Everything else is refused: the model, tokenizer and data shape the weights and the batches,
+# and the optimisation settings (train.lr included) are what the steps done so far followed. The learning
+# rate of every step then follows from config.yaml alone; training on with another learning rate is a new
+# run that starts from this one's weights (model.init_from=RUN_DIR).
+RESUMABLE = ("train.steps", "train.minutes", "train.compile", "data.num_workers", "model.init_from", "eval.*",
+             "output.*")
 
 
 @dataclass
@@ -113,15 +128,17 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
 
 # ----------------------------------------------------------------------------- run checkpoints
 def save_run_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState, keep_last: int
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState, keep_last: int,
+    extra: dict | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_N`` (N = ``state.step``) and drop all but the newest ``keep_last``."""
+    """Write ``checkpoints/step_N`` (N = ``state.step``) and drop all but the newest ``keep_last``. ``extra``
+    goes into the model file beside the step (the class names and colours, see :func:`save_best`)."""
     final = Path(run_dir) / "checkpoints" / f"step_{state.step:07d}"
     opt_tensors, opt_skeleton = _optimizer_to_flat(optimizer.state_dict())
     rng_tensors, rng_info = _rng_state()
     info = {"optimizer": opt_skeleton, "rng": rng_info, **dataclasses.asdict(state)}
     with atomic_folder(final, overwrite=True) as tmp:
-        save_checkpoint(model, tmp / "model.safetensors", extra={"step": state.step})
+        save_checkpoint(model, tmp / "model.safetensors", extra={**(extra or {}), "step": state.step})
         _fault("checkpoint-write", state.step)
         save_file({**opt_tensors, **rng_tensors}, str(tmp / "trainer.safetensors"))
         (tmp / "trainer.json").write_text(json.dumps(info))
@@ -285,6 +302,8 @@ def starting_run(run_dir: Path, overwrite: bool) -> Iterator[None]:
 
 
 def save_best(run_dir: Path, model: torch.nn.Module, extra: dict) -> Path:
+    """best.safetensors; ``extra`` holds the step, the score and ``class_names``/``class_colours`` (what
+    :func:`rleseg.models.checkpoint_classes` reads back)."""
     path = Path(run_dir) / "best.safetensors"
     save_checkpoint(model, path, extra=extra)
     return path
@@ -293,3 +312,64 @@ def save_best(run_dir: Path, model: torch.nn.Module, extra: dict) -> Path:
 def _step_folders(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     return sorted(folder.glob("step_[0-9]*")) if folder.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- resuming with changes
+def flatten(section: dict, prefix: str = "") -> dict[str, object]:
+    """``{"train": {"steps": 4}}`` -> ``{"train.steps": 4}``; lists are values."""
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def may_change_on_resume(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE)
+
+
+def resume_changes(run_dir: Path, stored: dict, requested: dict) -> dict[str, list]:
+    """``{dotted key: [value in the run's config, requested value]}`` for every key that differs.
+
+    ValueError naming the first key that a resumed run may not change (see :data:`RESUMABLE`)."""
+    old, new = flatten(stored), flatten(requested)
+    # output.dir names the folder, which a run that was moved or copied changes without training otherwise.
+    changes = {key: [old.get(key), new.get(key)] for key in sorted(old.keys() | new.keys())
+               if old.get(key) != new.get(key) and key != "output.dir"}
+    refused = [key for key in changes if not may_change_on_resume(key)]
+    if refused:
+        key = refused[0]
+        raise ValueError(
+            f"{run_dir}: {key} cannot change when a run is resumed ({changes[key][0]!r} in its config.yaml, "
+            f"{changes[key][1]!r} asked); a resumed run may change {', '.join(RESUMABLE)}; to train with other "
+            f"settings from this run's weights, start a new run with model.init_from={run_dir}")
+    return changes
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The segments of history.json (none for a run of an rleseg that kept none, or an unreadable file)."""
+    try:
+        segments = json.loads((Path(run_dir) / HISTORY).read_text())["segments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return segments if isinstance(segments, list) else []
+
+
+def start_segment(run_dir: Path, step: int, changes: dict[str, list], init_from: str | None = None) -> None:
+    """Add a segment starting at ``step`` with the config ``changes`` it was resumed with (``init_from``:
+    the checkpoint a new run's weights came from). Its end stays null until :func:`end_segment`, so a
+    segment that a kill cut short shows as one."""
+    segment = {"start_step": step, "end_step": None, "ended": None, "changes": changes}
+    if init_from is not None:
+        segment["init_from"] = init_from
+    write_json(Path(run_dir) / HISTORY, {"segments": [*read_history(run_dir), segment]})
+
+
+def end_segment(run_dir: Path, step: int, ended: str) -> None:
+    """Close the newest segment at ``step``; ``ended``: "schedule", "budget" or "interrupted"."""
+    segments = read_history(run_dir)
+    if segments:
+        segments[-1].update(end_step=step, ended=ended)
+        write_json(Path(run_dir) / HISTORY, {"segments": segments})

@@ -38,17 +38,31 @@ def to_uint8_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def colourise(mask: np.ndarray, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
-    """(H, W) labels -> (H, W, 3) uint8 colours; ignored and out-of-range labels are white."""
+def class_colours(num_classes: int, colours: np.ndarray | list | None = None) -> np.ndarray:
+    """(num_classes, 3) uint8: ``colours`` (e.g. a dataset's colour table, as a checkpoint stores it) when
+    given, else :func:`palette`."""
+    if colours is None:
+        return palette(num_classes)
+    table = np.asarray(colours, np.uint8).reshape(-1, 3)
+    if len(table) != num_classes:
+        raise ValueError(f"{len(table)} class colours for {num_classes} classes")
+    return table
+
+
+def colourise(mask: np.ndarray, num_classes: int, ignore_index: int | None = 255,
+              colours: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) labels -> (H, W, 3) uint8 colours (``colours``, default the palette); ignored and out-of-range
+    labels are white."""
     mask = np.asarray(mask).astype(np.int64)
-    colours = palette(num_classes)
+    colours = class_colours(num_classes, colours)
     valid = (mask >= 0) & (mask < num_classes)
     out = np.full((*mask.shape, 3), IGNORE_COLOUR, np.uint8)
     out[valid] = colours[mask[valid]]
     return out
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.6) -> np.ndarray:
+def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.6,
+            colours: np.ndarray | None = None) -> np.ndarray:
     """Class colours over a greyscale copy of the image (so colours read true whatever the image's own
     hues); background pixels show the greyscale image."""
     rgb = to_uint8_image(image).astype(np.float32)
@@ -56,15 +70,15 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
         raise ValueError(f"image {rgb.shape[:2]} and mask {np.shape(mask)} differ in size")
     grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     base = np.repeat(grey[..., None], 3, axis=-1)
-    colours = colourise(mask, num_classes).astype(np.float32)
+    colours = colourise(mask, num_classes, colours=colours).astype(np.float32)
     foreground = (np.asarray(mask) > 0)[..., None]
     blended = np.where(foreground, (1 - alpha) * base + alpha * colours, base)
     return np.round(blended).astype(np.uint8)
 
 
-def _legend(class_names: list[str], width: int) -> Image.Image:
+def _legend(class_names: list[str], width: int, colours: np.ndarray | None = None) -> Image.Image:
     font = ImageFont.load_default()
-    colours = palette(len(class_names))
+    colours = class_colours(len(class_names), colours)
     row, swatch = 14, 10
     per_line = max(1, width // 110)
     lines = -(-len(class_names) // per_line)
@@ -84,23 +98,25 @@ def comparison_panel(
     class_names: list[str],
     title: str = "",
     min_size: int = 160,
+    colours: np.ndarray | None = None,
 ) -> Image.Image:
     """Image | ground-truth overlay | prediction overlay, with headings and a class legend.
 
     Tiles smaller than ``min_size`` pixels are enlarged by an integer factor (nearest) to stay legible.
+    ``colours``: (C, 3) class colours, default the palette.
     """
     num_classes = len(class_names)
     tiles = [("image", to_uint8_image(image))]
     if ground_truth is not None:
-        tiles.append(("ground truth", overlay(image, ground_truth, num_classes)))
-    tiles.append(("prediction", overlay(image, prediction, num_classes)))
+        tiles.append(("ground truth", overlay(image, ground_truth, num_classes, colours=colours)))
+    tiles.append(("prediction", overlay(image, prediction, num_classes, colours=colours)))
     zoom = max(1, -(-min_size // max(tiles[0][1].shape[:2])))
     tiles = [(name, np.repeat(np.repeat(tile, zoom, 0), zoom, 1)) for name, tile in tiles]
     height, width = tiles[0][1].shape[:2]
     header, gap = 14, 4
     body_width = len(tiles) * (width + gap) - gap
     panel_width = max(body_width, 220)
-    legend = _legend(class_names, panel_width)
+    legend = _legend(class_names, panel_width, colours)
     top = header * (2 if title else 1)
     panel = Image.new("RGB", (panel_width, top + height + legend.height), (255, 255, 255))
     draw = ImageDraw.Draw(panel)
@@ -113,6 +129,20 @@ def comparison_panel(
         panel.paste(Image.fromarray(tile), (x, top))
     panel.paste(legend, (0, top + height))
     return panel
+
+
+def with_legend(picture: np.ndarray, class_names: list[str], colours: np.ndarray | None = None) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 with the class legend (names and colours) below it, as (H', W, 3) uint8.
+
+    The legend is at least 120 pixels wide, so that a name fits beside its swatch; a narrower picture is
+    padded on the right with white."""
+    picture = to_uint8_image(picture)
+    height, width = picture.shape[:2]
+    legend = _legend(class_names, max(width, 120), colours)
+    sheet = Image.new("RGB", (legend.width, height + legend.height), (255, 255, 255))
+    sheet.paste(Image.fromarray(picture), (0, 0))
+    sheet.paste(legend, (0, height))
+    return np.asarray(sheet)
 
 
 def draw_runs(

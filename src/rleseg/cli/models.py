@@ -30,10 +30,19 @@ def add_train(subparsers) -> None:
     add_overrides(parser, help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="run folder (default: output.dir)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its newest complete checkpoint, with its saved config")
+                        help="continue the run in RUN_DIR from its newest complete checkpoint, with its saved config; "
+                        "--set may change train.steps (a larger one extends a finished run), train.minutes, eval.* "
+                        "and output.*")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a run folder that holds a run, deleting that run (once the new "
                         "config is built)")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="random seed of a new run (overrides train.seed; recorded in config.yaml)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu; under torchrun each "
+                        "process takes cuda:LOCAL_RANK)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress display (on a terminal a bar, else a line every output.log_every steps)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -50,6 +59,8 @@ def _run_train(args: argparse.Namespace) -> int:
             raise UserError("give either CONFIG or --resume RUN_DIR (a resumed run uses its saved config)")
         if args.overwrite:
             raise UserError("--resume continues the run in RUN_DIR and --overwrite starts afresh: give one")
+        if args.seed is not None:
+            raise UserError("--seed is for a new run: a resumed run keeps the train.seed of its config.yaml")
         source, run_dir = args.resume / "config.yaml", args.resume
         if not source.is_file():
             raise UserError(f"{args.resume}: not a run folder (no config.yaml)")
@@ -62,13 +73,11 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         source, run_dir = args.config, args.out
     with user_errors():
-        config = load_config(source, args.overrides)
-        result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
-    if result.interrupted:
-        return _exit_status(result)
-    if result.metrics is not None:
-        print(f"run folder: {result.run_dir} (best.safetensors, metrics.json, pictures/)")
-    return 0
+        seed = [] if args.seed is None else [f"train.seed={args.seed}"]
+        config = load_config(source, [*args.overrides, *seed])
+        result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                       device=args.device, show_progress=not args.no_progress)
+    return _exit_status(result)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -105,7 +114,16 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         "whole: the image scaled to the model input (default: patches)")
     parser.add_argument("--stride", type=positive_int, default=None, metavar="PX",
                         help="window step in pixels (default: the patch size, no overlap)")
+    parser.add_argument("--panoptic-join", choices=("touch", "overlap", "none"), default="touch",
+                        help="panoptic models: join the instances patch borders cut, across every border (touch: "
+                        "by overlap where windows overlap, by contact where they abut), only where windows overlap "
+                        "(overlap), or not at all (none) (default: touch)")
+    parser.add_argument("--join-iou", type=probability, default=0.5, metavar="T",
+                        help="panoptic instances of two patches join above this IoU where the windows overlap "
+                        "(default: 0.5)")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="patches per batch (16)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast dtype of the model's forward passes (fp16: GPUs without bf16; default: fp32)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
                         help="sampling temperature, 0 = greedy (default: 0; the paper samples at 1 with top-p 0.4)")
     parser.add_argument("--top-p", type=probability, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
@@ -115,6 +133,16 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="tokens generated at most per patch (default: the model's max_seq_len)")
     parser.add_argument("--eos-by-mass", action="store_true",
                         help="end a sequence only where EOS holds at least half the allowed probability")
+    parser.add_argument("--beams", type=positive_int, default=1, metavar="K",
+                        help="beam search of width K under the grammar, at temperature 0 (default: 1 = off)")
+    parser.add_argument("--samples", type=positive_int, default=1, metavar="N",
+                        help="best-of-N: draw N sequences per patch (needs --temperature > 0), keep the likeliest "
+                        "(default: 1 = off)")
+    parser.add_argument("--length-penalty", type=non_negative_float, default=0.0, metavar="A",
+                        help="--beams/--samples rank by total log-probability / length**A (default: 0)")
+    parser.add_argument("--token-only", action="store_true",
+                        help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
+                        "without the boundary refinement")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling at temperature > 0")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
@@ -124,7 +152,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 def _inference_options(args: argparse.Namespace) -> dict:
     return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
             "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
-            "eos_by_mass": args.eos_by_mass}
+            "eos_by_mass": args.eos_by_mass, "refine": not args.token_only, "beams": args.beams,
+            "samples": args.samples, "length_penalty": args.length_penalty, "precision": args.precision,
+            "panoptic_join": args.panoptic_join, "join_iou": args.join_iou}
 
 
 def add_evaluate(subparsers) -> None:
@@ -209,7 +239,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def add_predict(subparsers) -> None:
     parser = add_command(subparsers, _run_predict)
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="model file or run folder")
-    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, folder or video")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, TIFF stack, folder or video")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
     parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before patching (1)")
     parser.add_argument("--coco-json", action="store_true", help="also write predictions.json (COCO RLE)")
@@ -221,10 +251,11 @@ def add_predict(subparsers) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    """Label maps for images, folders and videos.
+    """Label maps for images, TIFF stacks, folders and videos.
 
     Predict label PNGs (instance maps for panoptic models), overlays and optionally COCO RLE JSON for
-    images, folders of images or frames, and videos (PyAV).
+    images, TIFF stacks (frame by frame; one sequence for video models), folders of images or frames,
+    and videos (PyAV). Images are normalised as in the model's training (its data.normalize).
     """
     from ..inference import load
     from ..predict import predict_command, summary_line

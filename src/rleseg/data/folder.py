@@ -1,5 +1,9 @@
 """The plain folder layout: ``root/images/<stem>.<ext>`` paired with ``root/masks/<stem><suffix>.<ext>``.
 
+A TIFF stack (``rleseg.imageio.read_frames``: pages, time points, Z planes) paired with a mask stack of as
+many frames gives one image per frame, named ``<stem>/frame_000000`` ...; the stack is normalised as one.
+A held-out share (``val_fraction``) takes whole files, so frames of one stack never fall on both sides.
+
 Checked at construction (cheap, from file names and headers): an empty or missing folder, an image
 without a mask, two files with one stem, an unreadable header, image and mask of different sizes.
 Checked when a sample is read: a truncated or corrupt file, a label that is neither a class nor
@@ -15,7 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_shape, read_image, read_label_map
+from ..imageio import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    Normalization,
+    frames_shape,
+    read_frames,
+    read_image,
+    read_label_frames,
+    read_label_map,
+)
 from .classes import ClassList, read_class_list
 from .dataset import PatchDataset, default_patch
 from .patches import PatchConfig
@@ -68,6 +81,8 @@ class FolderDataset(PatchDataset):
         reduce_zero_label: label 0 becomes ``ignore_index`` and every other label drops by one
             (for datasets whose 0 means "unlabelled").
         stems: only the images with these stems (a split held out of one folder, :func:`holdout_stems`).
+        normalization: how image values become [0, 1] (``data.normalize``; default "auto", see
+            ``rleseg.imageio.Normalization``).
     """
 
     def __init__(
@@ -84,8 +99,9 @@ class FolderDataset(PatchDataset):
         skip_bad: bool = False,
         seed: int = 0,
         stems: Collection[str] | None = None,
+        normalization: Normalization | None = None,
     ):
-        self.root = Path(root)
+        self.root, self.normalization = Path(root), normalization or Normalization()
         self.classes = read_class_list(classes) if isinstance(classes, str | Path) else classes
         if self.classes is not None and len(self.classes) != tokenizer.num_classes:
             raise ValueError(
@@ -99,17 +115,21 @@ class FolderDataset(PatchDataset):
             image_files = {stem: path for stem, path in image_files.items() if stem in stems}
         mask_files = _by_stem(self.root / masks, MASK_SUFFIXES, mask_suffix)
         self.pairs: list[tuple[str, Path, Path]] = []
+        self._images: list[tuple[int, int | None]] = []  # per image: its pair, and its frame when a stack
         self._shapes: list[tuple[int, int]] = []
         for stem, image_path in image_files.items():
             try:
-                shape = self._check_pair(stem, image_path, mask_files.get(stem), masks, mask_suffix)
+                frames, shape = self._check_pair(stem, image_path, mask_files.get(stem), masks, mask_suffix)
             except ValueError as error:
                 if not skip_bad:
                     raise
                 self._skip(error)
                 continue
             self.pairs.append((stem, image_path, mask_files[stem]))
-            self._shapes.append(shape)
+            pair = len(self.pairs) - 1
+            self._images += [(pair, None)] if frames == 1 else [(pair, frame) for frame in range(frames)]
+            self._shapes += [shape] * frames
+        self._stack: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
         if not self.pairs:
             raise ValueError(f"{self.root}: no usable image/mask pair ({self.num_skipped} skipped)")
         super().__init__(tokenizer, patch or default_patch(tokenizer), seed, ignore_index, skip_bad)
@@ -125,26 +145,41 @@ class FolderDataset(PatchDataset):
                 f"{image_path}: no mask; expected {self.root / masks / (stem + suffix)} with one of "
                 f"{', '.join(MASK_SUFFIXES)}"
             )
-        shape, mask_shape = image_shape(image_path), image_shape(mask_path)
+        (frames, *shape), (mask_frames, *mask_shape) = frames_shape(image_path), frames_shape(mask_path)
         if shape != mask_shape:
             raise ValueError(
                 f"{mask_path}: mask is {mask_shape[0]}x{mask_shape[1]}, image {image_path.name} is "
                 f"{shape[0]}x{shape[1]}; expected equal sizes"
             )
-        return shape
+        if frames != mask_frames:
+            raise ValueError(f"{mask_path}: {mask_frames} mask frame(s), the image {image_path.name} has {frames}; "
+                             "expected one label map per frame")
+        return frames, tuple(shape)
 
     def num_images(self) -> int:
-        return len(self.pairs)
+        return len(self._images)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         return self._shapes[index]
 
     def read(self, index: int) -> dict:
-        stem, image_path, mask_path = self.pairs[index]
-        image = read_image(image_path)
-        mask = read_label_map(mask_path, None if self.classes is None else self.classes.colours)
+        pair, frame = self._images[index]
+        name, image_path, mask_path = self.pairs[pair]
+        colours = None if self.classes is None else self.classes.colours
+        if frame is None:
+            image, mask = read_image(image_path, self.normalization), read_label_map(mask_path, colours)
+        else:
+            image, mask = (frames[frame] for frames in self._read_stack(pair, colours))
+            name = f"{name}/frame_{frame:06d}"
         if image.shape[:2] != mask.shape:
             raise ValueError(f"{mask_path}: mask is {mask.shape}, image is {image.shape[:2]}; expected equal sizes")
         if self.reduce_zero_label:
             mask = np.where(mask == 0, self.ignore_index, np.where(mask == self.ignore_index, mask, mask - 1))
-        return {"image": image, "mask": mask, "name": stem, "source": str(mask_path)}
+        return {"image": image, "mask": mask, "name": name, "source": str(mask_path)}
+
+    def _read_stack(self, pair: int, colours: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        # The frames of one stack are consecutive images: keep the last stack read (per worker).
+        if self._stack is None or self._stack[0] != pair:
+            _, image_path, mask_path = self.pairs[pair]
+            self._stack = (pair, (read_frames(image_path, self.normalization), read_label_frames(mask_path, colours)))
+        return self._stack[1]

@@ -14,7 +14,11 @@ Layouts of :class:`VideoFolderDataset` (``root/images`` and ``root/masks``, name
 by name):
 
     frame folders      images/<seq>/<frame>.png ...   masks/<seq>/<frame>.png ...   (paired by stem)
-    multi-page TIFF    images/<seq>.tif (T, H, W[, 3])  masks/<seq>.tif (T, H, W)
+    multi-page TIFF    images/<seq>.tif               masks/<seq>.tif  (one label map per frame)
+
+A TIFF stack's frames are its pages by their axes (``rleseg.imageio.read_frames``: T x Z x ... frames of
+Y x X, colour only from 3 or 4 samples); image and mask stacks must have the same frames and size. Image
+values become [0, 1] by ``normalization`` (``data.normalize``; a stack as one, frame files one by one).
 
 ``instance_masks=True`` reads the masks as instance labels (0 = background): the class map is then
 ``mask > 0`` (one foreground class) and the ids become ``instances``, as in cell-tracking data.
@@ -26,9 +30,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from ..imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_shape, read_image, read_label_map, to_unit_float
+from ..imageio import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    Normalization,
+    frames_shape,
+    image_shape,
+    read_frames,
+    read_image,
+    read_label_frames,
+    read_label_map,
+)
 from .dataset import PatchDataset, default_patch
 from .patches import PatchConfig, window_starts
 from .synthetic import SyntheticConfig, synthetic_scene, synthetic_setup
@@ -174,14 +187,8 @@ class SyntheticVideoDataset(VideoPatchDataset):
 
 
 def _tiff_frames(path: Path) -> tuple[int, tuple[int, int]]:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
-    except Exception as error:  # tifffile raises many types on a bad header
-        raise ValueError(f"{path}: cannot read the TIFF header ({type(error).__name__}: {error})") from error
-    if len(shape) not in (3, 4):
-        raise ValueError(f"{path}: shape {shape}; expected a stack (T, H, W) or (T, H, W, 3)")
-    return int(shape[0]), (int(shape[1]), int(shape[2]))
+    frames, height, width = frames_shape(path)
+    return frames, (height, width)
 
 
 class VideoFolderDataset(VideoPatchDataset):
@@ -206,8 +213,10 @@ class VideoFolderDataset(VideoPatchDataset):
         ignore_index: int = 255,
         skip_bad: bool = False,
         seed: int = 0,
+        normalization: Normalization | None = None,
     ):
         self.root, self.instance_masks = Path(root), instance_masks
+        self.normalization = normalization or Normalization()
         images, masks = self.root / images, self.root / masks
         for folder in (images, masks):
             if not folder.is_dir():
@@ -284,7 +293,7 @@ class VideoFolderDataset(VideoPatchDataset):
             image, mask = self._read_stack(seq)
             image, mask, source = image[start:stop], mask[start:stop], str(info["mask_stack"])
         else:
-            image = np.stack([read_image(p) for p in info["frames"][start:stop]])
+            image = np.stack([read_image(p, self.normalization) for p in info["frames"][start:stop]])
             mask = np.stack([read_label_map(p) for p in info["masks"][start:stop]])
             source = str(info["masks"][start].parent)
         data = {"image": image, "mask": mask, "source": source}
@@ -296,13 +305,9 @@ class VideoFolderDataset(VideoPatchDataset):
         if self._stack is not None and self._stack[0] == seq:
             return self._stack[1]
         info = self.sequences[seq]
-        try:
-            image, mask = tifffile.imread(info["stack"]), tifffile.imread(info["mask_stack"])
-        except Exception as error:  # truncated stacks raise several types
-            raise ValueError(f"{info['stack']}: cannot read the stack; it may be truncated ({error})") from error
-        if image.ndim == 3:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if not np.issubdtype(mask.dtype, np.integer):
-            raise ValueError(f"{info['mask_stack']}: holds {mask.dtype} values; expected integer labels")
-        self._stack = (seq, (to_unit_float(image[..., :3]), mask.astype(np.int64)))
+        image, mask = read_frames(info["stack"], self.normalization), read_label_frames(info["mask_stack"])
+        if image.shape[:-1] != mask.shape:
+            raise ValueError(f"{info['mask_stack']}: mask frames {mask.shape}, the images are {image.shape[:-1]}; "
+                             "expected equal")
+        self._stack = (seq, (image, mask))
         return self._stack[1]

@@ -6,7 +6,7 @@ and decodes it (shared with the training loop's validation); ``stitch`` merges p
 windows. ``rleseg predict`` and ``rleseg evaluate`` both go through here.
 """
 
-from .batch import BatchPrediction, predict_batch
+from .batch import BatchPrediction, autocast, predict_batch
 from .options import InferenceOptions
 from .predictor import (
     ImageLike,
@@ -17,6 +17,7 @@ from .predictor import (
     load,
     resolve_checkpoint,
     resolve_device,
+    stored_normalization,
 )
 from .stitch import stitch, stitch_panoptic_patches, stitch_patches_of_image, stitch_windows
 
@@ -28,6 +29,7 @@ __all__ = [
     "Predictor",
     "VideoPrediction",
     "as_image",
+    "autocast",
     "load",
     "predict_batch",
     "resolve_checkpoint",
@@ -36,4 +38,5 @@ __all__ = [
     "stitch_panoptic_patches",
     "stitch_patches_of_image",
     "stitch_windows",
+    "stored_normalization",
 ]

@@ -19,8 +19,9 @@ than N frames is padded by repeating its last frame; the padded frames' outputs 
 
 Panoptic models give (semantic, instances): both maps are stitched by the same rule (each pixel from
 the patch in which it lies farthest from the border), so a pixel's class and instance come from one
-patch. Instance ids are made unique per patch and numbered 1..n per image; an object cut by patch
-borders stays split into one instance per patch (no merging across patches).
+patch. Instance ids are numbered 1..n per image; the instances of an object that patch borders cut are
+joined first (``panoptic_join``, ``join_iou``: by their overlap where windows overlap, by their contact
+across the border where they abut; see ``stitch_panoptic_patches``).
 
 Before an image is resized, :meth:`Predictor.memory_needed` estimates the host memory it will take; an
 image (at its ``scale``) above :mod:`rleseg.limits`' memory limit (``RLESEG_MEMORY_LIMIT_GB``) is refused
@@ -30,6 +31,7 @@ with the sizes instead of exhausting memory, and so are batches of patches of a 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,13 +42,14 @@ import numpy as np
 import torch
 
 from ..data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, window_starts
-from ..imageio import as_rgb, read_image, to_unit_float
+from ..imageio import Normalization, as_rgb, read_image, to_unit_float, unit_rgb
 from ..limits import check_memory
-from ..models import load_checkpoint
+from ..models import checkpoint_classes, load_checkpoint, read_checkpoint_info
 from ..tokens import downsample_mask
+from ..typed_yaml import from_dict
 from .batch import predict_batch
 from .options import InferenceOptions
-from .stitch import stitch_panoptic_patches, stitch_patches_of_image, stitch_windows
+from .stitch import stitch_panoptic_patches, stitch_patches_of_image, stitch_score_maps, stitch_windows
 
 ImageLike = str | Path | np.ndarray
 
@@ -69,6 +72,11 @@ class ImagePrediction:
     generated_runs: int = 0  # runs the sequences stand for (tokens / tokens per run)
     invalid_runs: int = 0  # of those, runs the lenient decoder dropped (0 with constrained decoding)
     truncated: int = 0  # sequences cut by max_len (see BatchPrediction.truncated)
+    # (H, W) float32 per-pixel score (rleseg.inference.batch: the probability of the run that paints the pixel,
+    # NaN where none does; dense models: the softmax probability of the pixel's class), taken from the patch
+    # that gave the pixel its stitched label; None for video models.
+    scores: np.ndarray | None = None
+    run_scores: list[np.ndarray] = field(default_factory=list)  # per patch: (R,) probability of each run
 
     @property
     def num_tokens(self) -> int:
@@ -124,6 +132,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"device {device!r} is not a torch device; expected e.g. cpu, cuda or cuda:1") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -133,22 +144,56 @@ def load(checkpoint: str | Path, device: str | torch.device | None = None, **opt
     ``options`` are :class:`InferenceOptions` fields, e.g. ``load("runs/x", mode="whole", stride=96)``.
     """
     device = resolve_device(device)
-    model = load_checkpoint(resolve_checkpoint(checkpoint), device)
-    return Predictor(model, InferenceOptions(**options), device)
+    path = resolve_checkpoint(checkpoint)
+    model = load_checkpoint(path, device)
+    names, colours = checkpoint_classes(path)
+    return Predictor(model, InferenceOptions(**options), device, class_names=names, class_colours=colours,
+                     normalization=stored_normalization(path))
 
 
-def as_image(image: ImageLike) -> np.ndarray:
-    """A path or an array ((H, W) grey, (H, W, 3|4) or (3, H, W)) -> (H, W, 3) float32.
+def stored_normalization(path: str | Path) -> Normalization:
+    """How the model of the checkpoint at ``path`` saw image values in training (``extra["normalize"]``,
+    the run's data.normalize); "auto" for a checkpoint without one (rleseg before data.normalize, which
+    always normalised so)."""
+    stored = read_checkpoint_info(path)[1].get("normalize")
+    if stored is None:
+        return Normalization()
+    try:
+        return from_dict(Normalization, stored, "normalize")
+    except ValueError as error:
+        raise ValueError(f"{path}: its extra holds a bad normalize ({error})") from None
 
-    Float arrays are taken as they are (the model reads [0, 1], as the datasets give it); uint8 is divided
-    by 255; deeper integer images are stretched as ``rleseg.imageio.read_image`` does.
+
+def as_image(image: ImageLike, normalization: Normalization | None = None) -> np.ndarray:
+    """A path or an array ((H, W) grey, (H, W, 3|4) or (3, H, W)) -> (H, W, 3) float32 in [0, 1].
+
+    Files are read with ``rleseg.imageio.read_image``. Float arrays within [0, 1] are taken as they are
+    (they are what the readers and datasets give); other arrays are normalised by ``normalization``
+    (default "auto": uint8 / 255, deeper integers stretched as ``read_image`` does). A float array with
+    values above 1 in modes "auto" and "range" is taken for 0-255 values and divided by 255 (an 8-bit image
+    as floats; outside [0, 255], stretched from its percentiles), with a warning: as it is, a model trained
+    on [0, 1] would see a white image.
     """
+    norm = normalization or Normalization()
     if isinstance(image, str | Path):
-        return read_image(image)
-    array = as_rgb(np.asarray(image), Path("<array>"))
-    if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
-    return to_unit_float(array)
+        return read_image(image, norm)
+    array = np.asarray(image)
+    if not np.issubdtype(array.dtype, np.floating):
+        return unit_rgb(array, norm)
+    array = as_rgb(array, Path("<array>")).astype(np.float32, copy=False)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if 0 <= low and high <= 1:
+        return array
+    if norm.mode in ("none", "percentile", "minmax"):
+        return to_unit_float(array, norm)
+    in_byte_range = 0 <= low and high <= 255
+    warnings.warn("a float image with values outside [0, 1] was " + (
+        "taken for 0-255 values and divided by 255, as an 8-bit image is" if in_byte_range else
+        "stretched from its percentiles, as a 16-bit image is") + "; give floats in [0, 1] or integer images",
+        stacklevel=3)
+    if in_byte_range:
+        return array / np.float32(255)
+    return to_unit_float(array, Normalization("percentile", norm.low, norm.high))
 
 
 class Predictor:
@@ -157,10 +202,18 @@ class Predictor:
     ``predict(image)`` -> (H, W) int64 label map, or (semantic, instances) for a panoptic model;
     ``predict_many(images)`` -> a list of those; ``run(images)`` -> :class:`ImagePrediction` per image,
     with the generation counts, batching patches across images.
+
+    ``class_names`` (label order) and ``class_colours`` ((C, 3) RGB or None: the default palette) are what
+    the checkpoint stores (:func:`load` reads them); "class 0" .. "class C-1" when not given.
+    ``normalization``: how image values become [0, 1] (:func:`as_image`); :func:`load` gives the one the
+    model was trained with (:func:`stored_normalization`), the default is "auto".
     """
 
-    def __init__(self, model, options: InferenceOptions | None = None, device: str | torch.device | None = None):
+    def __init__(self, model, options: InferenceOptions | None = None, device: str | torch.device | None = None,
+                 class_names: list[str] | None = None, class_colours: list[list[int]] | None = None,
+                 normalization: Normalization | None = None):
         self.options = options or InferenceOptions()
+        self.normalization = normalization or Normalization()
         self.options.check()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
@@ -168,6 +221,12 @@ class Predictor:
         self.panoptic = self.tokenizer.task == "panoptic"
         self.frames = int(self.tokenizer.frames) if self.tokenizer.task == "video" else None  # window length
         self.num_classes = int(self.tokenizer.num_classes)
+        self.class_names = list(class_names) if class_names is not None else [f"class {c}" for c in
+                                                                             range(self.num_classes)]
+        if len(self.class_names) != self.num_classes or (class_colours is not None
+                                                         and len(class_colours) != self.num_classes):
+            raise ValueError(f"class names or colours given for other than the model's {self.num_classes} classes")
+        self.class_colours = None if class_colours is None else np.asarray(class_colours, np.uint8).reshape(-1, 3)
         self.patch_size = int(model.config.image_size)
         mask_h, mask_w = self.tokenizer.mask_size
         if mask_h != mask_w or self.patch_size % mask_h:
@@ -176,6 +235,9 @@ class Predictor:
         # Token models decode on the tokenizer's subsampled grid; dense models (trained on the full-resolution
         # "mask") predict at the patch's own resolution.
         self.factor = 1 if model.target_key == "mask" else self.patch_size // mask_h
+        # A refiner (unless the options turn it off) gives masks at the patch's resolution: stitched as such.
+        refined = getattr(model, "refiner", None) is not None and self.options.refine
+        self.stitch_factor = 1 if refined else self.factor
         batch = self.options.batch_size * (self.frames or 1) * self.patch_size**2 * 3 * 4  # float32 RGB patches
         check_memory(f"batches of {self.options.batch_size} patches of the model's input {self.patch_size}x"
                      f"{self.patch_size} px", batch)
@@ -203,7 +265,7 @@ class Predictor:
         queue: list[tuple[_Job, int]] = []
         for image, payload in items:
             # Video models take windows: (N, H, W, 3) float arrays, made by run_video.
-            job = self._start(as_image(image) if self.frames is None else image, payload)
+            job = self._start(as_image(image, self.normalization) if self.frames is None else image, payload)
             pending.append(job)
             queue += [(job, k) for k in range(len(job.boxes))]
             while len(queue) >= self.options.batch_size:
@@ -233,7 +295,7 @@ class Predictor:
             raise ValueError(f"frames must be a (T, H, W, 3) array or a list of images, got shape {video.shape}")
         if len(video) == 0:
             raise ValueError("a video needs at least 1 frame, got 0")
-        video = np.stack([as_image(frame) for frame in video])
+        video = np.stack([as_image(frame, self.normalization) for frame in video])
         if video.ndim != 4:
             raise ValueError(f"frames of one video must share one size, got {video.shape}")
         stride = self.frames if window_stride is None else int(window_stride)
@@ -252,7 +314,7 @@ class Predictor:
         return VideoPrediction(merged, starts, padded, **totals)
 
     def patch_config(self, scale: float) -> PatchConfig:
-        return PatchConfig(patch_size=self.patch_size, factor=self.factor, scale=scale)
+        return PatchConfig(patch_size=self.patch_size, factor=self.stitch_factor, scale=scale)
 
     def scale_for(self, shape: tuple[int, int]) -> float:
         """The resize factor applied to an image of ``shape`` before patching."""
@@ -302,22 +364,28 @@ class Predictor:
         images = torch.from_numpy(np.stack([job.crops[k] for job, k in batch])).movedim(-1, -3)
         out = predict_batch(self.model, images.to(self.device), self.options, self.generator)
         for b, (job, k) in enumerate(batch):
-            job.results[k] = (out.masks[b], out.tokens[b], out.runs[b], bool(out.truncated[b]))
+            job.results[k] = (out.masks[b], out.tokens[b], out.runs[b], bool(out.truncated[b]), out.run_scores[b],
+                              out.score_maps[b])
             job.crops[k] = None  # the pixels are no longer needed
 
     def _finish(self, job: _Job) -> tuple[ImagePrediction, Any]:
-        masks, tokens, runs, truncated = zip(*job.results, strict=True)
+        masks, tokens, runs, truncated, run_scores, score_maps = zip(*job.results, strict=True)
         config = self.patch_config(job.scale)
         instances = None
         if self.panoptic:
             semantic, ids = (np.stack([mask[i] for mask in masks]) for i in (0, 1))  # (K, h, w) each
-            labels, instances = stitch_panoptic_patches(semantic, ids, job.boxes, config, job.shape, self.num_classes)
+            labels, instances = stitch_panoptic_patches(semantic, ids, job.boxes, config, job.shape, self.num_classes,
+                                                        self.options.panoptic_join, self.options.join_iou)
         elif self.frames is not None:  # (K, N, h, w): each frame of the window stitched like an image
             stack = np.stack(masks)
             labels = np.stack([stitch_patches_of_image(stack[:, f], job.boxes, config, job.shape, self.num_classes)
                                for f in range(stack.shape[1])])
         else:
-            labels = stitch_patches_of_image(np.stack(masks), job.boxes, config, job.shape, self.num_classes)
+            semantic = np.stack(masks)
+            labels = stitch_patches_of_image(semantic, job.boxes, config, job.shape, self.num_classes)
+        scores = None
+        if self.frames is None:
+            scores = stitch_score_maps(np.stack(score_maps), semantic, job.boxes, config, labels)
         generated, kept = np.sum(runs, axis=0)
         prediction = ImagePrediction(
             labels=labels.astype(np.int64),
@@ -328,6 +396,8 @@ class Predictor:
             generated_runs=int(generated),
             invalid_runs=int(generated - kept),
             truncated=sum(truncated),
+            scores=scores,
+            run_scores=list(run_scores),
         )
         return prediction, job.payload
 
@@ -340,7 +410,7 @@ class _Job:
     scale: float
     boxes: np.ndarray  # (K, 4) patches in the resized image
     crops: list  # per patch: its pixels until generated, then None
-    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated) once generated
+    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated, run scores, score map) once generated
     payload: Any
 
     @property

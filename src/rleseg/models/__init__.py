@@ -11,7 +11,7 @@ variant, and the dense per-pixel baseline; one ``create_model`` builds them all.
 """
 
 from .backbone import Backbone, load_backbone_weights, packaged_weights
-from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import checkpoint_classes, load_checkpoint, load_weights_into, read_checkpoint_info, save_checkpoint
 from .dense import DenseConfig, DenseModel
 from .factory import DENSE_PRESETS, MODELS, PRESETS, AnyModelConfig, create_model
 from .generate import Generation
@@ -32,9 +32,11 @@ __all__ = [
     "Pix2Seq",
     "VideoModelConfig",
     "VideoPix2Seq",
+    "checkpoint_classes",
     "create_model",
     "load_backbone_weights",
     "load_checkpoint",
+    "load_weights_into",
     "packaged_weights",
     "read_checkpoint_info",
     "save_checkpoint",

@@ -3,7 +3,8 @@
 The file holds the weights as safetensors tensors and, in the safetensors header metadata, JSON strings:
 ``format`` ("rleseg.pix2seq"), ``format_version``, ``config_class`` (the config's class, which picks the
 model: "ModelConfig", "VideoModelConfig" or "DenseConfig", see factory.py), ``config`` (its fields, the
-tokenizer's ``to_dict()`` included) and ``extra`` (whatever the caller passes, e.g. the training step).
+tokenizer's ``to_dict()`` included) and ``extra`` (whatever the caller passes: training writes the step,
+``class_names`` and ``class_colours``, which :func:`checkpoint_classes` reads back).
 Nothing is unpickled on load. Files are written atomically (rleseg.atomic), so an interrupted save never
 leaves a half-written checkpoint under the final name.
 
@@ -63,6 +64,56 @@ def read_checkpoint_info(path: str | Path) -> tuple[AnyModelConfig, dict]:
     if not isinstance(extra, dict):
         raise ValueError(f"{path}: checkpoint extra must be a JSON object, got {type(extra).__name__}")
     return config, extra
+
+
+def checkpoint_classes(path: str | Path) -> tuple[list[str] | None, list[list[int]] | None]:
+    """(class names, (C, 3) colours) that a checkpoint stores in its ``extra``; None for what it lacks (a
+    checkpoint of an older rleseg, or one saved without them: callers then name the classes "class 0" ..
+    "class C-1" and draw them in the default palette)."""
+    config, extra = read_checkpoint_info(path)
+    count = from_dict(config.tokenizer).num_classes
+    names, colours = extra.get("class_names"), extra.get("class_colours")
+    if names is not None and not (isinstance(names, list) and len(names) == count
+                                  and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: class_names in its extra must be a list of {count} names")
+    if colours is not None and not (
+        isinstance(colours, list) and len(colours) == count
+        and all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in colours)):
+        raise ValueError(f"{path}: class_colours in its extra must be {count} [r, g, b] triples of 0..255")
+    return names, colours
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
+    """Copy the weights of the checkpoint at ``path`` into ``model`` (what ``model.init_from`` does).
+
+    ValueError naming ``path`` unless the checkpoint's tokenizer is the model's (the differing settings
+    listed, e.g. "mask_size [16, 16] vs [32, 32]") and its weights fit the model (the differing config
+    fields listed; fields that shape no weight, such as dropout, may differ)."""
+    path = Path(path)
+    config = read_checkpoint_info(path)[0]
+    own, theirs = (json.loads(json.dumps(dataclasses.asdict(c))) for c in (model.config, config))  # tuples as lists
+    if theirs["tokenizer"] != own["tokenizer"]:
+        differences = _differences(theirs["tokenizer"], own["tokenizer"])
+        raise ValueError(f"{path}: its tokenizer differs from this config's ({differences}, the checkpoint's "
+                         "first), so its token ids would mean other things")
+    source = load_checkpoint(path)
+    mine = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in source.state_dict().items()}
+    if type(config) is not type(model.config) or mine != saved:
+        fields = _differences({k: v for k, v in theirs.items() if k != "tokenizer"},
+                              {k: v for k, v in own.items() if k != "tokenizer"})
+        kind = f"a {type(config).__name__}, this model a {type(model.config).__name__}; " if type(config) is not type(
+            model.config) else ""
+        raise ValueError(f"{path}: its weights do not fit this config's model ({kind}model fields differ: "
+                         f"{fields or 'none'}, the checkpoint's first)")
+    model.load_state_dict(source.state_dict())
+
+
+def _differences(theirs: dict, own: dict) -> str:
+    """"name a vs b, ..." for the keys whose values differ."""
+    keys = sorted(k for k in theirs.keys() | own.keys() if theirs.get(k) != own.get(k))
+    return ", ".join(f"{k} {theirs.get(k)} vs {own.get(k)}" for k in keys)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

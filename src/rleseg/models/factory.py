@@ -111,21 +111,27 @@ def dense_fields(fields: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the start head
+def start_cells(tokenizer: MaskTokenizer) -> int:
+    """The cells a start token can point at: the mask's, and for a video volume every frame's (a start is
+    a (frame, cell) pair; a TAC start is a cell of the one TAC map)."""
+    frames = tokenizer.frames if getattr(tokenizer, "temporal", None) == "volume" else 1
+    return frames * math.prod(tokenizer.mask_size)
+
+
 def has_start_per_cell(tokenizer: MaskTokenizer) -> bool:
-    """Whether an image or panoptic tokenizer writes one start token per mask cell (1-D starts): what the
-    pointer start head needs."""
+    """Whether a tokenizer writes one start token per start cell (1-D starts, :func:`start_cells`): what
+    the pointer start head needs. Image, panoptic and video (TAC and volume) tokenizers can."""
     start = tokenizer.vocab.ranges.get("start")
-    image = tokenizer.task in ("semantic", "panoptic")
-    return image and start is not None and start.size == math.prod(tokenizer.mask_size)
+    return start is not None and start.size == start_cells(tokenizer)
 
 
 def resolve_start_head(config: ModelConfig, tokenizer: MaskTokenizer) -> ModelConfig:
-    """start_head "auto" -> "pointer" where :func:`has_start_per_cell`, else "table"; then checks that an
-    image model's tokenizer suits its start head and auxiliary loss (video models check their own)."""
+    """start_head "auto" -> "pointer" where :func:`has_start_per_cell`, else "table"; then checks that the
+    tokenizer suits the start head and the auxiliary loss. The resolved head is what a checkpoint stores,
+    so a model saved with "auto" resolved to "table" (as every video model before the video pointer) loads
+    as "table"."""
     if config.start_head == "auto":
         config = dataclasses.replace(config, start_head="pointer" if has_start_per_cell(tokenizer) else "table")
-    if tokenizer.task == "video":
-        return config
     if config.start_head == "pointer" and not has_start_per_cell(tokenizer):
         raise ValueError("start_head 'pointer' needs 1-D starts (one start token per mask cell); "
                          f"the tokenizer has starts={tokenizer.starts!r}")

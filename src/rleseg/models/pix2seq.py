@@ -23,6 +23,8 @@ from .backbone import Backbone
 from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
 from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
+from .refine import Refiner, jitter_boundaries
+from .search import beam_search, best_of, check_search, repeat_candidates
 
 
 @dataclass
@@ -46,8 +48,10 @@ class ModelConfig:
     start_geometry: bool = True
     # "pointer": the start rows of the (tied) embedding table also carry the image's own features at each
     # start cell (a feature pyramid brought to the mask grid, through a zero-initialised projection), so
-    # choosing a start reads the image where it lands; needs 1-D starts. "table": the rows are the same for
-    # every image (the paper's model). "auto": pointer where the tokenizer allows it, else table. Measured
+    # choosing a start reads the image where it lands; needs 1-D starts. Video: a volume start (frame, cell)
+    # reads that frame's features, a TAC start the frames' features averaged at its cell (models/video.py).
+    # "table": the rows are the same for every image (the paper's model). "auto": pointer where the
+    # tokenizer allows it (image, panoptic and video tokenizers with 1-D starts), else table. Measured
     # on nuclei at 3 CPU minutes: Dice 0.23 (table, 2-D starts) -> 0.65 (pointer), docs/results.md.
     start_head: str = "auto"
     pyramid_stride: int = 4  # finest backbone level the pyramid of start_head "pointer" / aux_dense_weight uses
@@ -57,6 +61,16 @@ class ModelConfig:
     # The decoder also cross-attends to the pyramid's features (pooled 2x2, one token per 2x2 mask cells),
     # a finer visual grid than the backbone's last map. Needs a pyramid (start_head "pointer" or the aux loss).
     pyramid_memory: bool = False
+    # Boundary refinement (models/refine.py): a small convolutional head redraws the decoded mask at the
+    # patch's full resolution from the image and the pyramid, but only the pixels within this many mask
+    # cells of a class boundary of the decoded mask; every other pixel is the decoded mask upsampled
+    # (nearest), so every object decision stays in the tokens. 0 = off. Semantic image tokenizers only;
+    # builds the pyramid. Inference can still give the token-only mask (InferenceOptions.refine false).
+    refine_band: int = 0
+    refine_weight: float = 1.0  # of the refinement's cross-entropy over the band pixels, in the training loss
+    # Share of the training masks' cells that take a random neighbour's label before refinement (moving
+    # boundaries by a cell), so that the refiner learns to correct masks as imperfect as decoded ones.
+    refine_jitter: float = 0.1
     # Loss weights per target token; the paper weights padding 0.1.
     pad_weight: float = 0.1
     eos_weight: float = 1.0  # of the EOS target
@@ -70,6 +84,8 @@ class ModelConfig:
                     "pyramid_stride")
         check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
         check_range(self, 0, 1, "dropout", "drop_path", "label_smoothing", high_open=True)
+        check_range(self, 0, None, "refine_band", "refine_weight")
+        check_range(self, 0, 1, "refine_jitter")
         check_range(self, 0, None, "init_std", low_open=True)
         if self.start_head not in START_HEADS:
             raise ValueError(f"start_head must be one of {', '.join(START_HEADS)}, got {self.start_head!r}")
@@ -79,7 +95,7 @@ class ModelConfig:
     @property
     def uses_pyramid(self) -> bool:
         """Whether the model builds the feature pyramid (for the pointer start head or the auxiliary loss)."""
-        return self.start_head == "pointer" or self.aux_dense_weight > 0
+        return self.start_head == "pointer" or self.aux_dense_weight > 0 or self.refine_band > 0
 
 
 START_HEADS = ("auto", "table", "pointer")  # create_model resolves "auto"; the model sees the other two
@@ -269,6 +285,11 @@ class Pix2Seq(nn.Module):
         if config.pyramid_memory and self.pyramid is None:
             raise ValueError("pyramid_memory needs the pyramid: start_head 'pointer' or aux_dense_weight > 0")
         self.memory_proj = nn.Linear(config.dim, config.dim) if config.pyramid_memory else None
+        self.refiner = None
+        if config.refine_band > 0:
+            if tokenizer.task != "semantic":
+                raise ValueError(f"refine_band needs a semantic image tokenizer, got task {tokenizer.task!r}")
+            self.refiner = Refiner(config.dim, tokenizer.num_classes, config.refine_band)
         backbone = set(self.encoder.backbone.modules())  # keeps timm's own (or pretrained) init
         for module in self.modules():
             if isinstance(module, nn.Linear) and module not in backbone:
@@ -297,13 +318,18 @@ class Pix2Seq(nn.Module):
         the start cells (B, S, D) or None when the model has no pyramid)."""
         if self.pyramid is None:
             return self.encoder(images), self.decoder.embedding_table(), None
-        maps = self.encoder.backbone.features(images)
-        memory = self.encoder.encode(maps)
-        cells = self.pyramid(maps, memory)
+        memory, cells = self.memory_and_cells(images)
         content = None if self.start_proj is None else self.start_proj(cells)
         if self.memory_proj is not None:
             memory = torch.cat([memory, self.pooled_cells(cells)], dim=1)
         return memory, self.decoder.embedding_table(content), cells
+
+    def memory_and_cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images -> (memory (B, N, D), the pyramid's features at the S start cells (B, S, D)). The video
+        model overrides this: its start cells are per frame or per TAC cell."""
+        maps = self.encoder.backbone.features(images)
+        memory = self.encoder.encode(maps)
+        return memory, self.pyramid(maps, memory)
 
     def pooled_cells(self, cells: torch.Tensor) -> torch.Tensor:
         """Pyramid features (B, S, D) on the scan grid -> 2x2-pooled memory tokens with their position codes."""
@@ -319,10 +345,19 @@ class Pix2Seq(nn.Module):
         memory, table, _ = self.encode(images)
         return self.decoder(input_tokens, memory, table=table)
 
-    def loss(self, images: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def extra_targets(self) -> tuple[str, ...]:
+        """The batch entries loss() takes after the tokens: the full-resolution and the grid mask when the
+        model has a refiner."""
+        return ("mask", "mask_small") if self.refiner is not None else ()
+
+    def loss(self, images: torch.Tensor, target_tokens: torch.Tensor, mask: torch.Tensor | None = None,
+             mask_small: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced, token-weighted cross-entropy. target_tokens (B, T) int64: body + EOS + PAD;
         the model feeds BOS + target_tokens[:, :-1]. Returns a scalar: sum(w * ce) / sum(w), plus
-        ``aux_dense_weight`` times the auxiliary per-cell loss when that is on."""
+        ``aux_dense_weight`` times the auxiliary per-cell loss when that is on, plus ``refine_weight``
+        times the refinement loss (:meth:`refine_loss`; it needs the batch's ``mask`` (B, P, P) and
+        ``mask_small`` (B, h, w)) when the model has a refiner."""
         bos = torch.full_like(target_tokens[:, :1], self.tokenizer.bos)
         memory, table, cells = self.encode(images)
         logits = self.decoder(torch.cat([bos, target_tokens[:, :-1]], dim=1), memory, table=table)  # (B, T, V)
@@ -334,7 +369,33 @@ class Pix2Seq(nn.Module):
         loss = (ce * weight).sum() / weight.sum()
         if self.aux_head is not None:
             loss = loss + self.config.aux_dense_weight * self.aux_loss(cells, target_tokens)
+        if self.refiner is not None:
+            if mask is None or mask_small is None:
+                raise ValueError("a model with a refiner (refine_band > 0) trains on the batch's mask and mask_small")
+            loss = loss + self.config.refine_weight * self.refine_loss(images, cells, mask, mask_small)
         return loss
+
+    def refine_loss(self, images: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor, mask_small: torch.Tensor
+                    ) -> torch.Tensor:
+        """The refiner's band cross-entropy against ``mask``, from the grid mask ``mask_small`` as the tokens
+        encode it (ignored labels as 0) with ``refine_jitter`` of its cells moved."""
+        classes = self.tokenizer.num_classes
+        coarse = torch.where((mask_small >= 0) & (mask_small < classes), mask_small, torch.zeros_like(mask_small))
+        coarse = jitter_boundaries(coarse, self.config.refine_jitter)
+        return self.refiner.loss(images, self.cells_on_grid(cells), coarse, mask)
+
+    @torch.no_grad()
+    def refine(self, images: torch.Tensor, cells: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Decoded masks (B, h, w) int64 on the tokenizer's grid -> refined labels (B, P, P) int64 at the
+        images' resolution (:class:`~rleseg.models.refine.Refiner`); ``cells``: encode()'s pyramid features."""
+        if self.refiner is None:
+            raise ValueError("this model has no refiner (refine_band 0)")
+        return self.refiner.labels(images, self.cells_on_grid(cells), coarse)
+
+    def cells_on_grid(self, cells: torch.Tensor) -> torch.Tensor:
+        """Pyramid features (B, S, D) in scan order -> (B, D, H, W) on the mask grid, rows first."""
+        x = cells.transpose(1, 2).reshape(cells.shape[0], cells.shape[-1], *self.tokenizer.grid)
+        return x.transpose(-1, -2) if self.tokenizer.order == "F" else x
 
     def aux_loss(self, cells: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
         """Per-cell cross-entropy of the pyramid features (B, S, D) against the masks the target tokens
@@ -357,6 +418,10 @@ class Pix2Seq(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         eos_by_mass: bool = False,
+        encoded: tuple | None = None,
+        beams: int = 1,
+        samples: int = 1,
+        length_penalty: float = 0.0,
     ) -> Generation:
         """Sample up to ``max_len`` tokens (default max_seq_len) after BOS for every image.
 
@@ -365,15 +430,40 @@ class Pix2Seq(nn.Module):
         EOS within max_len and decodes strictly. ``eos_by_mass`` ends a sequence only where EOS holds half
         of the allowed probability. ``use_cache`` changes the speed, not the result. Each sequence stops at
         its EOS (PAD after it); the loop stops when all have. Returns tokens and log-probabilities
-        (:class:`Generation`); decoding them into masks is the caller's.
+        (:class:`Generation`); decoding them into masks is the caller's. ``encoded``: what
+        ``encode(images)`` gave in eval mode, when the caller needs it too (the refiner reads its pyramid).
+
+        Search over whole sequences (models/search.py), the image's candidates batched through one cache:
+        ``beams`` > 1 is beam search of that width (temperature 0); ``samples`` > 1 draws that many
+        sequences per image (temperature > 0) and keeps the likeliest. Both rank by total log-probability
+        divided by length ** ``length_penalty``.
         """
         check_sampling(temperature, top_k, top_p)
+        check_search(beams, samples, temperature, length_penalty)
         max_len = self.config.max_seq_len if max_len is None else int(max_len)
         if not 1 <= max_len <= self.config.max_seq_len:
             raise ValueError(f"max_len must be in 1 .. max_seq_len = {self.config.max_seq_len}, got {max_len}")
         was_training = self.training
         self.eval()
-        memory, table, _ = self.encode(images)  # table built once, not per step
+        memory, table, _ = self.encode(images) if encoded is None else encoded  # table built once, not per step
+        copies = max(beams, samples)
+        if copies > 1:
+            memory, table = repeat_candidates(memory, table, copies)
+        try:
+            if beams > 1:
+                return beam_search(self, memory, table, beams, max_len, constrained, use_cache, eos_by_mass,
+                                   length_penalty)
+            out = self.sample(memory, table, max_len, temperature, top_k, top_p, constrained, use_cache, generator,
+                              eos_by_mass)
+            return out if samples == 1 else best_of(out, samples, length_penalty)
+        finally:
+            self.train(was_training)
+
+    def sample(
+        self, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
+        constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool,
+    ) -> Generation:
+        """Token-by-token generation from encode()'s memory and table, one sequence per row (see generate)."""
         cache = self.decoder.new_cache(memory, max_len) if use_cache else None
         batch, device = memory.shape[0], memory.device
         grammar = self.tokenizer.grammar(batch) if constrained else None
@@ -393,7 +483,6 @@ class Pix2Seq(nn.Module):
             done |= next_token == EOS
             if bool(done.all()):
                 break
-        self.train(was_training)
         steps = step + 1  # the last step ran, whether every row ended or max_len was reached
         truncated = None if grammar is None else torch.from_numpy(grammar.truncated)  # else: rows without EOS
         return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)

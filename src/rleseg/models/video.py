@@ -16,6 +16,14 @@ model), and one frame goes through exactly the image model's computation. With L
 - ``"static"``: the image encoder on the reference frame alone, memory (B, h*w, D); the decoder still
   writes the whole window's sequence (docs/method.md section 4: the paper reports it can match video models).
 
+The pointer start head (``start_head`` "pointer", what "auto" picks for 1-D starts) works as for images:
+the start rows of the embedding table also carry the window's own features at each start cell. The
+feature pyramid runs per frame, on that frame's backbone maps and its coarse memory (late: the frame's
+part of the joint memory; middle: the fused reference memory, the only layer-L output; static: the
+reference frame alone). A volume start (frame t, cell) reads frame t's pyramid at that cell (static: the
+reference frame's, for every t); a TAC start, one per cell of the TAC map, reads the frames' pyramids
+averaged there, since a TAC run starts wherever any frame's label changes.
+
 The reference frame is ``reference_frame`` (default 0, as in the paper: the TAC sequence puts frame 0 in
 the least significant digit, and the window's first frame is the one a sliding window has seen least).
 Time codes are ``sincos(t) - sincos(0)``: zero at offset 0, so the reference frame (middle) and frame 0
@@ -103,16 +111,27 @@ class WindowEncoder(Encoder):
         if images.shape[1] != self.frames:
             raise ValueError(f"windows of {images.shape[1]} frames, but the model's tokenizer encodes {self.frames}")
 
-    def frame_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_frames(images)[0]
+
+    def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """images (B, N, 3, H, W) -> (memory (B, M, D) for the decoder, the backbone's maps of the F frames
+        this encoder sees (finest first, each (B*F, C, h, w)), and those frames' coarse features
+        (B, F, n, D) that the pointer's pyramid refines). Each fusion mode defines it."""
+        raise NotImplementedError
+
+    def frame_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Every frame through backbone, input projection and encoder layers 1 .. L-1 ->
-        (x (B, N, n, D), 2-D position codes (n, D)). Mirrors the start of ``Encoder.forward``."""
+        (x (B, N, n, D), 2-D position codes (n, D), backbone maps (B*N, C, h, w) finest first).
+        Mirrors the start of ``Encoder.encode``."""
         self.check(images)
-        features = self.backbone(images.flatten(0, 1))  # (B*N, C, h, w)
+        maps = self.backbone.features(images.flatten(0, 1))
+        features = maps[-1]  # (B*N, C, h, w)
         pos = sincos_grid(tuple(features.shape[-2:]), self.input_proj.out_features).to(features)  # (n, D)
         x = self.dropout(self.input_proj(features.flatten(2).transpose(1, 2)) + pos)  # (B*N, n, D)
         for layer in self.layers[:-1]:
             x = layer(x)
-        return x.unflatten(0, images.shape[:2]), pos  # (B, N, n, D)
+        return x.unflatten(0, images.shape[:2]), pos, maps  # (B, N, n, D)
 
     def project(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The output head on x (B, M, D) with position codes (M, D); mirrors the end of ``Encoder.forward``."""
@@ -123,9 +142,11 @@ class WindowEncoder(Encoder):
 class StaticEncoder(WindowEncoder):
     """The image encoder on the reference frame only -> (B, n, D)."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         self.check(images)
-        return super().forward(images[:, self.reference])
+        maps = self.backbone.features(images[:, self.reference])
+        memory = self.encode(maps)  # (B, n, D)
+        return memory, maps, memory[:, None]
 
 
 class MiddleFusionEncoder(WindowEncoder):
@@ -141,27 +162,31 @@ class MiddleFusionEncoder(WindowEncoder):
             c = config
             self.layers[-1] = FusionLayer(c.dim, c.heads, c.mlp_dim, c.dropout, self.layers[-1].drop_path.p)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x, pos = self.frame_tokens(images)  # (B, N, n, D)
+    def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        x, pos, maps = self.frame_tokens(images)  # (B, N, n, D)
         query = x[:, self.reference]  # (B, n, D)
         if self.frames == 1:
-            return self.project(self.layers[-1](query), pos)
-        others = [t for t in range(self.frames) if t != self.reference]
-        code = time_code(torch.tensor(others) - self.reference, x.shape[-1]).to(x)  # (N-1, D)
-        context = (x[:, others] + code[None, :, None]).flatten(1, 2)  # (B, (N-1)*n, D)
-        return self.project(self.layers[-1](query, context), pos)  # (B, n, D)
+            memory = self.project(self.layers[-1](query), pos)
+        else:
+            others = [t for t in range(self.frames) if t != self.reference]
+            code = time_code(torch.tensor(others) - self.reference, x.shape[-1]).to(x)  # (N-1, D)
+            context = (x[:, others] + code[None, :, None]).flatten(1, 2)  # (B, (N-1)*n, D)
+            memory = self.project(self.layers[-1](query, context), pos)  # (B, n, D)
+        # Only the reference frame has a layer-L output: it is every frame's coarse feature.
+        return memory, maps, memory[:, None].expand(-1, self.frames, -1, -1)
 
 
 class LateFusionEncoder(WindowEncoder):
     """Per-frame layers 1 .. L-1, then joint self-attention over all frames in layer L -> (B, N*n, D),
     frame-major (all cells of frame 0, then frame 1, ...)."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x, pos = self.frame_tokens(images)  # (B, N, n, D)
+    def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        x, pos, maps = self.frame_tokens(images)  # (B, N, n, D)
         code = time_code(torch.arange(self.frames), x.shape[-1]).to(x)  # (N, D)
         pos = (pos[None] + code[:, None]).flatten(0, 1)  # (N*n, D), 3-D codes: 2-D cell + time
         x = (x + code[None, :, None]).flatten(1, 2)  # (B, N*n, D)
-        return self.project(self.layers[-1](x), pos)
+        memory = self.project(self.layers[-1](x), pos)
+        return memory, maps, memory.unflatten(1, (self.frames, -1))
 
 
 ENCODERS = {"middle": MiddleFusionEncoder, "late": LateFusionEncoder, "static": StaticEncoder}
@@ -187,14 +212,24 @@ class VideoPix2Seq(Pix2Seq):
             )
         if config.encoder_layers < 1 and config.fusion != "static":
             raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
-        if config.uses_pyramid:
-            raise ValueError("start_head 'pointer' and aux_dense_weight are for image models; video models "
-                             "take start_head 'table' and aux_dense_weight 0")
+        if config.aux_dense_weight > 0:
+            raise ValueError("aux_dense_weight is for semantic image models; video models take aux_dense_weight 0")
         super().__init__(config, tokenizer)
 
     def build_encoder(self, config: VideoModelConfig) -> WindowEncoder:
         """The image Encoder with a window-aware forward (Pix2Seq's hook, called from its __init__)."""
         return ENCODERS[config.fusion](config, self.tokenizer.frames, config.reference_frame)
+
+    def memory_and_cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, N, 3, H, W) -> (memory (B, M, D), the pyramid's features at the start cells: (B, S, D)
+        for TAC, one per cell of the TAC map, or (B, N*S, D) for a volume, frame-major; S = H*W cells in the
+        tokenizer's scan order)."""
+        memory, maps, coarse = self.encoder.encode_frames(images)
+        batch, seen = coarse.shape[:2]
+        cells = self.pyramid(maps, coarse.flatten(0, 1)).unflatten(0, (batch, seen))  # (B, F, S, D)
+        if self.tokenizer.temporal == "tac":
+            return memory, cells.mean(dim=1)
+        return memory, cells.expand(-1, self.tokenizer.frames, -1, -1).flatten(1, 2)  # static: F = 1, repeated
 
     def forward(self, images: torch.Tensor, input_tokens: torch.Tensor) -> torch.Tensor:
         """images (B, N, 3, H, W), input_tokens (B, T) int64 starting with the video BOS ->

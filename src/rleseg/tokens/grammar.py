@@ -6,6 +6,8 @@ Every tokenizer offers ``grammar(batch_size)`` returning an object with this pro
   given that at most ``steps_left`` more tokens (this one included) may be generated. A finished
   sequence allows only PAD.
 - ``advance(tokens)``: feed the (B,) tokens chosen at this position (they must have been allowed).
+- ``select(rows)``: keep the sequences that the (R,) int array ``rows`` indexes, in its order, repeats
+  allowed (beam search copies and reorders its hypotheses); the batch size becomes R.
 - ``done``: (B,) bool, True once a sequence has emitted EOS.
 - ``truncated``: (B,) bool, True for the sequences whose EOS the length budget forced: when it came,
   pixels were left where a run could start, but the steps left could not hold that run and EOS.
@@ -35,10 +37,14 @@ class Grammar(Protocol):
 
     def advance(self, tokens: np.ndarray) -> None: ...
 
+    def select(self, rows: np.ndarray) -> None: ...
+
 
 class ImageGrammar:
     """Constraints of :class:`rleseg.tokens.Tokenizer` (runs written in ``run_format``), vectorised over
     the batch."""
+
+    row_state = ("done", "truncated", "budget_stops", "slot", "free", "start", "major")  # what select() indexes
 
     def __init__(self, run_format: RunFormat, batch_size: int):
         self.run_format = run_format
@@ -99,9 +105,18 @@ class ImageGrammar:
                 self.free[rows] = self.start[rows] + (value - 1) % self.run_format.max_run + 1
         self.slot = np.where(live, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)
 
+    def select(self, rows: np.ndarray) -> None:
+        select_rows(self, rows)
+
 
 # The helpers below serve ImageGrammar and PanopticGrammar alike: ``state`` is either, with the (B,)
 # arrays ``done``, ``slot`` (the slot of a run the next token fills), ``start`` and ``major``.
+def select_rows(state, rows: np.ndarray) -> None:
+    """Index every per-sequence array of ``state`` (the names in its ``row_state``) by ``rows`` (R,)."""
+    for name in state.row_state:
+        setattr(state, name, getattr(state, name)[rows])
+
+
 def finish(state, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mark the sequences whose token is EOS done (and truncated where the last ``allowed`` call found
     the budget too short for another run); (tokens as int64, (B,) rows whose token continues a

@@ -85,6 +85,7 @@ class _Parsed(NamedTuple):
 
     runs: Runs
     run_group: np.ndarray  # index of each run's group
+    run_pos: np.ndarray  # position of each run's first token
     labels: np.ndarray
     instances: np.ndarray
     group_start: np.ndarray
@@ -221,6 +222,13 @@ class PanopticTokenizer(StoredArguments):
         in this tokenizer's order). ``errors`` as for :meth:`decode`."""
         return self._parse(tokens, errors).runs
 
+    def decode_runs_at(self, tokens, errors: str = "strict") -> tuple[Runs, np.ndarray]:
+        """(:meth:`decode_runs`, (R, tokens_per_run + 1) the positions in ``tokens`` of each run's tokens
+        and, last, of its group's class token): where per-run scores read the log-probabilities."""
+        parsed = self._parse(tokens, errors)
+        own = parsed.run_pos[:, None] + np.arange(self.tokens_per_run)
+        return parsed.runs, np.concatenate([own, parsed.group_stop[parsed.run_group, None] - 1], axis=1)
+
     def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps): as
         :meth:`Tokenizer.count_runs`, class tokens left out."""
@@ -262,6 +270,7 @@ class PanopticTokenizer(StoredArguments):
         return _Parsed(
             runs=Runs(runs.starts, runs.lengths, labels[kept][run_group]),
             run_group=run_group,
+            run_pos=run_pos,
             labels=labels[kept],
             instances=np.where(is_thing, np.cumsum(is_thing), 0),
             group_start=run_pos[first_run],

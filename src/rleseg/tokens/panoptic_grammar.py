@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grammar import finish, record_start, slot_values
+from .grammar import finish, record_start, select_rows, slot_values
 from .run_format import RunFormat
 from .vocab import EOS, PAD
 
@@ -24,6 +24,9 @@ class PanopticGrammar:
     groups, and a run is started only if it, a class token and EOS fit in the budget. Every sequence it
     allows decodes with ``errors="strict"``. It does not impose the canonical group order of ``encode``.
     """
+
+    row_state = ("done", "truncated", "budget_stops", "slot", "runs_in_group", "free", "start", "major", "claimed",
+                 "closed")  # what select() indexes
 
     def __init__(self, run_format: RunFormat, is_thing: np.ndarray, batch_size: int):
         self.run_format, self.is_thing = run_format, is_thing
@@ -96,3 +99,6 @@ class PanopticGrammar:
                 self.free[rows] = end
                 self.runs_in_group[rows] += 1
         self.slot = np.where(run_token, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)
+
+    def select(self, rows: np.ndarray) -> None:
+        select_rows(self, rows)

@@ -70,6 +70,11 @@ class MaskTokenizer(Protocol):
         volume or TAC map; a panoptic run's class is its group's."""
         ...
 
+    def decode_runs_at(self, tokens, errors: str = "strict") -> tuple[Runs, np.ndarray]:
+        """(``decode_runs``, (R, m) int64 positions in ``tokens`` of the tokens that say each run: its
+        ``tokens_per_run`` tokens, and for panoptic its group's class token last)."""
+        ...
+
     def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps); the difference
         is what the lenient decoder dropped as malformed. ``errors="strict"``: the caller decoded the

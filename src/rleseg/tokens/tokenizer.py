@@ -190,17 +190,25 @@ class Tokenizer(StoredArguments):
     def decode_runs(self, tokens, errors: str = "strict") -> Runs:
         """Tokens -> the runs they stand for, in sequence order (flat starts in this tokenizer's order).
         ``errors`` as for :meth:`decode`: "ignore" keeps the runs that decode paints."""
+        return self.decode_runs_at(tokens, errors)[0]
+
+    def decode_runs_at(self, tokens, errors: str = "strict") -> tuple[Runs, np.ndarray]:
+        """(:meth:`decode_runs`, (R, tokens_per_run) the positions in ``tokens`` of each run's tokens):
+        where per-run scores read the generation's log-probabilities."""
         body, strict = read_body(tokens, errors)
         k, run_format = self.tokens_per_run, self.run_format
         if strict:
             run_tokens = self._strict_run_tokens(body)
+            first = np.arange(len(run_tokens)) * k
         else:
-            run_tokens = body[run_format.windows(self.vocab.kind(body))[:, None] + np.arange(k)]
+            first = run_format.windows(self.vocab.kind(body))
+            run_tokens = body[first[:, None] + np.arange(k)]
         runs, in_grid = run_format.decode(run_tokens)
         if strict:
-            run_format.check(runs, in_grid, np.arange(len(runs)) * k)
-            return runs
-        return runs[run_format.in_mask(runs, in_grid)]
+            run_format.check(runs, in_grid, first)
+            return runs, first[:, None] + np.arange(k)
+        keep = run_format.in_mask(runs, in_grid)
+        return runs[keep], first[keep][:, None] + np.arange(k)
 
     def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """(runs a generated sequence stands for, runs ``decode(errors="ignore")`` keeps).

@@ -287,6 +287,10 @@ class VideoTokenizer(StoredArguments):
         frame-major; or the TAC map, classes the TAC ids). ``errors`` as for :meth:`Tokenizer.decode`."""
         return self.image.decode_runs(tokens, errors)
 
+    def decode_runs_at(self, tokens, errors: str = "strict") -> tuple[Runs, np.ndarray]:
+        """(:meth:`decode_runs`, the positions of each run's tokens), as :meth:`Tokenizer.decode_runs_at`."""
+        return self.image.decode_runs_at(tokens, errors)
+
     def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
         """As :meth:`Tokenizer.count_runs`: a video sequence is its image tokenizer's."""
         return self.image.count_runs(tokens, errors)

@@ -1,0 +1,208 @@
+"""Boundary refinement (models/refine.py): the band it may change, its training, inference with and
+without it, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from helpers import micro_config, padded
+from rleseg.engine import LossOf, TrainConfig, train_step
+from rleseg.inference import InferenceOptions, Predictor, predict_batch
+from rleseg.models import create_model, load_checkpoint, save_checkpoint
+from rleseg.models.refine import Refiner, boundary_band, jitter_boundaries, upsample_nearest
+from rleseg.tokens import PanopticTokenizer, Tokenizer, downsample_mask, upsample_mask
+
+
+def discs(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    """(count, size, size) int64 masks of three discs each, radii and centres off the 4-pixel grid."""
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((count, size, size), np.int64)
+    for mask in masks:
+        for _ in range(3):
+            cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(5, 11)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    return masks
+
+
+def foreground_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * ((pred == 1) & (truth == 1)).sum() / ((pred == 1).sum() + (truth == 1).sum())
+
+
+def noisy_refiner(band: int, classes: int = 3, dim: int = 8) -> Refiner:
+    """A refiner whose head is not at its zero start, so that it does change labels where allowed."""
+    torch.manual_seed(0)
+    refiner = Refiner(dim, classes, band)
+    with torch.no_grad():
+        for param in refiner.parameters():
+            param.normal_(0.0, 2.0)
+    return refiner
+
+
+def test_band_is_the_cells_within_band_cells_of_another_class():
+    coarse = torch.zeros(1, 9, 9, dtype=torch.long)
+    coarse[0, 4, 4] = 1
+    for band in (0, 1, 2):
+        expected = torch.zeros(9, 9, dtype=torch.bool)
+        expected[4 - band : 5 + band, 4 - band : 5 + band] = band > 0
+        assert torch.equal(boundary_band(coarse, 2, band)[0], expected)
+    # The patch border is not a boundary: a one-class mask has no band.
+    assert not boundary_band(torch.ones(2, 5, 5, dtype=torch.long), 3, 2).any()
+
+
+@settings(max_examples=25, deadline=None)
+@given(masks=hnp.arrays(np.int64, (2, 8, 8), elements=st.integers(0, 2)), band=st.integers(0, 2))
+def test_outside_the_band_the_output_is_the_nearest_upsampled_mask_exactly(masks, band):
+    refiner = noisy_refiner(band)
+    coarse = torch.from_numpy(masks)
+    images, cells = torch.rand(2, 3, 32, 32), torch.randn(2, 8, 8, 8)
+    refined = refiner.labels(images, cells, coarse)
+    nearest = upsample_nearest(coarse, 4)
+    assert torch.equal(nearest, torch.from_numpy(upsample_mask(masks, 4)))
+    outside = ~upsample_nearest(boundary_band(coarse, 3, band), 4)
+    assert torch.equal(refined[outside], nearest[outside])
+    if band == 0:
+        assert torch.equal(refined, nearest)
+
+
+def test_the_noisy_refiner_does_change_pixels_in_the_band():
+    """The property above is not vacuous: where it may, this refiner redraws labels."""
+    coarse = torch.from_numpy(np.kron(np.eye(2, dtype=np.int64), np.ones((4, 4), np.int64)))[None]  # (1, 8, 8)
+    refined = noisy_refiner(2, classes=2).labels(torch.rand(1, 3, 32, 32), torch.randn(1, 8, 8, 8), coarse)
+    assert (refined != upsample_nearest(coarse, 4)).any()
+
+
+def test_an_untrained_refiner_reproduces_the_coarse_mask():
+    torch.manual_seed(0)
+    coarse = torch.randint(0, 3, (2, 8, 8))
+    refined = Refiner(8, 3, 2).labels(torch.rand(2, 3, 32, 32), torch.randn(2, 8, 8, 8), coarse)
+    assert torch.equal(refined, upsample_nearest(coarse, 4))
+
+
+def test_jitter_moves_boundary_cells_only():
+    coarse = torch.zeros(4, 12, 12, dtype=torch.long)
+    coarse[:, 3:9, 3:9] = 1
+    moved = jitter_boundaries(coarse, 0.5, torch.Generator().manual_seed(0))
+    changed = moved != coarse
+    assert changed.any()
+    assert not (changed & ~boundary_band(coarse, 2, 1)).any()
+    assert torch.equal(jitter_boundaries(coarse, 0.0), coarse)
+
+
+def test_the_loss_counts_band_pixels_only_and_skips_ignored_labels():
+    refiner = noisy_refiner(1, classes=2)
+    coarse = torch.zeros(1, 8, 8, dtype=torch.long)
+    coarse[0, 2:6, 2:6] = 1
+    images, cells = torch.rand(1, 3, 32, 32), torch.randn(1, 8, 8, 8)
+    mask = upsample_nearest(coarse, 4)
+    loss = refiner.loss(images, cells, coarse, mask)
+    far = mask.clone()
+    far[0, :2, :2] = 1 - far[0, :2, :2]  # outside the band: no change to the loss
+    ignored = mask.clone()
+    ignored[0, 8:12, 8:12] = 255  # in the band, but ignored
+    assert refiner.loss(images, cells, coarse, far).item() == pytest.approx(loss.item())
+    assert refiner.loss(images, cells, coarse, ignored).item() != pytest.approx(loss.item())
+    assert refiner.loss(images, cells, torch.zeros_like(coarse), mask).item() == 0.0  # no boundary, no band
+
+
+def trained_model(steps: int = 100):
+    """A micro model with a refiner trained on four patches of discs: sub-cell boundaries the 16x16 grid
+    cannot draw, and images that show them."""
+    rng = np.random.default_rng(0)
+    full = discs(rng, 4, 64)
+    small = np.stack([downsample_mask(m, 4, "mode") for m in full])
+    images = torch.from_numpy(0.2 + 0.6 * full[:, None].repeat(3, 1) + 0.05 * rng.standard_normal((4, 3, 64, 64)))
+    tokenizer = Tokenizer((16, 16), 2)
+    torch.manual_seed(0)
+    model = create_model(micro_config(refine_band=1), tokenizer)
+    targets = padded(tokenizer, list(small))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(steps):
+        loss = model.loss(images.float(), targets, torch.from_numpy(full), torch.from_numpy(small))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, images.float(), full
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_model()
+
+
+def test_a_trained_refiner_beats_nearest_upsampling_of_the_same_tokens(trained):
+    model, images, full = trained
+    refined = predict_batch(model, images)
+    token_only = predict_batch(model, images, InferenceOptions(refine=False))
+    for a, b in zip(refined.tokens, token_only.tokens, strict=True):
+        assert np.array_equal(a, b)
+    assert token_only.masks[0].shape == (16, 16) and refined.masks[0].shape == (64, 64)
+    nearest = np.stack([upsample_mask(m, 4) for m in token_only.masks])
+    before, after = foreground_dice(nearest, full), foreground_dice(np.stack(refined.masks), full)
+    assert after > before + 0.05, (before, after)
+    assert refined.score_maps[0].shape == (64, 64)
+
+
+def test_predictor_stitches_refined_and_token_only_masks(trained):
+    model, images, full = trained
+    image = images[0].permute(1, 2, 0).numpy()
+    refined = Predictor(model, InferenceOptions()).predict(image)
+    token_only = Predictor(model, InferenceOptions(refine=False)).predict(image)
+    direct = predict_batch(model, images[:1])
+    assert np.array_equal(refined, direct.masks[0])
+    assert np.array_equal(token_only, upsample_mask(predict_batch(model, images[:1], InferenceOptions(refine=False))
+                                                    .masks[0], 4))
+    assert foreground_dice(refined, full[0]) > foreground_dice(token_only, full[0])
+
+
+def test_checkpoint_round_trip_keeps_the_refiner(trained, tmp_path):
+    model, images, _ = trained
+    save_checkpoint(model, tmp_path / "model.safetensors")
+    loaded = load_checkpoint(tmp_path / "model.safetensors")
+    assert loaded.config.refine_band == 1
+    for (name, a), (_, b) in zip(model.refiner.state_dict().items(), loaded.refiner.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(np.array_equal(a, b) for a, b in zip(predict_batch(model, images).masks,
+                                                    predict_batch(loaded, images).masks, strict=True))
+
+
+def test_models_without_a_refiner_are_unchanged(tmp_path):
+    torch.manual_seed(0)
+    model = create_model(micro_config(), Tokenizer((16, 16), 2))
+    assert model.refiner is None and model.extra_targets == ()
+    save_checkpoint(model, tmp_path / "plain.safetensors")
+    assert load_checkpoint(tmp_path / "plain.safetensors").refiner is None
+    assert predict_batch(model, torch.rand(1, 3, 64, 64)).masks[0].shape == (16, 16)
+
+
+def test_a_refiner_needs_the_masks_and_a_semantic_image_tokenizer():
+    model = create_model(micro_config(refine_band=1), Tokenizer((16, 16), 2))
+    assert model.extra_targets == ("mask", "mask_small")
+    targets = padded(model.tokenizer, [np.zeros((16, 16), np.uint8)])
+    with pytest.raises(ValueError, match="mask and mask_small"):
+        model.loss(torch.rand(1, 3, 64, 64), targets)
+    with pytest.raises(ValueError, match="semantic image tokenizer"):
+        create_model(micro_config(refine_band=1), PanopticTokenizer((16, 16), 3, [1, 2]))
+    with pytest.raises(ValueError, match="refine_band"):
+        micro_config(refine_band=-1)
+    with pytest.raises(ValueError, match="refine_jitter"):
+        micro_config(refine_jitter=1.5)
+
+
+def test_train_step_passes_the_masks_to_a_refiner_and_trains_it():
+    rng = np.random.default_rng(1)
+    full = discs(rng, 2, 64)
+    small = np.stack([downsample_mask(m, 4, "mode") for m in full])
+    torch.manual_seed(0)
+    model = create_model(micro_config(refine_band=1), Tokenizer((16, 16), 2))
+    batch = {"image": torch.rand(2, 3, 64, 64), "tokens": padded(model.tokenizer, list(small)),
+             "mask": torch.from_numpy(full), "mask_small": torch.from_numpy(small)}
+    before = model.refiner.head[-1].weight.clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss, _ = train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"), "tokens",
+                         model.extra_targets)
+    assert np.isfinite(loss) and not torch.equal(before, model.refiner.head[-1].weight)
+    with pytest.raises(ValueError, match="mask and mask_small"):
+        train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"))
