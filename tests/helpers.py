@@ -10,7 +10,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rleseg.models import ModelConfig
+from rleseg.models import ModelConfig, create_model, save_checkpoint
 from rleseg.tokens import PAD, upsample_mask
 
 
@@ -95,6 +95,18 @@ def micro_config(**changes) -> ModelConfig:
         dropout=0.0, drop_path=0.0, max_seq_len=64,
     )
     return ModelConfig(**{**fields, **changes})
+
+
+def noisy_checkpoint(path, tokenizer, extra: dict | None = None, noise: float = 0.5):
+    """A saved one-decoder-layer micro model (``extra`` in its metadata) whose decoder carries seeded noise:
+    an untrained decoder predicts background everywhere, and prediction tests need output that varies."""
+    torch.manual_seed(0)
+    model = create_model(micro_config(decoder_layers=1, max_seq_len=48), tokenizer)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    save_checkpoint(model, path, extra)
+    return path
 
 
 def random_masks(rng: np.random.Generator, count: int, size: int, num_classes: int) -> list[np.ndarray]:

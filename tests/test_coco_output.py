@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -13,21 +12,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import rleseg
-from helpers import micro_config
+from helpers import noisy_checkpoint
 from rleseg.cli import main
 from rleseg.experiment import build_datasets, config_to_dict, load_config
-from rleseg.models import create_model, load_checkpoint, save_checkpoint
+from rleseg.models import load_checkpoint
 from rleseg.tokens import PanopticTokenizer, Tokenizer
-
-
-def noisy_checkpoint(path, tokenizer, extra=None):
-    torch.manual_seed(0)
-    model = create_model(micro_config(max_seq_len=48), tokenizer)
-    with torch.no_grad():  # an untrained decoder predicts background everywhere: make the output vary
-        for p in model.decoder.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    save_checkpoint(model, path, extra)
-    return path
 
 
 @pytest.fixture(scope="module")

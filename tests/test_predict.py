@@ -6,39 +6,25 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import rleseg
+from helpers import noisy_checkpoint
 from rleseg.cli import main
-from rleseg.models import ModelConfig, create_model, save_checkpoint
 from rleseg.tokens import Tokenizer
 from rleseg.tokens.formats import coco_rles_to_instance_map, coco_rles_to_label_map
 from rleseg.tokens.panoptic import PanopticTokenizer
 
-MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
-         "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
-
-
-def make_checkpoint(path, tokenizer, noise: float = 0.5):
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(**MODEL), tokenizer)
-    with torch.no_grad():  # an untrained decoder predicts background everywhere: make the output vary
-        for p in model.decoder.parameters():
-            p.add_(torch.randn_like(p) * noise)
-    save_checkpoint(model, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", Tokenizer((16, 16), 3))
+    return noisy_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", Tokenizer((16, 16), 3))
 
 
 @pytest.fixture(scope="module")
 def panoptic_checkpoint(tmp_path_factory):
     tokenizer = PanopticTokenizer((16, 16), 3, thing_classes=[1])
-    return make_checkpoint(tmp_path_factory.mktemp("pan") / "model.safetensors", tokenizer)
+    return noisy_checkpoint(tmp_path_factory.mktemp("pan") / "model.safetensors", tokenizer)
 
 
 def image_file(path, shape, seed=0):

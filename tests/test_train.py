@@ -197,7 +197,10 @@ def test_demo_fast_mode_writes_every_output(tmp_path, capsys):
     assert list((out / "pictures").glob("step_*.png"))
     report = (out / "report.md").read_text()
     assert "all-background prediction" in report and "![tokens](tokens.png)" in report
-    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    # The demo's config refines boundaries: the report and the last line tell the tokens' own score apart.
+    assert "| its decoded tokens alone (no boundary refinement: `--token-only`) | " in report
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed and ", token-only " in printed
 
 
 def test_a_demo_replaces_an_earlier_demo_but_no_other_run(tmp_path, capsys):

@@ -111,7 +111,7 @@ def test_the_start_summary_comes_before_the_first_step_and_tells_the_truth(run):
     assert "ends        at step 4 (now 0)" in before_first_step
     assert len(train_set) < training_output.TOKEN_SAMPLE  # so the sample is the whole set
     found = summarise([int(train_set[i]["tokens"].numel()) for i in range(len(train_set))], 1, 160)
-    assert lines["tokens"].endswith(f"p50 {found.p50}, p99 {found.p99}, max {found.max} ({len(train_set)} patches "
+    assert lines["tokens"].endswith(f"p50 {found.p50}, p99 {found.p99}, max {found.max} ({len(train_set)} sequences "
                                     "sampled); model.max_seq_len 160 fits")
 
 

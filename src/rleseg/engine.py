@@ -65,6 +65,7 @@ class EvalConfig:
     top_p: float = 1.0
     constrained: bool = True
     eos_by_mass: bool = False  # see Pix2Seq.generate
+    refine: bool = True  # models with a refiner (model.refine_band): false scores the token-only mask
     boundary_tolerance: int = 2
     # A dotted path into the scores: metrics.json's "semantic" section (e.g. pooled.mean.iou) or panoptic.*
     best_metric: str = "pooled.mean_without_background.dice"
@@ -236,7 +237,7 @@ def validate(model: nn.Module, batches: Iterable[dict], scores: PatchScores, con
     Returns ``scores`` un-reduced: under DDP call ``all_reduce`` before ``compute``.
     """
     options = InferenceOptions(temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
-                               eos_by_mass=config.eos_by_mass)
+                               eos_by_mass=config.eos_by_mass, refine=config.refine)
     total = len(batches.dataset) if hasattr(batches, "dataset") else None
     with progress(desc="validate", unit="patch", total=total, enabled=show_progress, leave=False) as bar:
         for batch in batches:

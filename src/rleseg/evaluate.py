@@ -254,7 +254,10 @@ def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int
     max_len = (o.max_len or model.config.max_seq_len) if model.target_key == "tokens" else None  # dense: no tokens
     return {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
             "factor": predictor.factor, "scale": o.scale, **video, "temperature": o.temperature, "top_p": o.top_p,
-            "max_len": max_len, "ignore_index": ignore, "boundary_tolerance": tolerance}
+            "max_len": max_len, "eos_by_mass": o.eos_by_mass, "beams": o.beams, "samples": o.samples,
+            "length_penalty": o.length_penalty, "precision": o.precision,
+            "refined": predictor.stitch_factor != predictor.factor, "panoptic_join": o.panoptic_join,
+            "join_iou": o.join_iou, "ignore_index": ignore, "boundary_tolerance": tolerance}
 
 
 def _dataset(path: Path, model, config, overrides, split, images, masks, mask_suffix, class_names, ignore_index,

@@ -17,14 +17,16 @@ from .data.patches import PatchConfig
 from .engine import EvalConfig, PatchScores, TrainConfig
 from .imageio import Normalization
 from .limits import check_memory
-from .tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
+from .tokens import PanopticTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
 from .typed_yaml import ConfigError, apply_overrides, check_range, from_dict, load_yaml, to_dict
 
 
 @dataclass
 class TokenizerConfig:
     task: Literal["semantic", "panoptic", "video"] = "semantic"
-    scheme: Literal["lac", "class", "binary"] = "lac"  # panoptic sequences always use "class" tokens
+    # per_class (semantic task): one binary sequence per foreground class, decoded in parallel. Panoptic
+    # sequences always use "class" tokens.
+    scheme: Literal["lac", "class", "binary", "per_class"] = "lac"
     starts: Literal["1d", "2d", "relative"] = "1d"  # relative: semantic task only
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
@@ -152,12 +154,14 @@ def memory_parts(config: ExperimentConfig, model_config, tokenizer) -> list[tupl
         return [*parts, (f"the logits of a batch ({patches} x data.num_classes {classes:,} x {side}x{side} pixels)",
                          12 * batch * frames * classes * side**2)]
     vocab, dim, length = tokenizer.vocab.size, model_config.dim, model_config.max_seq_len
+    rows = len(tokenizer.prompts)  # token rows a patch becomes: one, or per-class one per foreground class
+    sequences = f"train.batch_size {batch}{f' x {rows} per-class sequences' if rows > 1 else ''}"
     return [
         *parts,
         (f"the token table ({tokenizer!r} x model.dim {dim})", 20 * vocab * dim),
         (f"the position table (model.max_seq_len {length:,} x model.dim {dim})", 16 * length * dim),
-        (f"the logits of a batch (train.batch_size {batch} x model.max_seq_len {length:,} x {vocab:,} tokens)",
-         12 * batch * length * vocab),
+        (f"the logits of a batch ({sequences} x model.max_seq_len {length:,} x {vocab:,} tokens)",
+         12 * batch * rows * length * vocab),
     ]
 
 
@@ -192,7 +196,8 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 
 
 def build_tokenizer(config: ExperimentConfig):
-    """The image, panoptic or video tokenizer of ``tokenizer.task``, for the patch's mask size."""
+    """The image (per-class with scheme "per_class"), panoptic or video tokenizer of ``tokenizer.task``, for the
+    patch's mask size."""
     mask_size, num_classes, t = config.data.patch.mask_size, config.data.num_classes, config.tokenizer
     limit = {} if t.max_vocab is None else {"max_vocab": t.max_vocab}
     try:
@@ -201,6 +206,8 @@ def build_tokenizer(config: ExperimentConfig):
         if t.task == "video":
             return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run,
                                   **limit)
+        if t.scheme == "per_class":
+            return PerClassTokenizer(mask_size, num_classes, t.starts, t.order, t.max_run, **limit)
         return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run, **limit)
     except ValueError as error:
         raise ConfigError(f"tokenizer: {error}") from None

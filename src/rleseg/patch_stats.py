@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data.loading import sequence_rows
 from .experiment import ExperimentConfig, build_datasets, build_model_config, build_tokenizer
 from .models import DenseConfig
 from .progress import progress
@@ -18,7 +19,8 @@ from .progress import progress
 
 @dataclass
 class PatchLengths:
-    """Tokens (body + EOS) per training patch over ``epochs`` epochs of the training set."""
+    """Tokens (body + EOS) per training sequence (per patch, or per patch and class with per-class sequences)
+    over ``epochs`` epochs of the training set; ``patches`` counts the sequences."""
 
     patches: int
     epochs: int
@@ -53,8 +55,9 @@ def patch_lengths(config: ExperimentConfig, epochs: int = 1, show_progress: bool
 
 
 def token_lengths(dataset, items: Iterable[int]) -> list[int]:
-    """Tokens (body + EOS) of the patches ``items`` of ``dataset``, as the dataset tokenizes them."""
-    return [int(dataset[i]["tokens"].numel()) for i in items]
+    """Tokens (body + EOS) of the sequences of the patches ``items`` of ``dataset``, as the dataset tokenizes
+    them and the model reads them: one per patch, or one per foreground class (:func:`sequence_rows`)."""
+    return [int(row.numel()) for i in items for row in sequence_rows(dataset[i]["tokens"])]
 
 
 def summarise(lengths: list[int], epochs: int, max_seq_len: int | None) -> PatchLengths:

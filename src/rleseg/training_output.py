@@ -79,8 +79,9 @@ def _count(number: float, noun: str) -> str:
 
 
 def _token_lengths(train_set: Dataset, max_seq_len: int) -> str:
-    """Tokens per training patch (:mod:`rleseg.patch_stats`) of up to :data:`TOKEN_SAMPLE` patches spread
-    over the set, measured for about :data:`TOKEN_SAMPLE_SECONDS`."""
+    """Tokens per training sequence (:mod:`rleseg.patch_stats`: one a patch, or per-class one a patch and
+    class) of up to :data:`TOKEN_SAMPLE` patches spread over the set, measured for about
+    :data:`TOKEN_SAMPLE_SECONDS`."""
     items = np.unique(np.linspace(0, len(train_set) - 1, TOKEN_SAMPLE).astype(int))
     lengths, started = [], time.perf_counter()
     for item in items.tolist():
@@ -89,7 +90,7 @@ def _token_lengths(train_set: Dataset, max_seq_len: int) -> str:
             break
     found = summarise(lengths, 1, max_seq_len)
     verdict = "fits" if found.p99 <= max_seq_len else "is below p99: raise it ('rleseg stats --config' measures all)"
-    return (f"per training patch p50 {found.p50}, p99 {found.p99}, max {found.max} ({found.patches} patches "
+    return (f"per training sequence p50 {found.p50}, p99 {found.p99}, max {found.max} ({found.patches} sequences "
             f"sampled); model.max_seq_len {max_seq_len} {verdict}")
 
 
@@ -151,7 +152,9 @@ class ValidationPictures:
                                    title if len(image) == 1 else f"{title}, frame {t}", colours=self.colours)
 
     def _keep_tokens(self, batch: dict, i: int, generated: np.ndarray) -> None:
-        truth = batch["tokens"][i][: int(batch["lengths"][i])].numpy()
+        per_patch = len(self.tokenizer.prompts)  # token rows of a patch: one, or one per class (joined: its flat form)
+        rows = range(i * per_patch, (i + 1) * per_patch)
+        truth = np.concatenate([batch["tokens"][r][: int(batch["lengths"][r])].numpy() for r in rows])
         if len(self.tokenizer.decode_runs(truth, errors="ignore")):
             self.tokens = (_patch_title(batch, i), truth, generated)
 

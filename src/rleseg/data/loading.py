@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rleseg.tokens import PAD
+from rleseg.tokens import PAD, split_sequences
+
+
+def sequence_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A sample's (T,) tokens -> the sequences the model reads, each up to and including its EOS: one for
+    most tokenizers, one per foreground class for a ``PerClassTokenizer``'s flat form."""
+    return tuple(torch.from_numpy(row) for row in split_sequences(tokens.numpy()))
 
 
 def pad_tokens(sequences: list[torch.Tensor], max_seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -39,9 +45,10 @@ class Collate:
     """``DataLoader(collate_fn=Collate(max_seq_len))``: one batch dict from a list of samples.
 
     Tensors of equal shape are stacked ((B, ...)); ``tokens`` are padded (see :func:`pad_tokens`)
-    and come with ``padding_mask`` (B, T) bool and ``lengths`` (B,); ints become an int64 tensor
-    (B,), other values (names, tensors of unequal shape) lists; ``num_skipped`` is summed.
-    ``num_truncated`` counts the samples cut at ``max_seq_len``.
+    and come with ``padding_mask`` (R, T) bool and ``lengths`` (R,), one row per sequence
+    (:func:`sequence_rows`: R = B, or B * (C-1) with per-class sequences, each image's rows adjacent);
+    ints become an int64 tensor (B,), other values (names, tensors of unequal shape) lists; ``num_skipped`` is summed.
+    ``num_truncated`` counts the sequences cut at ``max_seq_len``.
     """
 
     max_seq_len: int | None = None
@@ -50,7 +57,8 @@ class Collate:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         batch: dict = {}
-        tokens, padding_mask, truncated = pad_tokens([s["tokens"] for s in samples], self.max_seq_len)
+        rows = [row for s in samples for row in sequence_rows(s["tokens"])]
+        tokens, padding_mask, truncated = pad_tokens(rows, self.max_seq_len)
         batch.update(tokens=tokens, padding_mask=padding_mask, lengths=(~padding_mask).sum(1), num_truncated=truncated)
         for key in samples[0]:
             if key == "tokens":

@@ -39,7 +39,8 @@ class BatchPrediction:
         and token models with a refiner unless ``InferenceOptions.refine`` is off: (P, P) int64 label
         maps at the patch's own resolution.
     tokens: (T_b,) int64, the generated tokens up to and including the first EOS (all of them when the
-        sequence ran into ``max_len`` without one); dense models: empty.
+        sequence ran into ``max_len`` without one); per-class sequences: each class's so cut, joined in
+        class order (the tokenizer's flat form); dense models: empty.
     logprobs: (T_b,) float32, the log-probability of each of those tokens (see ``Generation``).
     runs: (B, 2) int64, per sequence the runs it stands for and the runs the decoder kept
         (``tokenizer.count_runs``); their difference is what lenient decoding dropped. Dense: 0.
@@ -97,20 +98,29 @@ def _predict_batch(model, images: torch.Tensor, o: InferenceOptions, generator: 
                          beams=o.beams, samples=o.samples, length_penalty=o.length_penalty)
     tokenizer, errors = model.tokenizer, "strict" if o.constrained else "ignore"
     result = BatchPrediction([], [], [], np.zeros((batch, 2), np.int64), np.zeros(batch, bool), [], [])
-    result.truncated[:] = out.truncated.numpy()
-    for b, (row, logprobs) in enumerate(zip(out.tokens.numpy(), out.logprobs.numpy(), strict=True)):
-        eos = np.flatnonzero(row == EOS)
-        end = eos[0] + 1 if eos.size else row.size
-        result.tokens.append(row[:end])
-        result.logprobs.append(logprobs[:end])
-        result.masks.append(tokenizer.decode(row[:end], errors=errors))
-        result.runs[b] = tokenizer.count_runs(row[:end], errors)  # strict: decoded above, not again
-        scores, score_map = run_scores(tokenizer, row[:end], logprobs[:end], errors)
+    per_image = len(tokenizer.prompts)  # rows of one image: 1, or one per class (adjacent)
+    result.truncated[:] = out.truncated.numpy().reshape(batch, per_image).any(axis=1)
+    rows = list(zip(out.tokens.numpy(), out.logprobs.numpy(), strict=True))
+    for b in range(batch):
+        cut = [cut_after_eos(*row) for row in rows[b * per_image : (b + 1) * per_image]]
+        tokens, logprobs = (np.concatenate([c[i] for c in cut]) for i in (0, 1))  # the flat form
+        result.tokens.append(tokens)
+        result.logprobs.append(logprobs)
+        result.masks.append(tokenizer.decode(tokens, errors=errors))
+        result.runs[b] = tokenizer.count_runs(tokens, errors)  # strict: decoded above, not again
+        scores, score_map = run_scores(tokenizer, tokens, logprobs, errors)
         result.run_scores.append(scores)
         result.score_maps.append(score_map)
     if refiner is not None:
         refine(model, images, encoded[2], result)
     return result
+
+
+def cut_after_eos(tokens: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A generated row's tokens and log-probabilities up to and including its first EOS (all without one)."""
+    eos = np.flatnonzero(tokens == EOS)
+    end = eos[0] + 1 if eos.size else tokens.size
+    return tokens[:end], logprobs[:end]
 
 
 def _encode(model, images: torch.Tensor) -> tuple:

@@ -340,10 +340,22 @@ class Pix2Seq(nn.Module):
         return self.memory_proj(x.flatten(2).transpose(1, 2)) + pos  # (B, S/4, D)
 
     def forward(self, images: torch.Tensor, input_tokens: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W), input_tokens (B, T) int64 starting with BOS -> logits (B, T, V) float;
-        logits[:, t] predict the token after input_tokens[:, t]."""
+        """images (B, 3, H, W), input_tokens (R, T) int64 starting with BOS (R = B) or, per-class, each row with
+        its class's prompt (R = B * (C-1), :meth:`first_tokens`) -> logits (R, T, V) float; logits[:, t]
+        predict the token after input_tokens[:, t]."""
         memory, table, _ = self.encode(images)
+        memory, table = self.per_sequence(memory, table, len(input_tokens))
         return self.decoder(input_tokens, memory, table=table)
+
+    def per_sequence(self, memory: torch.Tensor, table: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode()'s memory (B, N, D) and table for ``rows`` token rows: as they are when the tokenizer writes
+        one sequence per mask, else repeated for each image's C-1 per-class rows (adjacent);
+        ValueError unless ``rows`` is B times the sequences per mask."""
+        per_image = len(self.tokenizer.prompts)
+        if rows != per_image * len(memory):
+            raise ValueError(f"{rows} token sequences for {len(memory)} images; the tokenizer writes {per_image} "
+                             "per image")
+        return (memory, table) if per_image == 1 else repeat_candidates(memory, table, per_image)
 
     @property
     def extra_targets(self) -> tuple[str, ...]:
@@ -353,14 +365,16 @@ class Pix2Seq(nn.Module):
 
     def loss(self, images: torch.Tensor, target_tokens: torch.Tensor, mask: torch.Tensor | None = None,
              mask_small: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced, token-weighted cross-entropy. target_tokens (B, T) int64: body + EOS + PAD;
-        the model feeds BOS + target_tokens[:, :-1]. Returns a scalar: sum(w * ce) / sum(w), plus
-        ``aux_dense_weight`` times the auxiliary per-cell loss when that is on, plus ``refine_weight``
-        times the refinement loss (:meth:`refine_loss`; it needs the batch's ``mask`` (B, P, P) and
-        ``mask_small`` (B, h, w)) when the model has a refiner."""
-        bos = torch.full_like(target_tokens[:, :1], self.tokenizer.bos)
+        """Teacher-forced, token-weighted cross-entropy. target_tokens (R, T) int64: body + EOS + PAD, R = B
+        sequences, or B * (C-1) per-class ones (each image's adjacent, as ``Collate`` splits them); the model
+        feeds each row's prompt (:meth:`first_tokens`: BOS, or its class's prompt) + target_tokens[:, :-1].
+        Returns a scalar: sum(w * ce) / sum(w), plus ``aux_dense_weight`` times the auxiliary per-cell loss
+        when that is on, plus ``refine_weight`` times the refinement loss (:meth:`refine_loss`; it needs the
+        batch's ``mask`` (B, P, P) and ``mask_small`` (B, h, w)) when the model has a refiner."""
         memory, table, cells = self.encode(images)
-        logits = self.decoder(torch.cat([bos, target_tokens[:, :-1]], dim=1), memory, table=table)  # (B, T, V)
+        memory, table = self.per_sequence(memory, table, len(target_tokens))
+        first = self.first_tokens(len(target_tokens), device=target_tokens.device)[:, None]
+        logits = self.decoder(torch.cat([first, target_tokens[:, :-1]], dim=1), memory, table=table)  # (R, T, V)
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), target_tokens.flatten(), reduction="none",
             label_smoothing=self.config.label_smoothing,
@@ -400,7 +414,8 @@ class Pix2Seq(nn.Module):
     def aux_loss(self, cells: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
         """Per-cell cross-entropy of the pyramid features (B, S, D) against the masks the target tokens
         encode (decoded leniently: a truncated sequence gives the mask of its runs)."""
-        masks = np.stack([self.tokenizer.decode(seq, errors="ignore") for seq in target_tokens.cpu().numpy()])
+        flat = target_tokens.reshape(len(cells), -1).cpu().numpy()  # an image's rows joined: its flat form
+        masks = np.stack([self.tokenizer.decode(seq, errors="ignore") for seq in flat])
         if self.tokenizer.order == "F":
             masks = masks.transpose(0, 2, 1)
         labels = torch.from_numpy(masks.reshape(len(masks), -1).astype(np.int64)).to(cells.device)  # (B, S)
@@ -423,7 +438,9 @@ class Pix2Seq(nn.Module):
         samples: int = 1,
         length_penalty: float = 0.0,
     ) -> Generation:
-        """Sample up to ``max_len`` tokens (default max_seq_len) after BOS for every image.
+        """Sample up to ``max_len`` tokens (default max_seq_len) after BOS for every image: one row per image,
+        or with per-class sequences (``tokenizer.prompts``, one per class) C-1 rows per image, adjacent, each
+        after its class's prompt, all decoded as one batch from the image's memory computed once.
 
         temperature=0 is greedy; ``top_k`` (0 = off) and ``top_p`` (1 = off) narrow the sampling. With
         ``constrained`` only tokens the tokenizer's grammar allows are sampled, so every sequence ends in
@@ -446,6 +463,8 @@ class Pix2Seq(nn.Module):
         was_training = self.training
         self.eval()
         memory, table, _ = self.encode(images) if encoded is None else encoded  # table built once, not per step
+        # per-class sequences: one row per class, decoded as one batch
+        memory, table = self.per_sequence(memory, table, len(memory) * len(self.tokenizer.prompts))
         copies = max(beams, samples)
         if copies > 1:
             memory, table = repeat_candidates(memory, table, copies)
@@ -453,8 +472,9 @@ class Pix2Seq(nn.Module):
             if beams > 1:
                 return beam_search(self, memory, table, beams, max_len, constrained, use_cache, eos_by_mass,
                                    length_penalty)
+            first = self.first_tokens(len(memory), samples, memory.device)
             out = self.sample(memory, table, max_len, temperature, top_k, top_p, constrained, use_cache, generator,
-                              eos_by_mass)
+                              eos_by_mass, first)
             return out if samples == 1 else best_of(out, samples, length_penalty)
         finally:
             self.train(was_training)
@@ -462,13 +482,15 @@ class Pix2Seq(nn.Module):
     def sample(
         self, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
         constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool,
+        first: torch.Tensor | None = None,
     ) -> Generation:
-        """Token-by-token generation from encode()'s memory and table, one sequence per row (see generate)."""
+        """Token-by-token generation from encode()'s memory and table, one sequence per row (see generate);
+        ``first``: (R,) each row's first input token, default :meth:`first_tokens` of the rows."""
         cache = self.decoder.new_cache(memory, max_len) if use_cache else None
         batch, device = memory.shape[0], memory.device
         grammar = self.tokenizer.grammar(batch) if constrained else None
         tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # BOS + generated
-        tokens[:, 0] = self.tokenizer.bos
+        tokens[:, 0] = self.first_tokens(batch, device=device) if first is None else first
         logprobs = torch.zeros(batch, max_len, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(max_len):
@@ -486,6 +508,13 @@ class Pix2Seq(nn.Module):
         steps = step + 1  # the last step ran, whether every row ended or max_len was reached
         truncated = None if grammar is None else torch.from_numpy(grammar.truncated)  # else: rows without EOS
         return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)
+
+    def first_tokens(self, rows: int, copies: int = 1, device: torch.device | None = None) -> torch.Tensor:
+        """(rows,) int64, the decoder's first input token of each row: rows run over (image, sequence, copy),
+        ``copies`` adjacent candidates of each sequence, so row r reads ``tokenizer.prompts[r // copies % n]``
+        (BOS when the tokenizer writes one sequence per mask)."""
+        prompts = torch.tensor(self.tokenizer.prompts, dtype=torch.long, device=device)
+        return prompts.repeat_interleave(copies).repeat(rows // (len(prompts) * copies))
 
     def next_logits(
         self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None

@@ -88,7 +88,7 @@ def beam_candidates(model, memory: torch.Tensor, table: torch.Tensor, beams: int
     cache = model.decoder.new_cache(memory, max_len) if use_cache else None
     grammar = model.tokenizer.grammar(rows) if constrained else None
     tokens = torch.full((rows, max_len + 1), PAD, dtype=torch.long, device=device)  # BOS + generated
-    tokens[:, 0] = model.tokenizer.bos
+    tokens[:, 0] = model.first_tokens(rows, beams, device)
     logprobs = torch.zeros(rows, max_len, device=device)
     score = torch.full((batch, beams), EMPTY_BEAM, device=device)
     score[:, 0] = 0.0

@@ -30,7 +30,8 @@ runs longer than L = max_run (default one row) are split. Example::
     >>> bool((tok.decode(tok.encode(mask)) == mask).all())
     True
 
-Tokenizer, PanopticTokenizer and VideoTokenizer each are a ``MaskTokenizer`` (protocol.py), the one
+Tokenizer, PerClassTokenizer (one binary sequence per foreground class, per_class.py), PanopticTokenizer and
+VideoTokenizer each are a ``MaskTokenizer`` (protocol.py), the one
 interface code above this package relies on (``tokenizer.task`` says which maps it encodes);
 ``from_dict`` rebuilds any of them from its ``to_dict()``.
 """
@@ -38,6 +39,7 @@ interface code above this package relies on (``tokenizer.task`` says which maps 
 from .grammar import Grammar, ImageGrammar
 from .panoptic import PanopticGroup, PanopticTokenizer
 from .panoptic_grammar import PanopticGrammar
+from .per_class import PerClassTokenizer, split_sequences
 from .protocol import MaskTokenizer, from_dict
 from .runs import Runs, downsample_mask, mask_to_runs, runs_to_mask, upsample_mask
 from .tokenizer import Tokenizer
@@ -54,6 +56,7 @@ __all__ = [
     "PanopticGrammar",
     "PanopticGroup",
     "PanopticTokenizer",
+    "PerClassTokenizer",
     "Runs",
     "TokenRange",
     "Tokenizer",
@@ -63,6 +66,7 @@ __all__ = [
     "from_dict",
     "mask_to_runs",
     "runs_to_mask",
+    "split_sequences",
     "tac_to_video",
     "upsample_mask",
     "video_to_tac",

@@ -13,6 +13,7 @@ import numpy as np
 
 from .grammar import Grammar
 from .panoptic import PanopticTokenizer
+from .per_class import PerClassTokenizer
 from .runs import Runs
 from .tokenizer import Tokenizer
 from .video import VideoTokenizer
@@ -21,8 +22,8 @@ from .vocab import Vocab
 
 @runtime_checkable
 class MaskTokenizer(Protocol):
-    """Masks <-> token sequences; :class:`Tokenizer`, :class:`PanopticTokenizer` and
-    :class:`VideoTokenizer` all are one.
+    """Masks <-> token sequences; :class:`Tokenizer`, :class:`PerClassTokenizer`,
+    :class:`PanopticTokenizer` and :class:`VideoTokenizer` all are one.
 
     A sequence (``tokens``) is any 1-D integer sequence (list, numpy array, CPU tensor): the runs'
     tokens, then EOS, then only PAD; the model writes the task's BOS before it.
@@ -34,14 +35,18 @@ class MaskTokenizer(Protocol):
         num_classes: C, background 0 included.
         vocab: the token layout; ``vocab.size`` rows of the model's embedding.
         bos: the task's BOS token (``vocab.bos[task]``).
+        prompts: the decoder's first input token of each sequence a mask becomes, in order: ``(bos,)``, or
+            per foreground class its prompt token (:class:`PerClassTokenizer`, whose flat form ``encode``
+            gives and ``decode`` takes is its sequences concatenated, each ending in its EOS).
         order: raster order of the flattening, "C" (row-major) or "F" (column-major); runs' flat starts
             count in it.
         grid: (major, minor) of the scan grid the flat starts index: (H, W) for order "C", (W, H) for "F";
             a volume video stacks its frames along the major axis.
         tokens_per_run: the tokens of one run (a panoptic group's closing class token is extra).
         encode: the maps of one sample -> (T,) int64 tokens, the runs' tokens then one EOS (no BOS, no
-            padding). semantic: an (H, W) label map; panoptic: (H, W) classes and (H, W) instance ids;
-            video: an (N, H, W) label volume. Its arguments depend on the task, hence ``Callable[...]``.
+            padding; per-class: one such sequence per foreground class, concatenated). semantic: an (H, W)
+            label map; panoptic: (H, W) classes and (H, W) instance ids; video: an (N, H, W) label volume.
+            Its arguments depend on the task, hence ``Callable[...]``.
     """
 
     task: str
@@ -54,6 +59,9 @@ class MaskTokenizer(Protocol):
 
     @property
     def bos(self) -> int: ...
+
+    @property
+    def prompts(self) -> tuple[int, ...]: ...
 
     @property
     def tokens_per_run(self) -> int: ...
@@ -90,10 +98,11 @@ class MaskTokenizer(Protocol):
         ...
 
 
-def from_dict(data: dict) -> Tokenizer | PanopticTokenizer | VideoTokenizer:
-    """Rebuild a tokenizer from its ``to_dict()``, whatever its type ("image", "video" or "panoptic")."""
+def from_dict(data: dict) -> Tokenizer | PerClassTokenizer | PanopticTokenizer | VideoTokenizer:
+    """Rebuild a tokenizer from its ``to_dict()``, whatever its type ("image", "per_class", "video" or
+    "panoptic")."""
     kind = data.get("type", "image") if isinstance(data, dict) else None
-    classes = {cls.KIND: cls for cls in (Tokenizer, VideoTokenizer, PanopticTokenizer)}
+    classes = {cls.KIND: cls for cls in (Tokenizer, PerClassTokenizer, VideoTokenizer, PanopticTokenizer)}
     if kind not in classes:
-        raise ValueError(f"unknown tokenizer type {kind!r}; expected 'image', 'video' or 'panoptic'")
+        raise ValueError(f"unknown tokenizer type {kind!r}; expected 'image', 'per_class', 'video' or 'panoptic'")
     return classes[kind].from_dict(data)

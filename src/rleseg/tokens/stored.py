@@ -16,6 +16,11 @@ class StoredArguments:
     ARGUMENTS: ClassVar[tuple[str, ...]]
     vocab: Vocab
 
+    @property
+    def prompts(self) -> tuple[int, ...]:
+        """The decoder's first input token of each sequence ``encode`` writes: the task's BOS, one sequence."""
+        return (self.bos,)
+
     def to_dict(self) -> dict:
         """{"type": KIND, the constructor arguments (tuples as lists), "vocab": the layout}."""
         arguments = {name: getattr(self, name) for name in self.ARGUMENTS}
