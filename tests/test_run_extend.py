@@ -21,7 +21,7 @@ from rleseg.data import ClassList
 from rleseg.engine import learning_rate
 from rleseg.experiment import build_model, build_tokenizer, load_config
 from rleseg.models import checkpoint_classes, save_checkpoint
-from rleseg.train import class_table, train
+from rleseg.train import model_file_extra, train
 from rleseg.training_state import read_history
 from rleseg.typed_yaml import ConfigError
 from rleseg.visualize import overlay, palette, with_legend
@@ -238,10 +238,10 @@ def test_a_dataset_colour_table_becomes_the_stored_colours(tmp_path):
     class Listed:
         classes = ClassList(("sky", "tree", "road"), np.array([[1, 2, 3], [40, 50, 60], [200, 100, 0]], np.uint8))
 
-    listed = class_table(load_config(None, [*TINY]), Listed())
+    listed = model_file_extra(load_config(None, [*TINY]), Listed())
     assert listed["class_names"] == ["sky", "tree", "road"]
     assert listed["class_colours"] == [[1, 2, 3], [40, 50, 60], [200, 100, 0]]
-    named = class_table(load_config(None, [*TINY, "data.class_names=[a, b, c]"]), object())
+    named = model_file_extra(load_config(None, [*TINY, "data.class_names=[a, b, c]"]), object())
     assert named["class_names"] == ["a", "b", "c"] and named["class_colours"] == palette(3).tolist()
 
 

@@ -164,7 +164,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     if init_from is not None:
         load_weights_into(model, init_from)
     train_set, val_set = build_datasets(config, tokenizer)
-    classes = class_table(config, val_set)
+    extra = model_file_extra(config, val_set)  # what every model file of the run stores beside its weights
     optimizer = build_optimizer(model, tc)
     scaler = grad_scaler(tc, env.device)  # fp16 only; its scale starts afresh on resume
     per_rank = -(-len(train_set) // env.world)
@@ -231,20 +231,20 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                 break
             if config.eval.every and state.step % config.eval.every == 0 and not finished:
                 _, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
-                                                        state.step, state.best, show_progress)
+                                                        state.step, state.best, extra, show_progress)
             if env.main and state.step % config.output.save_every == 0 and not finished:
-                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
+                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
         bar.close()  # before the final validation's own bar
         # The trained weights are saved before the final validation, so nothing that fails there loses them.
         if env.main:
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
     metrics = None
     if not interrupted:
         metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best,
-                                                show_progress)
+                                                extra, show_progress)
         if env.main and best != state.best:  # a resumed run must compare against this score
             state.best = best
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, classes)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
     if env.main:
         print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}" if interrupted
               else _what_ended(state, tc))
@@ -379,7 +379,7 @@ def _complete_line(state: TrainingState, tc: TrainConfig, run_dir: Path) -> str:
             f"with --set train.steps=N (N > {state.step})")
 
 
-def class_table(config: ExperimentConfig, dataset: Dataset) -> dict[str, list]:
+def model_file_extra(config: ExperimentConfig, dataset: Dataset) -> dict[str, list | dict]:
     """The class names and colours every model file of a run stores (``extra``), for predict's and evaluate's
     legends: names from data.class_names, else the dataset's class list, else "class c"; colours from the
     dataset's colour table, else the default palette. Beside them ``normalize``: data.normalize, so that
@@ -442,23 +442,23 @@ def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:
 
 
 def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: ExperimentConfig, env: Distributed,
-                            run_dir: Path, writer, step: int, best: float | None, show_progress: bool = True
-                            ) -> tuple[dict, float | None]:
+                            run_dir: Path, writer, step: int, best: float | None, extra: dict,
+                            show_progress: bool = True) -> tuple[dict, float | None]:
     """Validate on disjoint shards of the validation patches (so pooled metrics stay exact under DDP).
 
     Rank 0 then writes metrics.json (:func:`rleseg.report.metrics_document`, "what": "patches"), a line of
-    eval_log.jsonl and the pictures, and best.safetensors when the score beats ``best``. Returns (the
+    eval_log.jsonl and the pictures (in ``extra``'s class names and colours, :func:`model_file_extra`), and
+    best.safetensors (with ``extra``) when the score beats ``best``. Returns (the
     scores, ``PatchScores.compute()``; the best score so far).
     """
     ec = config.eval
-    classes = class_table(config, val_set)
     _sync_buffers(model, env)
     count = len(val_set) if ec.max_samples is None else min(len(val_set), ec.max_samples)
     loader = DataLoader(Subset(val_set, list(range(env.rank, count, env.world))), ec.batch_size,
                         collate_fn=_collate(model), num_workers=config.data.num_workers)
     tokenizer = model.tokenizer if model.target_key == "tokens" and config.tokenizer.task != "video" else None
-    pictures = ValidationPictures(config.output.pictures, classes["class_names"], config.data.ignore_index, tokenizer,
-                                  classes["class_colours"])
+    pictures = ValidationPictures(config.output.pictures, extra["class_names"], config.data.ignore_index, tokenizer,
+                                  extra["class_colours"])
     scores = validate(model, loader, build_patch_scores(config, model.tokenizer), ec, env.device,
                       pictures.add if env.main else None, show_progress and env.main)
     scores.all_reduce()
@@ -477,7 +477,7 @@ def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: Ex
         writer.add_scalar(f"val/{ec.best_metric}", score, step)
     if best is None or (score == score and score > best):  # a NaN score never replaces a number
         best = score
-        save_best(run_dir, model, {"step": step, ec.best_metric: score, **classes})
+        save_best(run_dir, model, {"step": step, ec.best_metric: score, **extra})
     return metrics, best
 
 
