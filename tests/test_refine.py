@@ -206,3 +206,24 @@ def test_train_step_passes_the_masks_to_a_refiner_and_trains_it():
     assert np.isfinite(loss) and not torch.equal(before, model.refiner.head[-1].weight)
     with pytest.raises(ValueError, match="mask and mask_small"):
         train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"))
+
+
+def test_refine_batch_trains_the_refiner_on_the_first_images_only():
+    rng = np.random.default_rng(2)
+    full = discs(rng, 3, 64)
+    small = np.stack([downsample_mask(m, 4, "mode") for m in full])
+    torch.manual_seed(0)
+    model = create_model(micro_config(refine_band=1, refine_jitter=0.0, refine_batch=2), Tokenizer((16, 16), 2))
+    with torch.no_grad():
+        model.refiner.head[-1].weight.normal_(0.0, 1.0)
+    images, targets = torch.rand(3, 3, 64, 64), padded(model.tokenizer, list(small))
+    masks, grids = torch.from_numpy(full), torch.from_numpy(small)
+    model.eval()  # no dropout: the losses below are compared exactly
+    _, _, cells = model.encode(images)
+    token_loss = create_model(micro_config(), model.tokenizer).eval()
+    token_loss.load_state_dict(model.state_dict(), strict=False)
+    expected = token_loss.loss(images, targets) + model.refine_loss(images[:2], cells[:2], masks[:2], grids[:2])
+    torch.testing.assert_close(model.loss(images, targets, masks, grids), expected, atol=1e-5, rtol=1e-5)
+    changed = masks.clone()
+    changed[2] = 1 - changed[2]  # the third image's masks do not reach the refiner
+    torch.testing.assert_close(model.loss(images, targets, changed, grids), expected, atol=1e-5, rtol=1e-5)

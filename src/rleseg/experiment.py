@@ -28,6 +28,9 @@ class TokenizerConfig:
     # sequences always use "class" tokens.
     scheme: Literal["lac", "class", "binary", "per_class"] = "lac"
     starts: Literal["1d", "2d", "relative"] = "1d"  # relative: semantic task only
+    # How a run's extent is written: its length (the paper) or "end", its last cell as a flat index, which
+    # the pointer head chooses from the image like a start (needs 1-D starts; schemes lac, class, binary).
+    extent: Literal["length", "end"] = "length"
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
     thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances
@@ -201,6 +204,9 @@ def build_tokenizer(config: ExperimentConfig):
     mask_size, num_classes, t = config.data.patch.mask_size, config.data.num_classes, config.tokenizer
     limit = {} if t.max_vocab is None else {"max_vocab": t.max_vocab}
     try:
+        if t.extent != "length" and (t.task != "semantic" or t.scheme == "per_class"):
+            raise ValueError(f"extent {t.extent!r} is for the semantic image tokenizer (schemes lac, class, binary), "
+                             f"not task {t.task!r} with scheme {t.scheme!r}")
         if t.task == "panoptic":
             return PanopticTokenizer(mask_size, num_classes, t.thing_classes, t.starts, t.order, t.max_run, **limit)
         if t.task == "video":
@@ -208,7 +214,7 @@ def build_tokenizer(config: ExperimentConfig):
                                   **limit)
         if t.scheme == "per_class":
             return PerClassTokenizer(mask_size, num_classes, t.starts, t.order, t.max_run, **limit)
-        return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run, **limit)
+        return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run, t.extent, **limit)
     except ValueError as error:
         raise ConfigError(f"tokenizer: {error}") from None
 

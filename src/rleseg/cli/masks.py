@@ -15,6 +15,7 @@ from ..stats.panoptic import folder_panoptic_stats
 from ..stats.report import format_panoptic_stats, format_stats, format_video_stats
 from ..stats.video import path_video_stats
 from ..tokens import Tokenizer, downsample_mask
+from ..tokens.run_format import EXTENTS
 from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
 from .common import (
     UserError,
@@ -44,6 +45,9 @@ def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
         parser.add_argument("--starts", choices=START_MODES, default="1d",
                             help="1d: one flat-index token per start; 2d: row and column tokens; relative: one "
                             "token for the gap after the previous run (default: 1d)")
+        parser.add_argument("--extent", choices=EXTENTS, default="length",
+                            help="length: a run's length token; end: its last cell as a flat index, 1-D starts "
+                            "only (default: length)")
     parser.add_argument("--order", choices=("C", "F"), default="C",
                         help="raster order: C row-major, F column-major (default: C)")
     parser.add_argument("--max-run", type=positive_int, default=None, metavar="L",
@@ -67,6 +71,7 @@ def add_tokenize(subparsers) -> None:
 def _encode(
     mask: np.ndarray, name: str, *, scheme: str = "lac", starts: str = "1d", order: str = "C",
     max_run: int | None = None, subsample: int = 1, method: str = "nearest", num_classes: int | None = None,
+    extent: str = "length",
 ) -> tuple[Tokenizer, np.ndarray, dict]:
     """Subsample and encode one mask; returns the tokenizer, the tokens and a summary."""
     max_label = int(mask.max()) if mask.size else 0
@@ -75,7 +80,7 @@ def _encode(
         raise UserError(f"{name}: holds label {max_label}, expected labels < --num-classes {num_classes}")
     small = downsample_mask(mask, subsample, method)
     try:
-        tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, order, max_run)
+        tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, order, max_run, extent)
     except ValueError as error:  # the options are the user's: e.g. scheme binary with 3 classes
         raise UserError(f"{name}: {error}") from None
     tokens = tokenizer.encode(small)
@@ -97,7 +102,8 @@ def _summary_line(tokenizer: Tokenizer, summary: dict, subsample: int) -> str:
     return (
         f"{summary['file']}: {height}x{width}"
         + (f" -> {small} (subsample {subsample})" if subsample > 1 else "")
-        + f", {tokenizer.num_classes} classes, {tokenizer.scheme}/{tokenizer.starts} order {tokenizer.order}"
+        + f", {tokenizer.num_classes} classes, {tokenizer.scheme}/{tokenizer.starts}"
+        + (f" extent {tokenizer.extent}" if tokenizer.extent != "length" else "") + f" order {tokenizer.order}"
         f" max_run {tokenizer.max_run}: {summary['runs']} runs, {summary['tokens']} tokens (EOS included),"
         f" vocab size {summary['vocab_size']}"
     )
@@ -111,7 +117,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     mask = read_label_map(args.mask)
     tokenizer, tokens, summary = _encode(
         mask, str(args.mask), scheme=args.scheme, starts=args.starts, order=args.order, max_run=args.max_run,
-        subsample=args.subsample, method=args.downsample_method, num_classes=args.num_classes,
+        subsample=args.subsample, method=args.downsample_method, num_classes=args.num_classes, extent=args.extent,
     )
     if args.json:
         print(json.dumps({"tokens": tokens.tolist(), "summary": summary, "tokenizer": tokenizer.to_dict()}))

@@ -48,7 +48,8 @@ class ModelConfig:
     start_geometry: bool = True
     # "pointer": the start rows of the (tied) embedding table also carry the image's own features at each
     # start cell (a feature pyramid brought to the mask grid, through a zero-initialised projection), so
-    # choosing a start reads the image where it lands; needs 1-D starts. Video: a volume start (frame, cell)
+    # choosing a start reads the image where it lands; needs 1-D starts. With tokenizer extent "end" the
+    # run-end rows point at their cell the same way (EndPointer). Video: a volume start (frame, cell)
     # reads that frame's features, a TAC start the frames' features averaged at its cell (models/video.py).
     # "table": the rows are the same for every image (the paper's model). "auto": pointer where the
     # tokenizer allows it (image, panoptic and video tokenizers with 1-D starts), else table. Measured
@@ -71,10 +72,13 @@ class ModelConfig:
     # Share of the training masks' cells that take a random neighbour's label before refinement (moving
     # boundaries by a cell), so that the refiner learns to correct masks as imperfect as decoded ones.
     refine_jitter: float = 0.1
+    # The refiner trains on the first this many images of each batch (0 = all): its full-resolution
+    # convolutions cost a token step about 45% on a CPU at 16 images, and 6.9 k parameters learn from fewer.
+    refine_batch: int = 0
     # Loss weights per target token; the paper weights padding 0.1.
     pad_weight: float = 0.1
     eos_weight: float = 1.0  # of the EOS target
-    class_weight: float = 1.0  # tokens that carry a class ("class" and "lac" ranges), against imbalance
+    class_weight: float = 1.0  # tokens that carry a class ("class", "lac", "end_class"), against imbalance
     label_smoothing: float = 0.0  # of the token cross-entropy
     init_std: float = 0.02  # std of the normal initialisation of the linear layers and embeddings
     tokenizer: dict | None = None  # the tokenizer's to_dict(): a checkpoint describes its own tokens
@@ -84,7 +88,7 @@ class ModelConfig:
                     "pyramid_stride")
         check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
         check_range(self, 0, 1, "dropout", "drop_path", "label_smoothing", high_open=True)
-        check_range(self, 0, None, "refine_band", "refine_weight")
+        check_range(self, 0, None, "refine_band", "refine_weight", "refine_batch")
         check_range(self, 0, 1, "refine_jitter")
         check_range(self, 0, None, "init_std", low_open=True)
         if self.start_head not in START_HEADS:
@@ -172,6 +176,27 @@ class Pyramid(nn.Module):
         return self.ln(x.flatten(2).transpose(1, 2))  # (B, S, D)
 
 
+def end_range(tokenizer: MaskTokenizer) -> str | None:
+    """The name of the tokenizer's range of run ends ("end", or "end_class" fused with the class), if any."""
+    return next((name for name in ("end", "end_class") if name in tokenizer.vocab.ranges), None)
+
+
+class EndPointer(nn.Module):
+    """Pyramid features at the cells (B, S, D) -> the image content of the run-end rows (tokenizer extent
+    "end"): a zero-initialised projection of the features at each end cell plus a learned vector per class
+    of "end_class" rows (class-major, as the fused values), one shared vector for "end" rows. The vector
+    also tells an end row from the start row of the same cell, whose geometry is the same."""
+
+    def __init__(self, config: ModelConfig, tokenizer: MaskTokenizer):
+        super().__init__()
+        self.proj = nn.Linear(config.dim, config.dim)
+        kinds = tokenizer.num_classes - 1 if end_range(tokenizer) == "end_class" else 1
+        self.kinds = nn.Parameter(torch.randn(kinds, config.dim) * config.init_std)
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        return (self.proj(cells)[:, None] + self.kinds[None, :, None]).flatten(1, 2)  # (B, kinds * S, D)
+
+
 # ----------------------------------------------------------------------------- decoder
 @dataclass
 class DecoderCache:
@@ -196,7 +221,7 @@ class Decoder(nn.Module):
             with torch.no_grad():  # the learned part of a start row is a residual, zero at init
                 self.token_weight[geometry.abs().sum(dim=1) > 0] = 0.0
         self.register_buffer("geometry", geometry, persistent=False)
-        self.start_range = tokenizer.vocab.ranges.get("start")
+        self.pointer_span = pointer_span(tokenizer)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.pos_embedding = nn.Parameter(torch.randn(c.max_seq_len, c.dim) * c.init_std)
         self.dropout = nn.Dropout(c.dropout)
@@ -205,14 +230,14 @@ class Decoder(nn.Module):
         self.ln = nn.LayerNorm(c.dim)
         self.heads = c.heads
 
-    def embedding_table(self, start_content: torch.Tensor | None = None) -> torch.Tensor:
-        """The tied table, (V, D); with ``start_content`` (B, S, D), the image's own features at the S start
-        cells added to the start rows, (B, V, D)."""
+    def embedding_table(self, pointer_content: torch.Tensor | None = None) -> torch.Tensor:
+        """The tied table, (V, D); with ``pointer_content`` (B, P, D), the image's own features added to the P
+        rows of :func:`pointer_span` (start cells, and run ends with extent "end"), (B, V, D)."""
         table = self.token_weight + self.geometry  # (V, D)
-        if start_content is None:
+        if pointer_content is None:
             return table
-        start = self.start_range
-        return table + F.pad(start_content, (0, 0, start.first, table.shape[0] - start.stop))  # (B, V, D)
+        first, stop = self.pointer_span
+        return table + F.pad(pointer_content, (0, 0, first, table.shape[0] - stop))  # (B, V, D)
 
     def new_cache(self, memory: torch.Tensor, max_len: int) -> DecoderCache:
         """An empty cache for up to ``max_len`` positions of generation reading memory (B, N, D)."""
@@ -254,6 +279,16 @@ class Decoder(nn.Module):
         return self.ln(x) @ table.transpose(-1, -2) + self.output_bias  # (B, T, V)
 
 
+def pointer_span(tokenizer: MaskTokenizer) -> tuple[int, int]:
+    """(first, stop) of the rows that point at mask cells: the "end" or "end_class" range (extent "end",
+    laid out right before the starts) and the "start" range; (0, 0) without starts."""
+    ranges = tokenizer.vocab.ranges
+    if "start" not in ranges:
+        return 0, 0
+    end = ranges.get("end", ranges.get("end_class"))
+    return (ranges["start"].first if end is None else end.first), ranges["start"].stop
+
+
 # ----------------------------------------------------------------------------- model
 class Pix2Seq(nn.Module):
     """Image -> mask tokens. Build with :func:`rleseg.models.create_model`, which also resolves
@@ -274,12 +309,13 @@ class Pix2Seq(nn.Module):
         self.config, self.tokenizer = config, tokenizer
         self.encoder = self.build_encoder(config)
         self.decoder = Decoder(config, tokenizer)
-        self.pyramid = self.start_proj = self.aux_head = None
+        self.pyramid = self.start_proj = self.end_head = self.aux_head = None
         if config.uses_pyramid:
             backbone = self.encoder.backbone
             self.pyramid = Pyramid(config, backbone.feature_channels, backbone.feature_strides, tokenizer)
             if config.start_head == "pointer":
                 self.start_proj = nn.Linear(config.dim, config.dim)
+                self.end_head = EndPointer(config, tokenizer) if end_range(tokenizer) else None
             if config.aux_dense_weight > 0:
                 self.aux_head = nn.Linear(config.dim, tokenizer.num_classes)
         if config.pyramid_memory and self.pyramid is None:
@@ -297,6 +333,8 @@ class Pix2Seq(nn.Module):
                 nn.init.zeros_(module.bias)
         if self.start_proj is not None:  # image content enters the start rows as a residual, zero at init
             nn.init.zeros_(self.start_proj.weight)
+        if self.end_head is not None:
+            nn.init.zeros_(self.end_head.proj.weight)
         self.register_buffer("token_loss_weight", self._token_loss_weight(), persistent=False)
 
     def build_encoder(self, config: ModelConfig) -> Encoder:
@@ -308,7 +346,7 @@ class Pix2Seq(nn.Module):
         c, vocab = self.config, self.tokenizer.vocab
         weight = torch.ones(vocab.size)
         weight[PAD], weight[EOS] = c.pad_weight, c.eos_weight
-        for name in ("class", "lac"):
+        for name in ("class", "lac", "end_class"):
             if name in vocab.ranges:
                 weight[vocab[name].first : vocab[name].stop] = c.class_weight
         return weight  # (V,)
@@ -320,6 +358,8 @@ class Pix2Seq(nn.Module):
             return self.encoder(images), self.decoder.embedding_table(), None
         memory, cells = self.memory_and_cells(images)
         content = None if self.start_proj is None else self.start_proj(cells)
+        if self.end_head is not None:
+            content = torch.cat([self.end_head(cells), content], dim=1)
         if self.memory_proj is not None:
             memory = torch.cat([memory, self.pooled_cells(cells)], dim=1)
         return memory, self.decoder.embedding_table(content), cells
@@ -369,8 +409,9 @@ class Pix2Seq(nn.Module):
         sequences, or B * (C-1) per-class ones (each image's adjacent, as ``Collate`` splits them); the model
         feeds each row's prompt (:meth:`first_tokens`: BOS, or its class's prompt) + target_tokens[:, :-1].
         Returns a scalar: sum(w * ce) / sum(w), plus ``aux_dense_weight`` times the auxiliary per-cell loss
-        when that is on, plus ``refine_weight`` times the refinement loss (:meth:`refine_loss`; it needs the
-        batch's ``mask`` (B, P, P) and ``mask_small`` (B, h, w)) when the model has a refiner."""
+        when that is on, plus ``refine_weight`` times the refinement loss (:meth:`refine_loss` of the first
+        ``refine_batch`` images; it needs the batch's ``mask`` (B, P, P) and ``mask_small`` (B, h, w)) when the
+        model has a refiner."""
         memory, table, cells = self.encode(images)
         memory, table = self.per_sequence(memory, table, len(target_tokens))
         first = self.first_tokens(len(target_tokens), device=target_tokens.device)[:, None]
@@ -386,7 +427,9 @@ class Pix2Seq(nn.Module):
         if self.refiner is not None:
             if mask is None or mask_small is None:
                 raise ValueError("a model with a refiner (refine_band > 0) trains on the batch's mask and mask_small")
-            loss = loss + self.config.refine_weight * self.refine_loss(images, cells, mask, mask_small)
+            first = slice(0, self.config.refine_batch or None)
+            loss = loss + self.config.refine_weight * self.refine_loss(images[first], cells[first], mask[first],
+                                                                       mask_small[first])
         return loss
 
     def refine_loss(self, images: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor, mask_small: torch.Tensor

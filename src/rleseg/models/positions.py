@@ -30,18 +30,21 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
     """(V, dim): the geometry code of each start token, zero rows for the other tokens.
 
     "start" tokens (flat index on the scan grid) get the 2-D code of (major, minor) = divmod(index, minor
-    size) of the tokenizer's scan ``grid``, i.e. (row, col) for order "C". 2-D "coord" tokens get the 1-D code of their
+    size) of the tokenizer's scan ``grid``, i.e. (row, col) for order "C"; so do "end" tokens (a run's last
+    cell) and "end_class" tokens (that cell, for each class). 2-D "coord" tokens get the 1-D code of their
     coordinate, relative "gap" tokens the 1-D code of their gap. Rows are scaled to
     ``norm``, the expected norm of a randomly initialised embedding row.
     """
     table = torch.zeros(tokenizer.vocab.size, dim)
+    grid = tuple(tokenizer.grid)
     for name, span in tokenizer.vocab.ranges.items():
         if name == "start":
-            grid = tuple(tokenizer.grid)
             if math.prod(grid) == span.size:
                 code = sincos_grid(grid, dim)
             else:  # no grid known for these starts: their 1-D order still carries nearness
                 code = sincos(torch.arange(span.size), dim)
+        elif name in ("end", "end_class"):  # a run's last cell, once per class for "end_class"
+            code = sincos_grid(grid, dim).repeat(span.size // math.prod(grid), 1)
         elif name in ("coord", "gap"):
             code = sincos(torch.arange(span.size), dim)
         else:

@@ -86,6 +86,9 @@ class ImageGrammar:
                 ok = values <= room
             elif name == "lac":
                 ok = (values - 1) % fmt.max_run + 1 <= room
+            elif name in ("end", "end_class"):  # the run's last cell: from its start, at most ``room`` cells
+                length = values % fmt.num_pixels + 1 - self.start[:, None]
+                ok = (length >= 1) & (length <= room)
             else:  # class: every foreground class
                 ok = np.ones_like(values, dtype=bool)
             span = vocab[name]
@@ -103,6 +106,8 @@ class ImageGrammar:
                 self.free[rows] = self.start[rows] + value
             elif slot_name == "lac":
                 self.free[rows] = self.start[rows] + (value - 1) % self.run_format.max_run + 1
+            elif slot_name in ("end", "end_class"):
+                self.free[rows] = value % self.run_format.num_pixels + 1
         self.slot = np.where(live, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)
 
     def select(self, rows: np.ndarray) -> None:

@@ -114,7 +114,7 @@ class PanopticTokenizer(StoredArguments):
     def __init__(self, mask_size: tuple[int, int], num_classes: int, thing_classes: Iterable[int],
                  starts: str = "1d", order: str = "C", max_run: int | None = None, max_vocab: int = MAX_VOCAB):
         check_absolute_starts(starts, "panoptic")
-        self.image = Tokenizer(mask_size, num_classes, "class", starts, order, max_run, max_vocab)
+        self.image = Tokenizer(mask_size, num_classes, "class", starts, order, max_run, max_vocab=max_vocab)
         self.mask_size, self.num_classes = self.image.mask_size, self.image.num_classes
         self.starts, self.order, self.max_run = starts, order, self.image.max_run
         self.grid, self.num_pixels, self.vocab = self.image.grid, self.image.num_pixels, self.image.vocab

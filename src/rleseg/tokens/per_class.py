@@ -64,7 +64,7 @@ class PerClassTokenizer(StoredArguments):
     ):
         if num_classes < 2:
             raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
-        self.binary = Tokenizer(mask_size, 2, "binary", starts, order, max_run, max_vocab)
+        self.binary = Tokenizer(mask_size, 2, "binary", starts, order, max_run, max_vocab=max_vocab)
         b = self.binary
         self.mask_size, self.num_classes, self.starts, self.order = b.mask_size, int(num_classes), starts, order
         self.max_run, self.grid, self.num_pixels = b.max_run, b.grid, b.num_pixels

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .grammar import ImageGrammar
-from .run_format import START_SLOTS, RunFormat
+from .run_format import EXTENTS, START_SLOTS, RunFormat
 from .runs import Runs, check_label_map, check_order, default_max_run, label_dtype, mask_to_runs, paint_runs
 from .stored import StoredArguments
 from .vocab import EOS, MAX_VOCAB, PAD, Vocab, check_layout_size
@@ -92,6 +92,9 @@ class Tokenizer(StoredArguments):
             end of the previous run in scan order, 0 for the first run; values 0 .. H*W-1).
         order: raster order of the flattening, "C" or "F".
         max_run: longest run L; default one row in scan order (W for "C", H for "F").
+        extent: how a run's extent is written: "length" (the paper's) or "end", its last cell as a flat
+            index (needs 1-D starts), so that a pointer head can choose it from the image like the start;
+            with "lac" the end and the class are fused into one "end_class" token of H*W*(C-1) values.
         max_vocab: refuse layouts of more tokens, or masks of more cells, than this (``vocab.MAX_VOCAB``);
             not stored with the tokenizer: a stored one is rebuilt under the default.
 
@@ -102,7 +105,7 @@ class Tokenizer(StoredArguments):
     """
 
     task = "semantic"
-    KIND, ARGUMENTS = "image", ("mask_size", "num_classes", "scheme", "starts", "order", "max_run")
+    KIND, ARGUMENTS = "image", ("mask_size", "num_classes", "scheme", "starts", "order", "max_run", "extent")
 
     def __init__(
         self,
@@ -112,6 +115,7 @@ class Tokenizer(StoredArguments):
         starts: str = "1d",
         order: str = "C",
         max_run: int | None = None,
+        extent: str = "length",
         max_vocab: int = MAX_VOCAB,
     ):
         height, width = (int(v) for v in mask_size)
@@ -125,9 +129,14 @@ class Tokenizer(StoredArguments):
             raise ValueError(f"scheme 'binary' needs num_classes == 2, got {num_classes}; use 'lac' or 'class'")
         if starts not in START_MODES:
             raise ValueError(f"starts must be one of {START_MODES}, got {starts!r}")
+        if extent not in EXTENTS:
+            raise ValueError(f"extent must be one of {EXTENTS}, got {extent!r}")
+        if extent == "end" and starts != "1d":
+            raise ValueError(f"extent 'end' writes a run's last cell like a 1-D start: it needs starts '1d', "
+                             f"got {starts!r}")
         self.mask_size = (height, width)
         self.num_classes = int(num_classes)
-        self.scheme, self.starts, self.order = scheme, starts, check_order(order)
+        self.scheme, self.starts, self.order, self.extent = scheme, starts, check_order(order), extent
         self.max_run = default_max_run(self.mask_size, order) if max_run is None else int(max_run)
         if self.max_run < 1:
             raise ValueError(f"max_run must be >= 1, got {max_run}")
@@ -136,15 +145,20 @@ class Tokenizer(StoredArguments):
         self.num_pixels = height * width
         layout = self._layout()
         owner = (f"Tokenizer(mask_size={self.mask_size}, num_classes={self.num_classes}, scheme={scheme!r}, "
-                 f"starts={starts!r}, max_run={self.max_run})")
+                 f"starts={starts!r}, max_run={self.max_run}{'' if extent == 'length' else f', extent={extent!r}'})")
         check_layout_size(owner, layout, self.num_pixels, max_vocab)
         self.vocab = Vocab(layout)
-        self.run_format = RunFormat(self.vocab, starts, scheme, self.grid, self.max_run)
+        self.run_format = RunFormat(self.vocab, starts, scheme, self.grid, self.max_run, extent)
         self.slots, self.tokens_per_run = self.run_format.slots, self.run_format.tokens_per_run
 
     def _layout(self) -> list[tuple[str, int, int]]:
         foreground = self.num_classes - 1
-        if self.scheme == "lac":
+        if self.extent == "end":  # the end range right before the start range: the pointer rows are contiguous
+            if self.scheme == "lac":
+                value_ranges = [("end_class", self.num_pixels * foreground, 0)]
+            else:
+                value_ranges = [("class", foreground, 1)] * (self.scheme == "class") + [("end", self.num_pixels, 0)]
+        elif self.scheme == "lac":
             value_ranges = [("lac", self.max_run * foreground, 1)]
         elif self.scheme == "class":
             value_ranges = [("class", foreground, 1), ("length", self.max_run, 1)]

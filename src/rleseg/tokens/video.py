@@ -188,10 +188,10 @@ class VideoTokenizer(StoredArguments):
         ceiling = max(self.max_vocab, MAX_VOCAB)
         if temporal == "volume":
             stacked = (self.frames * height, width) if order == "C" else (height, self.frames * width)
-            self.image = Tokenizer(stacked, self.num_classes, scheme, starts, order, self.max_run, ceiling)
+            self.image = Tokenizer(stacked, self.num_classes, scheme, starts, order, self.max_run, max_vocab=ceiling)
         else:
             classes = self.num_classes**self.frames
-            self.image = Tokenizer(self.mask_size, classes, scheme, starts, order, self.max_run, ceiling)
+            self.image = Tokenizer(self.mask_size, classes, scheme, starts, order, self.max_run, max_vocab=ceiling)
         assert self.image.vocab.size == size, "video_vocab_size disagrees with the image tokenizer layout"
         self.vocab = self.image.vocab
 
