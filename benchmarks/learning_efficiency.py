@@ -116,6 +116,9 @@ LEVERS.update({
                   "Dice +0.01 (10 min stardist, refine: 0.896 mean of 3 seeds)"),
     "end-b4": (["tokenizer.extent=end", "model.refine_batch=4"],
                "the end lever with the cheaper refiner: the gains of both"),
+    "lengths": (["tokenizer.extent=length"],
+                "the shipped config with run lengths instead of ends: the comparison for lever 3 where the "
+                "configs ship ends"),
     "end-refine": (["tokenizer.extent=end", "model.refine_band=1", "model.refine_batch=4"],
                    "mni152-tiny: the ends' tokens reach 0.94 of the grid's ceiling (0.768 of 0.815), so the band "
                    "now lies along nearly right boundaries: refined above the ceiling, about 0.85 of dense"),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from rleseg.models import ModelConfig, create_model, save_checkpoint
-from rleseg.tokens import PAD, upsample_mask
+from rleseg.tokens import EOS, PAD, upsample_mask
 
 
 def sample_under_grammar(tok, rng: np.random.Generator, batch: int, max_len: int) -> np.ndarray:
@@ -28,6 +28,26 @@ def sample_under_grammar(tok, rng: np.random.Generator, batch: int, max_len: int
         if grammar.done.all():
             return out[:, : step + 1]
     return out
+
+
+def assert_grammar_samples_decode(make_tokenizer, seed: int = 3) -> None:
+    """Sequences drawn under the grammar of ``make_tokenizer(shape, max_run)`` (4 classes) for small masks,
+    long and short budgets, end in one EOS and decode strictly."""
+    rng = np.random.default_rng(seed)
+    for shape, max_run, max_len in [((5, 7), None, 40), ((4, 4), 3, 9), ((1, 9), 2, 25), ((3, 3), 9, 6)]:
+        tok = make_tokenizer(shape, max_run)
+        for _ in range(5):
+            for row in sample_under_grammar(tok, rng, 6, max_len):
+                assert (row == EOS).sum() == 1
+                tok.decode(row, errors="strict")
+
+
+def assert_grammar_allows_blocky_masks(tok, seed: int = 5) -> None:
+    """The grammar of ``tok`` (6x9 masks) allows the encoding of blocky, full and empty masks."""
+    rng = np.random.default_rng(seed)
+    masks = [upsample_mask(rng.integers(0, tok.num_classes, (3, 5)), 2, (6, 9)) for _ in range(4)]
+    masks += [np.full((6, 9), tok.num_classes - 1, np.uint8), np.zeros((6, 9), np.uint8)]
+    assert_grammar_allows(tok, [tok.encode(m) for m in masks])
 
 
 def hela_masks() -> np.ndarray:
