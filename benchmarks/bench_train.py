@@ -68,7 +68,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         config, seconds = run["config"], statistics.median(run["times"])
-        tokens = run["batch"]["tokens"].shape[1] if "tokens" in run["batch"] else "-"
+        tokens = run["batch"]["tokens"].shape[1] if run["model"].target_key == "tokens" else "-"
         params = sum(p.numel() for p in run["model"].parameters()) / 1e6
         print(f"| {run['spec']} | {config.data.patch.patch_size} | {config.train.batch_size} | {tokens} | "
               f"{params:.1f} | {seconds:.3f} | {config.train.batch_size / seconds:.1f} |")

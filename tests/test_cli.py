@@ -59,6 +59,18 @@ def test_tokenize_matches_tokenizer(capsys, masks, scheme, starts, order, subsam
     assert str(path) in summary
 
 
+def test_tokenize_writes_run_ends_and_refuses_them_without_one_d_starts(capsys, masks):
+    path = masks / "m0.png"
+    code, out, err = _run(capsys, "tokenize", path, "--extent", "end")
+    assert code == 0 and err == ""
+    tokens_line, summary = out.strip().split("\n")
+    tokenizer = Tokenizer((32, 32), 3, extent="end")
+    assert [int(t) for t in tokens_line.split()] == tokenizer.encode(read_label_map(path)).tolist()
+    assert "lac/1d extent end order C" in summary
+    code, out, err = _run(capsys, "tokenize", path, "--extent", "end", "--starts", "2d")
+    assert code == 2 and "needs starts '1d'" in err and "Traceback" not in err
+
+
 def test_tokenize_json_and_options(capsys, masks):
     path = masks / "m0.png"
     code, out, _ = _run(capsys, "tokenize", path, "--json", "--num-classes", "5", "--max-run", "7",

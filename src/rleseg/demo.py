@@ -124,7 +124,10 @@ def _write_report(out: Path, config, result, ceiling: dict, background: dict, co
         "greedy, grammar-constrained generation. Masks are "
         f"{config.data.patch.mask_size[0]}x{config.data.patch.mask_size[1]} ({config.data.patch.patch_size}px "
         f"patches subsampled by {config.data.patch.factor}), tokenized with the `{config.tokenizer.scheme}` scheme "
-        f"and {config.tokenizer.starts} starts; predictions are scored at full resolution: "
+        f"and {config.tokenizer.starts} starts"
+        + (", runs written as their start and last cell (the pointer head chooses both from the image)"
+           if config.tokenizer.extent == "end" else "")
+        + "; predictions are scored at full resolution: "
         + ("decoded masks upsampled (nearest), then redrawn by the boundary refiner within "
            f"{result.model.config.refine_band} mask cell(s) of their class boundaries." if token_only is not None
            else "decoded masks upsampled (nearest)."),
