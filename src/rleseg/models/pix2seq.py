@@ -285,8 +285,8 @@ def pointer_span(tokenizer: MaskTokenizer) -> tuple[int, int]:
     ranges = tokenizer.vocab.ranges
     if "start" not in ranges:
         return 0, 0
-    end = ranges.get("end", ranges.get("end_class"))
-    return (ranges["start"].first if end is None else end.first), ranges["start"].stop
+    end = end_range(tokenizer)
+    return ranges[end or "start"].first, ranges["start"].stop
 
 
 # ----------------------------------------------------------------------------- model
