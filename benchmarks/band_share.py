@@ -33,7 +33,8 @@ def shares(run: Path, patches: int) -> dict:
     batch = collate([val[i] for i in range(min(patches, len(val)))])
     images, factor = batch["image"], config.data.patch.factor
     coarse = torch.from_numpy(np.stack(predict_batch(model, images, InferenceOptions(refine=False)).masks)).long()
-    refined = torch.from_numpy(np.stack(predict_batch(model, images, InferenceOptions()).masks)).long()
+    with torch.no_grad():  # the same decoded masks refined: no second generation
+        refined = model.refine(images, model.encode(images)[2], coarse)
     truth = batch["mask_small"].clamp(0, model.tokenizer.num_classes - 1).long()
     return {
         "run": str(run), "patches": len(images), "band": model.refiner.band,
