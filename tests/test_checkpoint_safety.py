@@ -234,10 +234,11 @@ def test_the_memory_limit_can_be_raised_and_lowered(checkpoint, data, tmp_path, 
     image = data / "images" / "a.png"
     predictor = rleseg.load(checkpoint, device="cpu", scale=2, max_len=4)
     need = predictor.memory_needed((40, 60))  # resize, stitching maps, labels back, one batch of patches
-    assert need == (57 + 48 + 16) * 80 * 120 + 33 * 40 * 60 + 16 * 64 * 64 * 12
-    assert rleseg.load(checkpoint, device="cpu").memory_needed((40, 60)) == 16 * 40 * 60 + 16 * 64 * 64 * 12
+    batch = 32 * 64 * 64 * 12  # 32 float32 RGB patches of 64x64 (InferenceOptions.batch_size)
+    assert need == (57 + 48 + 16) * 80 * 120 + 33 * 40 * 60 + batch
+    assert rleseg.load(checkpoint, device="cpu").memory_needed((40, 60)) == 16 * 40 * 60 + batch
     monkeypatch.setenv("RLESEG_MEMORY_LIMIT_GB", str(need / 1e9 * 0.99))
-    with pytest.raises(ValueError, match=r"scale 2 \(80x120 pixels resized\) would take about 2\.0 MB, above the "):
+    with pytest.raises(ValueError, match=r"scale 2 \(80x120 pixels resized\) would take about 2\.8 MB, above the "):
         predictor.predict(image)
     monkeypatch.setenv("RLESEG_MEMORY_LIMIT_GB", str(need * 1.0001 / 1e9))
     assert predictor.predict(image).shape == (40, 60)
@@ -248,7 +249,8 @@ def test_the_memory_limit_can_be_raised_and_lowered(checkpoint, data, tmp_path, 
         rleseg.load(checkpoint, device="cpu", batch_size=1000)
     # On the command line: one line.
     monkeypatch.setenv("RLESEG_MEMORY_LIMIT_GB", "0.0008")  # above the batch (786.4 KB), below the image
-    argv = ["predict", checkpoint, image, "--out", tmp_path / "out", "--no-progress", "--max-len", 4]
+    argv = ["predict", checkpoint, image, "--out", tmp_path / "out", "--no-progress", "--max-len", 4,
+            "--batch-size", 16]
     expect_one_line(capsys, argv, "scale 1 (40x60 pixels resized) would take about 824.8 KB, above the limit of "
                     "800.0 KB")
     monkeypatch.setenv("RLESEG_MEMORY_LIMIT_GB", "1")

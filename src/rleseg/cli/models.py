@@ -121,7 +121,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--join-iou", type=probability, default=0.5, metavar="T",
                         help="panoptic instances of two patches join above this IoU where the windows overlap "
                         "(default: 0.5)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="patches per batch (16)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="patches per batch (32)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast dtype of the model's forward passes (fp16: GPUs without bf16; default: fp32)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",

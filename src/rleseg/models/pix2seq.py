@@ -20,7 +20,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
-from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
+from .generate import Generation, allowed_tokens, candidates, check_sampling, drop_outweighed_eos, sample_next
 from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
 from .refine import Refiner, jitter_boundaries
@@ -102,6 +102,10 @@ class ModelConfig:
         return self.start_head == "pointer" or self.aux_dense_weight > 0 or self.refine_band > 0
 
 
+# Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
+# once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
+# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/benchmarks.md).
+CACHED_TABLE = 2**21
 START_HEADS = ("auto", "table", "pointer")  # create_model resolves "auto"; the model sees the other two
 
 
@@ -206,6 +210,11 @@ class DecoderCache:
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # (B, H, N, D/H) each
     layers: list[KVCache]
 
+    def select(self, rows: torch.Tensor) -> DecoderCache:
+        """The cache of the sequences ``rows`` (R,) indexes, in its order."""
+        return DecoderCache([(k[rows], v[rows]) for k, v in self.memory_kv],
+                            [KVCache(layer.k[rows], layer.v[rows]) for layer in self.layers])
+
 
 class Decoder(nn.Module):
     """tokens (B, T) at positions pos .. pos+T-1, memory (B, N, D) -> logits (B, T, V)."""
@@ -256,10 +265,12 @@ class Decoder(nn.Module):
         pos: int = 0,
         table: torch.Tensor | None = None,
         last_only: bool = False,
+        columns: tuple | None = None,
     ) -> torch.Tensor:
         """Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached
         past. ``table``: (V, D) or per image (B, V, D), default :meth:`embedding_table`. ``last_only``:
-        logits of the last position only, (B, 1, V) (generation without a cache)."""
+        logits of the last position only, (B, 1, V) (generation without a cache). ``columns``: see
+        :meth:`scores`."""
         length = tokens.shape[1]
         if pos + length > self.pos_embedding.shape[0]:
             raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
@@ -276,7 +287,31 @@ class Decoder(nn.Module):
                 x = layer(x, memory_kv=cache.memory_kv[i], cache=cache.layers[i], pos=pos)
         if last_only:
             x = x[:, -1:]
-        return self.ln(x) @ table.transpose(-1, -2) + self.output_bias  # (B, T, V)
+        return self.scores(self.ln(x), table, columns)
+
+    def scores(self, x: torch.Tensor, table: torch.Tensor, columns: tuple | None = None) -> torch.Tensor:
+        """Decoder outputs x (B, T, D) -> logits (B, T, V): x . each row of ``table`` + the output bias.
+        ``columns``, a grammar's ``candidates()`` for the one position of x: only those tokens are scored,
+        the rest are -inf (the grammar allows none of them). A step of generation then reads a fraction of
+        a per-image table, which at (B, V, D) does not stay in cache."""
+        if columns is None:
+            return x @ table.transpose(-1, -2) + self.output_bias  # (B, T, V)
+        spans, ids = columns
+        h = x[:, -1]  # (B, D)
+        out = h.new_full((len(h), table.shape[-2]), float("-inf"))
+        for first, stop in spans:
+            rows = table[..., first:stop, :]  # (K, D) or (B, K, D)
+            out[:, first:stop] = _dot(rows, h) + self.output_bias[first:stop]
+        if ids is not None:
+            ids = torch.as_tensor(ids, device=h.device)  # (B, K)
+            rows = table[ids] if table.ndim == 2 else table[torch.arange(len(h), device=h.device)[:, None], ids]
+            out.scatter_(1, ids, _dot(rows, h) + self.output_bias[ids])
+        return out[:, None]
+
+
+def _dot(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """rows (K, D) shared or (B, K, D) per row, h (B, D) -> (B, K), each row of h with its rows."""
+    return h @ rows.T if rows.ndim == 2 else (rows @ h[:, :, None]).squeeze(-1)
 
 
 def pointer_span(tokenizer: MaskTokenizer) -> tuple[int, int]:
@@ -536,20 +571,34 @@ class Pix2Seq(nn.Module):
         tokens[:, 0] = self.first_tokens(batch, device=device) if first is None else first
         logprobs = torch.zeros(batch, max_len, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
+        truncated = torch.zeros(batch, dtype=torch.bool)
+        # The rows still generating, as memory, table, cache and grammar hold them: a step costs per row,
+        # so the rows that ended leave once they are a quarter of those left.
+        live = torch.arange(batch, device=device)
         for step in range(max_len):
-            logits = self.next_logits(tokens, step, memory, table, cache)  # (B, V)
-            allowed = allowed_tokens(grammar, done, logits.shape[-1], max_len - step)
+            columns = None if grammar is None or table.numel() <= CACHED_TABLE else candidates(grammar)
+            logits = self.next_logits(tokens[live], step, memory, table, cache, columns)  # (R, V)
+            ended = done[live]
+            allowed = allowed_tokens(grammar, ended, logits.shape[-1], max_len - step)
             if eos_by_mass:
                 allowed = drop_outweighed_eos(logits, allowed)
             next_token, logprob = sample_next(logits, allowed, temperature, top_k, top_p, generator)
-            tokens[:, step + 1], logprobs[:, step] = next_token, logprob.masked_fill(done, 0.0)
+            tokens[live, step + 1], logprobs[live, step] = next_token, logprob.masked_fill(ended, 0.0)
             if grammar is not None:
                 grammar.advance(next_token.cpu().numpy())
-            done |= next_token == EOS
-            if bool(done.all()):
+                truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+            ended |= next_token == EOS
+            done[live] = ended
+            if bool(ended.all()):
                 break
+            if 4 * int(ended.sum()) >= len(live):
+                keep = (~ended).nonzero().squeeze(1)
+                live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
+                table = table if table.ndim == 2 else table[keep]
+                if grammar is not None:
+                    grammar.select(keep.cpu().numpy())
         steps = step + 1  # the last step ran, whether every row ended or max_len was reached
-        truncated = None if grammar is None else torch.from_numpy(grammar.truncated)  # else: rows without EOS
+        truncated = None if grammar is None else truncated  # else: the rows without EOS (Generation)
         return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)
 
     def first_tokens(self, rows: int, copies: int = 1, device: torch.device | None = None) -> torch.Tensor:
@@ -560,13 +609,15 @@ class Pix2Seq(nn.Module):
         return prompts.repeat_interleave(copies).repeat(rows // (len(prompts) * copies))
 
     def next_logits(
-        self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None
+        self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None,
+        columns: tuple | None = None,
     ) -> torch.Tensor:
         """Logits (B, V) float32 for the token after tokens[:, : step + 1] (BOS and what is generated so far).
         With a ``cache`` only tokens[:, step] goes through the decoder (the past is in the cache); without
-        one, the whole prefix does again."""
+        one, the whole prefix does again. ``columns``: the grammar's candidates, the only tokens scored
+        (the rest -inf, :meth:`Decoder.scores`)."""
         if cache is None:
-            logits = self.decoder(tokens[:, : step + 1], memory, table=table, last_only=True)
+            logits = self.decoder(tokens[:, : step + 1], memory, table=table, last_only=True, columns=columns)
         else:
-            logits = self.decoder(tokens[:, step : step + 1], cache=cache, pos=step, table=table)
+            logits = self.decoder(tokens[:, step : step + 1], cache=cache, pos=step, table=table, columns=columns)
         return logits[:, -1].float()

@@ -6,6 +6,9 @@ Every tokenizer offers ``grammar(batch_size)`` returning an object with this pro
   given that at most ``steps_left`` more tokens (this one included) may be generated. A finished
   sequence allows only PAD.
 - ``advance(tokens)``: feed the (B,) tokens chosen at this position (they must have been allowed).
+- ``candidates()`` (optional): the tokens that cover every sequence's allowed ones at the next position,
+  so that a model scores only those: ``(spans, ids)``, spans ``(first, stop)`` of the vocabulary shared
+  by all rows and (B, K) more token ids per row or None; PAD and EOS always among them. None: all tokens.
 - ``select(rows)``: keep the sequences that the (R,) int array ``rows`` indexes, in its order, repeats
   allowed (beam search copies and reorders its hypotheses); the batch size becomes R.
 - ``done``: (B,) bool, True once a sequence has emitted EOS.
@@ -94,6 +97,24 @@ class ImageGrammar:
             span = vocab[name]
             out[:, span.first : span.stop] |= here & ok
         return out
+
+    def candidates(self) -> tuple[list[tuple[int, int]], np.ndarray | None] | None:
+        """See the module docstring. The live rows write the same slot of a run (every run has
+        ``tokens_per_run`` tokens and EOS comes only between runs): its range, or for a run's end the
+        ``max_run`` cells from each row's start (per class with "end_class"), a fraction of the range."""
+        live = ~self.done
+        slots = self.slot[live]
+        if slots.size and (slots != slots[0]).any():  # rows set by select() in any order: score everything
+            return None
+        fmt = self.run_format
+        name = fmt.slots[int(slots[0]) if slots.size else 0]
+        span = fmt.vocab[name]
+        if name not in ("end", "end_class"):
+            return [(PAD, EOS + 1), (span.first, span.stop)], None
+        cells = fmt.num_pixels
+        window = np.minimum(self.start[:, None] + np.arange(fmt.max_run), cells - 1)  # (B, L) possible ends
+        blocks = np.arange(span.size // cells)[None, :, None] * cells  # (1, kinds, 1)
+        return [(PAD, EOS + 1)], span.first + (blocks + window[:, None]).reshape(len(window), -1)
 
     def advance(self, tokens: np.ndarray) -> None:
         tokens, live = finish(self, tokens)
