@@ -79,7 +79,8 @@ class Refiner(nn.Module):
         size = images.shape[-2:]
         prior = upsample_nearest(F.one_hot(coarse, self.num_classes).movedim(-1, 1), factor).to(images.dtype)
         features = F.interpolate(self.features(cells), size=size, mode="bilinear", align_corners=False)
-        x = torch.cat([self.stem(images), features, prior], dim=1)
+        # channels last: the head's small convolutions run twice as fast so on a CPU (oneDNN)
+        x = torch.cat([self.stem(images), features, prior], dim=1).contiguous(memory_format=torch.channels_last)
         return self.head(x) + PRIOR_GAIN * prior  # (B, C, P, P)
 
     def band_pixels(self, coarse: torch.Tensor, factor: int) -> torch.Tensor:
@@ -89,11 +90,13 @@ class Refiner(nn.Module):
     def labels(self, images: torch.Tensor, cells: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """Refined labels (B, P, P) int64: the logits' argmax in the band, the coarse labels elsewhere."""
         factor = grid_factor(images, coarse)
-        nearest = upsample_nearest(coarse, factor)
+        labels = upsample_nearest(coarse, factor)
         band = self.band_pixels(coarse, factor)
-        if not band.any():
-            return nearest
-        return torch.where(band, self(images, cells, coarse).argmax(1), nearest)
+        redraw = band.flatten(1).any(1)  # (B,) only patches with a class boundary go through the convolutions
+        if redraw.any():
+            logits = self(images[redraw], cells[redraw], coarse[redraw])
+            labels[redraw] = torch.where(band[redraw], logits.argmax(1), labels[redraw])
+        return labels
 
     def loss(self, images: torch.Tensor, cells: torch.Tensor, coarse: torch.Tensor, mask: torch.Tensor
              ) -> torch.Tensor:
