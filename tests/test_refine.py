@@ -74,6 +74,20 @@ def test_the_noisy_refiner_does_change_pixels_in_the_band():
     assert (refined != upsample_nearest(coarse, 4)).any()
 
 
+def test_each_patch_is_refined_as_it_would_be_alone():
+    """Patches without a class boundary skip the convolutions; the others come out as refined one by one."""
+    torch.manual_seed(1)
+    coarse = torch.randint(0, 3, (4, 8, 8))
+    coarse[1] = 2  # one class: no band
+    images, cells = torch.rand(4, 3, 32, 32), torch.randn(4, 8, 8, 8)
+    refiner = noisy_refiner(1)
+    together = refiner.labels(images, cells, coarse)
+    assert torch.equal(together[1], upsample_nearest(coarse[1:2], 4)[0])
+    for i in range(4):
+        assert torch.equal(together[i], refiner.labels(images[i : i + 1], cells[i : i + 1], coarse[i : i + 1])[0])
+    assert (together != upsample_nearest(coarse, 4)).any()
+
+
 def test_an_untrained_refiner_reproduces_the_coarse_mask():
     torch.manual_seed(0)
     coarse = torch.randint(0, 3, (2, 8, 8))
