@@ -10,6 +10,8 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rleseg.data import Collate
+from rleseg.inference import InferenceOptions, predict_batch
 from rleseg.models import ModelConfig, create_model, save_checkpoint
 from rleseg.tokens import EOS, PAD, upsample_mask
 
@@ -174,6 +176,31 @@ def overfit_exactly(model, images, targets, truths, lr: float = 1e-3, every: int
                 break
     assert all(exact), f"after {step} steps (loss {loss.item():.4f}) reproduced: {exact}"
     assert torch.equal(out.tokens[:, : targets.shape[1]], targets)
+
+
+def overfit_rows(tok, masks: list[np.ndarray], steps: int = 400):
+    """A micro model (pointer start head) trained on ``masks`` written as several rows each (per-class or
+    band sequences, as ``Collate`` splits them) until greedy decoding of every row in one batch
+    (``predict_batch`` joins an image's rows) reproduces each mask and its tokens; (model, images, batch)."""
+    torch.manual_seed(0)
+    batch = Collate()([{"tokens": torch.from_numpy(tok.encode(m))} for m in masks])
+    images = torch.rand(len(masks), 3, 64, 64)
+    model = create_model(micro_config(dim=64, mlp_dim=128), tok)
+    assert model.config.start_head == "pointer"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for step in range(1, steps + 1):
+        loss = model.loss(images, batch["tokens"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            predicted = predict_batch(model, images, InferenceOptions(temperature=0.0))
+            if all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)):
+                break
+    assert all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)), f"step {step}"
+    assert all(np.array_equal(t, tok.encode(m)) for t, m in zip(predicted.tokens, masks, strict=True))
+    assert [len(s) for s in predicted.run_scores] == [len(tok.decode_runs(tok.encode(m))) for m in masks]
+    return model, images, batch
 
 
 # A training run of seconds on the synthetic data (`--set` overrides of any shipped config).

@@ -8,7 +8,7 @@ import torch
 
 from helpers import micro_config
 from rleseg.models import create_model, pix2seq
-from rleseg.tokens import EOS, PAD, PerClassTokenizer, Tokenizer, VideoTokenizer
+from rleseg.tokens import EOS, PAD, BandTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
 from rleseg.tokens.grammar import ImageGrammar
 
 TOKENIZERS = {
@@ -19,6 +19,7 @@ TOKENIZERS = {
     "2-D starts": lambda: Tokenizer((6, 10), 3, "class", starts="2d"),
     "relative starts": lambda: Tokenizer((6, 10), 3, starts="relative"),
     "per class": lambda: PerClassTokenizer((6, 10), 4, max_run=6),
+    "bands": lambda: BandTokenizer((6, 10), 3, extent="end", bands=3),
     "video": lambda: VideoTokenizer(2, (6, 10), 3, temporal="volume"),
 }
 
@@ -75,7 +76,7 @@ def noisy_model(tokenizer):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["lac ends", "binary ends", "class ends", "2-D starts", "per class", "video"])
+@pytest.mark.parametrize("name", ["lac ends", "binary ends", "class ends", "2-D starts", "per class", "bands", "video"])
 def test_generation_equals_scoring_every_token_one_image_at_a_time(name, monkeypatch):
     tokenizer = TOKENIZERS[name]()
     model = noisy_model(tokenizer)

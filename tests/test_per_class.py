@@ -9,11 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import labelled_masks, micro_config, random_masks, sample_under_grammar
+from helpers import labelled_masks, micro_config, overfit_rows, random_masks, sample_under_grammar
 from rleseg.data import Collate
 from rleseg.experiment import build_model, build_tokenizer, load_config
-from rleseg.inference.batch import predict_batch
-from rleseg.inference.options import InferenceOptions
 from rleseg.models import create_model, load_checkpoint, save_checkpoint
 from rleseg.tokens import EOS, PAD, MaskTokenizer, PerClassTokenizer, Tokenizer, from_dict, split_sequences
 
@@ -141,27 +139,8 @@ def test_collate_splits_each_sample_into_its_class_rows():
 def test_micro_model_overfits_three_class_patches_exactly():
     """Teacher forcing over the class rows, then grammar-constrained greedy decoding of all rows in one batch
     (predict_batch joins them), must reproduce every mask; the pointer start head reads each start cell."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
     tok = PerClassTokenizer((8, 8), 3)
-    masks = random_masks(rng, 3, 8, 3)
-    batch = Collate()([{"tokens": torch.from_numpy(tok.encode(m))} for m in masks])
-    images = torch.rand(3, 3, 64, 64)
-    model = create_model(micro_config(dim=64, mlp_dim=128), tok)
-    assert model.config.start_head == "pointer"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    for step in range(1, 401):
-        loss = model.loss(images, batch["tokens"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0:
-            predicted = predict_batch(model, images, InferenceOptions(temperature=0.0))
-            if all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)):
-                break
-    assert all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)), f"step {step}"
-    assert all(np.array_equal(t, tok.encode(m)) for t, m in zip(predicted.tokens, masks, strict=True))
-    assert [len(s) for s in predicted.run_scores] == [len(tok.decode_runs(tok.encode(m))) for m in masks]
+    model, images, batch = overfit_rows(tok, random_masks(np.random.default_rng(0), 3, 8, 3))
     with pytest.raises(ValueError, match="3 token sequences for 3 images; the tokenizer writes 2 per image"):
         model.loss(images, batch["tokens"][:3])
 

@@ -17,7 +17,7 @@ from .data.patches import PatchConfig
 from .engine import EvalConfig, PatchScores, TrainConfig
 from .imageio import Normalization
 from .limits import check_memory
-from .tokens import PanopticTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
+from .tokens import BandTokenizer, PanopticTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
 from .typed_yaml import ConfigError, apply_overrides, check_range, from_dict, load_yaml, to_dict
 
 
@@ -31,6 +31,9 @@ class TokenizerConfig:
     # How a run's extent is written: its length (the paper) or "end", its last cell as a flat index, which
     # the pointer head chooses from the image like a start (needs 1-D starts; schemes lac, class, binary).
     extent: Literal["length", "end"] = "length"
+    # Semantic task, 1-D starts: one sequence per band of this many blocks of scan lines, decoded in
+    # parallel as rows of one batch (about bands times fewer decoding steps an image; tokens/bands.py).
+    bands: int = 1
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
     thing_classes: list[int] = field(default_factory=list)  # panoptic: classes with instances
@@ -41,7 +44,7 @@ class TokenizerConfig:
     max_vocab: int | None = None
 
     def __post_init__(self) -> None:
-        check_range(self, 1, None, "max_run", "frames", "max_vocab")
+        check_range(self, 1, None, "max_run", "frames", "max_vocab", "bands")
 
 
 @dataclass
@@ -157,8 +160,8 @@ def memory_parts(config: ExperimentConfig, model_config, tokenizer) -> list[tupl
         return [*parts, (f"the logits of a batch ({patches} x data.num_classes {classes:,} x {side}x{side} pixels)",
                          12 * batch * frames * classes * side**2)]
     vocab, dim, length = tokenizer.vocab.size, model_config.dim, model_config.max_seq_len
-    rows = len(tokenizer.prompts)  # token rows a patch becomes: one, or per-class one per foreground class
-    sequences = f"train.batch_size {batch}{f' x {rows} per-class sequences' if rows > 1 else ''}"
+    rows = len(tokenizer.prompts)  # token rows a patch becomes: one, or one per foreground class / band
+    sequences = f"train.batch_size {batch}{f' x {rows} sequences a patch' if rows > 1 else ''}"
     return [
         *parts,
         (f"the token table ({tokenizer!r} x model.dim {dim})", 20 * vocab * dim),
@@ -199,8 +202,8 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 
 
 def build_tokenizer(config: ExperimentConfig):
-    """The image (per-class with scheme "per_class"), panoptic or video tokenizer of ``tokenizer.task``, for the
-    patch's mask size."""
+    """The image (per-class with scheme "per_class", band sequences with bands > 1), panoptic or video
+    tokenizer of ``tokenizer.task``, for the patch's mask size."""
     mask_size, num_classes, t = config.data.patch.mask_size, config.data.num_classes, config.tokenizer
     limit = {} if t.max_vocab is None else {"max_vocab": t.max_vocab}
     try:
@@ -212,8 +215,13 @@ def build_tokenizer(config: ExperimentConfig):
         if t.task == "video":
             return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run,
                                   **limit)
+        if t.bands > 1 and (t.task != "semantic" or t.scheme == "per_class" or t.starts != "1d"):
+            raise ValueError(f"bands > 1 is for the semantic image tokenizer with 1-D starts, not task {t.task!r} "
+                             f"with scheme {t.scheme!r} and starts {t.starts!r}")
         if t.scheme == "per_class":
             return PerClassTokenizer(mask_size, num_classes, t.starts, t.order, t.max_run, **limit)
+        if t.bands > 1:
+            return BandTokenizer(mask_size, num_classes, t.scheme, t.order, t.max_run, t.extent, t.bands, **limit)
         return Tokenizer(mask_size, num_classes, t.scheme, t.starts, t.order, t.max_run, t.extent, **limit)
     except ValueError as error:
         raise ConfigError(f"tokenizer: {error}") from None

@@ -544,6 +544,9 @@ class Pix2Seq(nn.Module):
         # per-class sequences: one row per class, decoded as one batch
         memory, table = self.per_sequence(memory, table, len(memory) * len(self.tokenizer.prompts))
         copies = max(beams, samples)
+        if copies > 1 and getattr(self.tokenizer, "bands", 1) > 1:  # its grammar reads row r as band r % bands
+            raise ValueError("beam search and best-of-N sampling are not available for band sequences "
+                             f"(tokenizer bands {self.tokenizer.bands})")
         if copies > 1:
             memory, table = repeat_candidates(memory, table, copies)
         try:

@@ -30,12 +30,14 @@ runs longer than L = max_run (default one row) are split. Example::
     >>> bool((tok.decode(tok.encode(mask)) == mask).all())
     True
 
-Tokenizer, PerClassTokenizer (one binary sequence per foreground class, per_class.py), PanopticTokenizer and
+Tokenizer, PerClassTokenizer (one binary sequence per foreground class, per_class.py), BandTokenizer
+(one sequence per band of scan lines, bands.py), PanopticTokenizer and
 VideoTokenizer each are a ``MaskTokenizer`` (protocol.py), the one
 interface code above this package relies on (``tokenizer.task`` says which maps it encodes);
 ``from_dict`` rebuilds any of them from its ``to_dict()``.
 """
 
+from .bands import BandTokenizer
 from .grammar import Grammar, ImageGrammar
 from .panoptic import PanopticGroup, PanopticTokenizer
 from .panoptic_grammar import PanopticGrammar
@@ -50,6 +52,7 @@ __all__ = [
     "EOS",
     "PAD",
     "TASKS",
+    "BandTokenizer",
     "Grammar",
     "ImageGrammar",
     "MaskTokenizer",

@@ -47,15 +47,20 @@ class ImageGrammar:
     """Constraints of :class:`rleseg.tokens.Tokenizer` (runs written in ``run_format``), vectorised over
     the batch."""
 
-    row_state = ("done", "truncated", "budget_stops", "slot", "free", "start", "major")  # what select() indexes
+    row_state = ("done", "truncated", "budget_stops", "slot", "free", "stop", "start", "major")  # what select() indexes
 
-    def __init__(self, run_format: RunFormat, batch_size: int):
+    def __init__(self, run_format: RunFormat, batch_size: int, first: np.ndarray | None = None,
+                 stop: np.ndarray | None = None):
+        """``first`` / ``stop``: (B,) the cells [first, stop) each row's runs must lie in (default the mask:
+        band sequences, tokens/bands.py, keep to their band)."""
         self.run_format = run_format
         self.done = np.zeros(batch_size, dtype=bool)
         self.truncated = np.zeros(batch_size, dtype=bool)
         self.budget_stops = np.zeros(batch_size, dtype=bool)  # a run could start but for the steps left
         self.slot = np.zeros(batch_size, dtype=np.int64)
-        self.free = np.zeros(batch_size, dtype=np.int64)  # first flat index the next run may start at
+        # first flat index the next run may start at; every run ends before ``stop``
+        self.free = np.zeros(batch_size, dtype=np.int64) if first is None else np.array(first, dtype=np.int64)
+        self.stop = np.full(batch_size, run_format.num_pixels, np.int64) if stop is None else np.array(stop, np.int64)
         self.start = np.zeros(batch_size, dtype=np.int64)  # start of the run being written
         self.major = np.zeros(batch_size, dtype=np.int64)  # 2-D starts: major coordinate just chosen
         self._values = {name: np.arange(r.size) + r.offset for name, r in run_format.vocab.ranges.items()}
@@ -67,19 +72,19 @@ class ImageGrammar:
         boundary = (self.slot == 0) & ~self.done
         out[:, PAD] = self.done
         out[:, EOS] = boundary
-        could_start = boundary & (self.free < fmt.num_pixels)
+        could_start = boundary & (self.free < self.stop)
         can_start = could_start & (steps_left >= k + 1)
         self.budget_stops = could_start & ~can_start
-        room = np.minimum(fmt.max_run, fmt.num_pixels - self.start)[:, None]  # longest run allowed
+        room = np.minimum(fmt.max_run, self.stop - self.start)[:, None]  # longest run allowed
         for slot, name in enumerate(fmt.slots):
             here = ((self.slot == slot) & ~self.done)[:, None]
             if slot == 0:
                 here = can_start[:, None]
             values = self._values[name][None, :]
             if name == "start":
-                ok = values >= self.free[:, None]
+                ok = (values >= self.free[:, None]) & (values < self.stop[:, None])
             elif name == "gap":  # counted from the previous run's end, the run must start inside the mask
-                ok = values < (fmt.num_pixels - self.free)[:, None]
+                ok = values < (self.stop - self.free)[:, None]
             elif name == "coord" and slot == 0:
                 ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
             elif name == "coord":

@@ -37,6 +37,44 @@ def split_sequences(tokens: np.ndarray) -> list[np.ndarray]:
     return np.split(np.asarray(tokens), cuts)
 
 
+def prompted_sequences(tokens, wanted: int, noun: str, errors: str) -> list[tuple[int, np.ndarray, int]]:
+    """A flat form of ``wanted`` sequences (one per ``noun``) -> (index, its sequence up to and including its
+    EOS, its offset in the flat form) of each one present; strict mode checks the count and that only PAD
+    follows the last."""
+    if errors not in ("strict", "ignore"):
+        raise ValueError(f"errors must be 'strict' or 'ignore', got {errors!r}")
+    flat = parse_tokens(tokens, errors == "strict")
+    eos = np.flatnonzero(flat == EOS)
+    if errors == "strict" and eos.size < wanted:
+        raise ValueError(f"{eos.size} EOS token(s) in a sequence of {flat.size} tokens; these sequences need one "
+                         f"per {noun}, {wanted}")
+    ends = np.append(eos[:wanted] + 1, flat.size)[:wanted]
+    if errors == "strict" and np.any(flat[ends[-1]:] != PAD):
+        bad = ends[-1] + int(np.flatnonzero(flat[ends[-1]:] != PAD)[0])
+        raise ValueError(f"token {flat[bad]} at position {bad} follows the EOS of the last {noun}'s sequence "
+                         f"({wanted}); only PAD ({PAD}) may follow it")
+    starts = np.concatenate(([0], ends[:-1]))
+    return [(i, flat[a:b], int(a)) for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if a < b]
+
+
+def prompted_runs(tokenizer: Tokenizer, prompts, seq: np.ndarray, offset: int, errors: str, owner: str
+                  ) -> tuple[Runs, np.ndarray]:
+    """The runs of one sequence ``seq`` of a flat form, where it starts at ``offset``, read by ``tokenizer``;
+    positions count in the flat form. Strict mode refuses a token of the ``prompts`` range in it; errors
+    name the sequence as ``owner`` ("class 2")."""
+    prompt = np.flatnonzero(prompts.contains(seq))
+    if errors == "strict" and prompt.size:
+        token = int(seq[prompt[0]])
+        raise ValueError(f"token {token} at position {offset + int(prompt[0])} is the prompt of "
+                         f"{owner.split()[0]} {int(prompts.value(token))}; a prompt is the decoder's first input, "
+                         "never part of a sequence")
+    try:
+        runs, positions = tokenizer.decode_runs_at(seq, errors)
+    except ValueError as error:
+        raise ValueError(f"sequence of {owner} (positions count from {offset}, where it starts): {error}") from None
+    return runs, positions + offset
+
+
 class PerClassTokenizer(StoredArguments):
     """Turns an (H, W) label map into C-1 binary run sequences, one per foreground class, and back.
 
@@ -127,35 +165,11 @@ class PerClassTokenizer(StoredArguments):
 
     # ----------------------------------------------------------------------------- helpers
     def _sequences(self, tokens, errors: str) -> list[tuple[int, np.ndarray, int]]:
-        """(class, its sequence up to and including its EOS, its offset in the flat form) of the C-1 classes
-        (lenient: those present); strict mode checks the count and that only PAD follows."""
-        if errors not in ("strict", "ignore"):
-            raise ValueError(f"errors must be 'strict' or 'ignore', got {errors!r}")
-        flat = parse_tokens(tokens, errors == "strict")
-        eos = np.flatnonzero(flat == EOS)
-        wanted = self.num_classes - 1
-        if errors == "strict" and eos.size < wanted:
-            raise ValueError(f"{eos.size} EOS token(s) in a sequence of {flat.size} tokens; per-class sequences "
-                             f"need one per foreground class, {wanted}")
-        ends = np.append(eos[:wanted] + 1, flat.size)[:wanted]
-        if errors == "strict" and np.any(flat[ends[-1]:] != PAD):
-            bad = ends[-1] + int(np.flatnonzero(flat[ends[-1]:] != PAD)[0])
-            raise ValueError(f"token {flat[bad]} at position {bad} follows the EOS of the last class's sequence "
-                             f"({wanted}); only PAD ({PAD}) may follow it")
-        starts = np.concatenate(([0], ends[:-1]))
-        return [(c + 1, flat[a:b], int(a)) for c, (a, b) in enumerate(zip(starts, ends, strict=True)) if a < b]
+        """(class, its sequence, its offset in the flat form) of the C-1 classes (:func:`prompted_sequences`)."""
+        return [(c + 1, seq, offset) for c, seq, offset in prompted_sequences(tokens, self.num_classes - 1, "class",
+                                                                               errors)]
 
     def _class_runs(self, cls: int, seq: np.ndarray, offset: int, errors: str) -> tuple[Runs, np.ndarray]:
         """The runs of class ``cls``'s sequence ``seq``, which starts at ``offset`` in the flat form."""
-        prompt = np.flatnonzero(self.vocab["prompt"].contains(seq))
-        if errors == "strict" and prompt.size:
-            token = int(seq[prompt[0]])
-            raise ValueError(f"token {token} at position {offset + int(prompt[0])} is the prompt of class "
-                             f"{int(self.vocab['prompt'].value(token))}; a prompt is the decoder's first input, "
-                             "never part of a sequence")
-        try:
-            runs, positions = self.binary.decode_runs_at(seq, errors)
-        except ValueError as error:
-            where = f"positions count from {offset}, where it starts"
-            raise ValueError(f"sequence of class {cls} ({where}): {error}") from None
-        return Runs(runs.starts, runs.lengths, np.full_like(runs.classes, cls)), positions + offset
+        runs, positions = prompted_runs(self.binary, self.vocab["prompt"], seq, offset, errors, f"class {cls}")
+        return Runs(runs.starts, runs.lengths, np.full_like(runs.classes, cls)), positions

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .bands import BandTokenizer
 from .grammar import Grammar
 from .panoptic import PanopticTokenizer
 from .per_class import PerClassTokenizer
@@ -22,7 +23,7 @@ from .vocab import Vocab
 
 @runtime_checkable
 class MaskTokenizer(Protocol):
-    """Masks <-> token sequences; :class:`Tokenizer`, :class:`PerClassTokenizer`,
+    """Masks <-> token sequences; :class:`Tokenizer`, :class:`PerClassTokenizer`, :class:`BandTokenizer`,
     :class:`PanopticTokenizer` and :class:`VideoTokenizer` all are one.
 
     A sequence (``tokens``) is any 1-D integer sequence (list, numpy array, CPU tensor): the runs'
@@ -36,15 +37,16 @@ class MaskTokenizer(Protocol):
         vocab: the token layout; ``vocab.size`` rows of the model's embedding.
         bos: the task's BOS token (``vocab.bos[task]``).
         prompts: the decoder's first input token of each sequence a mask becomes, in order: ``(bos,)``, or
-            per foreground class its prompt token (:class:`PerClassTokenizer`, whose flat form ``encode``
-            gives and ``decode`` takes is its sequences concatenated, each ending in its EOS).
+            per foreground class (:class:`PerClassTokenizer`) or per band of scan lines
+            (:class:`BandTokenizer`) its prompt token; their flat form, which ``encode`` gives and ``decode``
+            takes, is the sequences concatenated, each ending in its EOS.
         order: raster order of the flattening, "C" (row-major) or "F" (column-major); runs' flat starts
             count in it.
         grid: (major, minor) of the scan grid the flat starts index: (H, W) for order "C", (W, H) for "F";
             a volume video stacks its frames along the major axis.
         tokens_per_run: the tokens of one run (a panoptic group's closing class token is extra).
         encode: the maps of one sample -> (T,) int64 tokens, the runs' tokens then one EOS (no BOS, no
-            padding; per-class: one such sequence per foreground class, concatenated). semantic: an (H, W)
+            padding; per-class and bands: one such sequence per class / band, concatenated). semantic: an (H, W)
             label map; panoptic: (H, W) classes and (H, W) instance ids; video: an (N, H, W) label volume.
             Its arguments depend on the task, hence ``Callable[...]``.
     """
@@ -98,11 +100,12 @@ class MaskTokenizer(Protocol):
         ...
 
 
-def from_dict(data: dict) -> Tokenizer | PerClassTokenizer | PanopticTokenizer | VideoTokenizer:
-    """Rebuild a tokenizer from its ``to_dict()``, whatever its type ("image", "per_class", "video" or
-    "panoptic")."""
+def from_dict(data: dict) -> Tokenizer | PerClassTokenizer | BandTokenizer | PanopticTokenizer | VideoTokenizer:
+    """Rebuild a tokenizer from its ``to_dict()``, whatever its type ("image", "per_class", "bands", "video"
+    or "panoptic")."""
     kind = data.get("type", "image") if isinstance(data, dict) else None
-    classes = {cls.KIND: cls for cls in (Tokenizer, PerClassTokenizer, VideoTokenizer, PanopticTokenizer)}
+    kinds = (Tokenizer, PerClassTokenizer, BandTokenizer, VideoTokenizer, PanopticTokenizer)
+    classes = {cls.KIND: cls for cls in kinds}
     if kind not in classes:
-        raise ValueError(f"unknown tokenizer type {kind!r}; expected 'image', 'per_class', 'video' or 'panoptic'")
+        raise ValueError(f"unknown tokenizer type {kind!r}; expected one of {', '.join(map(repr, classes))}")
     return classes[kind].from_dict(data)
