@@ -266,11 +266,13 @@ class Decoder(nn.Module):
         table: torch.Tensor | None = None,
         last_only: bool = False,
         columns: tuple | None = None,
+        rows: int = 1,
     ) -> torch.Tensor:
         """Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached
         past. ``table``: (V, D) or per image (B, V, D), default :meth:`embedding_table`. ``last_only``:
         logits of the last position only, (B, 1, V) (generation without a cache). ``columns``: see
-        :meth:`scores`."""
+        :meth:`scores`. ``rows``: token rows per image (per-class or band sequences, an image's adjacent),
+        which read its memory and table without copies of them: tokens (B * rows, T) -> (B * rows, T, V)."""
         length = tokens.shape[1]
         if pos + length > self.pos_embedding.shape[0]:
             raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
@@ -278,16 +280,23 @@ class Decoder(nn.Module):
         if table.ndim == 2:
             embedded = F.embedding(tokens, table)
         else:
-            embedded = table[torch.arange(tokens.shape[0], device=tokens.device)[:, None], tokens]
-        x = self.dropout(embedded + self.pos_embedding[pos : pos + length])  # (B, T, D)
+            image = torch.arange(tokens.shape[0], device=tokens.device)[:, None] // rows
+            embedded = table[image, tokens]
+        x = self.dropout(embedded + self.pos_embedding[pos : pos + length])  # (R, T, D)
         for i, layer in enumerate(self.layers):
             if cache is None:
-                x = layer(x, memory)
+                keys_values = layer.cross_attn.keys_values(memory)  # once per image, then shared by its rows
+                if rows > 1:
+                    keys_values = tuple(kv.repeat_interleave(rows, dim=0) for kv in keys_values)
+                x = layer(x, memory_kv=keys_values)
             else:
                 x = layer(x, memory_kv=cache.memory_kv[i], cache=cache.layers[i], pos=pos)
         if last_only:
             x = x[:, -1:]
-        return self.scores(self.ln(x), table, columns)
+        x = self.ln(x)
+        if table.ndim == 3 and rows > 1:  # an image's rows side by side against its table
+            return self.scores(x.reshape(len(table), -1, x.shape[-1]), table).view(*x.shape[:2], -1)
+        return self.scores(x, table, columns)
 
     def scores(self, x: torch.Tensor, table: torch.Tensor, columns: tuple | None = None) -> torch.Tensor:
         """Decoder outputs x (B, T, D) -> logits (B, T, V): x . each row of ``table`` + the output bias.
@@ -419,17 +428,21 @@ class Pix2Seq(nn.Module):
         its class's prompt (R = B * (C-1), :meth:`first_tokens`) -> logits (R, T, V) float; logits[:, t]
         predict the token after input_tokens[:, t]."""
         memory, table, _ = self.encode(images)
-        memory, table = self.per_sequence(memory, table, len(input_tokens))
-        return self.decoder(input_tokens, memory, table=table)
+        rows = self.sequences_per_image(len(input_tokens), len(memory))
+        return self.decoder(input_tokens, memory, table=table, rows=rows)
+
+    def sequences_per_image(self, rows: int, images: int) -> int:
+        """The token rows of one image (1, or one per foreground class / band: ``tokenizer.prompts``);
+        ValueError unless ``rows`` is ``images`` times that."""
+        per_image = len(self.tokenizer.prompts)
+        if rows != per_image * images:
+            raise ValueError(f"{rows} token sequences for {images} images; the tokenizer writes {per_image} per image")
+        return per_image
 
     def per_sequence(self, memory: torch.Tensor, table: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """encode()'s memory (B, N, D) and table for ``rows`` token rows: as they are when the tokenizer writes
-        one sequence per mask, else repeated for each image's C-1 per-class rows (adjacent);
-        ValueError unless ``rows`` is B times the sequences per mask."""
-        per_image = len(self.tokenizer.prompts)
-        if rows != per_image * len(memory):
-            raise ValueError(f"{rows} token sequences for {len(memory)} images; the tokenizer writes {per_image} "
-                             "per image")
+        """encode()'s memory (B, N, D) and table for ``rows`` token rows of generation: as they are when the
+        tokenizer writes one sequence per mask, else repeated for each image's rows (adjacent)."""
+        per_image = self.sequences_per_image(rows, len(memory))
         return (memory, table) if per_image == 1 else repeat_candidates(memory, table, per_image)
 
     @property
@@ -448,9 +461,10 @@ class Pix2Seq(nn.Module):
         ``refine_batch`` images; it needs the batch's ``mask`` (B, P, P) and ``mask_small`` (B, h, w)) when the
         model has a refiner."""
         memory, table, cells = self.encode(images)
-        memory, table = self.per_sequence(memory, table, len(target_tokens))
+        rows = self.sequences_per_image(len(target_tokens), len(memory))
         first = self.first_tokens(len(target_tokens), device=target_tokens.device)[:, None]
-        logits = self.decoder(torch.cat([first, target_tokens[:, :-1]], dim=1), memory, table=table)  # (R, T, V)
+        inputs = torch.cat([first, target_tokens[:, :-1]], dim=1)
+        logits = self.decoder(inputs, memory, table=table, rows=rows)  # (R, T, V)
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), target_tokens.flatten(), reduction="none",
             label_smoothing=self.config.label_smoothing,

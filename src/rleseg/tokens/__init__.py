@@ -41,7 +41,8 @@ from .bands import BandTokenizer
 from .grammar import Grammar, ImageGrammar
 from .panoptic import PanopticGroup, PanopticTokenizer
 from .panoptic_grammar import PanopticGrammar
-from .per_class import PerClassTokenizer, split_sequences
+from .per_class import PerClassTokenizer
+from .prompted import split_sequences
 from .protocol import MaskTokenizer, from_dict
 from .runs import Runs, downsample_mask, mask_to_runs, runs_to_mask, upsample_mask
 from .tokenizer import Tokenizer

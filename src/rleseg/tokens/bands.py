@@ -19,15 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from .grammar import ImageGrammar
-from .per_class import prompted_runs, prompted_sequences
+from .prompted import PromptedTokenizer, prompted_runs
 from .run_format import RunFormat
-from .runs import Runs, label_dtype, mask_to_runs, paint_runs
-from .stored import StoredArguments
+from .runs import Runs, mask_to_runs
 from .tokenizer import Tokenizer
 from .vocab import MAX_VOCAB, Vocab, check_layout_size
 
 
-class BandTokenizer(StoredArguments):
+class BandTokenizer(PromptedTokenizer):
     """Turns an (H, W) label map into one run sequence per band of scan lines, and back.
 
     Args:
@@ -43,8 +42,8 @@ class BandTokenizer(StoredArguments):
         image: the :class:`Tokenizer` of one band's runs; its tokens are this one's.
     """
 
-    task = "semantic"
     KIND, ARGUMENTS = "bands", ("mask_size", "num_classes", "scheme", "order", "max_run", "extent", "bands")
+    noun = "band"
 
     def __init__(
         self,
@@ -73,10 +72,7 @@ class BandTokenizer(StoredArguments):
         self.vocab = Vocab(layout)
         self.run_format = RunFormat(self.vocab, "1d", scheme, self.grid, self.max_run, extent)
         self.slots, self.tokens_per_run = self.run_format.slots, self.run_format.tokens_per_run
-
-    @property
-    def bos(self) -> int:
-        return self.vocab.bos[self.task]
+        self.row_tokenizer = im
 
     @property
     def prompts(self) -> tuple[int, ...]:
@@ -93,36 +89,6 @@ class BandTokenizer(StoredArguments):
             sequences.append(self.image.encode_runs(runs))
         return np.concatenate(sequences)
 
-    def decode(self, tokens, errors: str = "strict") -> np.ndarray:
-        """Flat form -> (H, W) label map.
-
-        errors="strict" raises ValueError on anything but one well-formed sequence per band, each ending in
-        EOS and keeping to its band's cells, followed by PAD only. errors="ignore" reads the first
-        ``bands`` sequences (missing ones are empty) and keeps their well-formed runs inside their band.
-        """
-        flat = paint_runs(self.decode_runs(tokens, errors), self.num_pixels, label_dtype(self.num_classes))
-        return flat.reshape(self.mask_size, order=self.order)
-
-    def decode_runs(self, tokens, errors: str = "strict") -> Runs:
-        """Flat form -> every band's runs, band by band."""
-        return self.decode_runs_at(tokens, errors)[0]
-
-    def decode_runs_at(self, tokens, errors: str = "strict") -> tuple[Runs, np.ndarray]:
-        """(:meth:`decode_runs`, (R, tokens_per_run) positions in the flat form of each run's tokens)."""
-        parts = [self._band_runs(b, seq, offset, errors)
-                 for b, seq, offset in prompted_sequences(tokens, self.bands, "band", errors)]
-        if not parts:
-            return Runs.empty(), np.zeros((0, self.tokens_per_run), np.int64)
-        fields = ("starts", "lengths", "classes")
-        runs = Runs(*(np.concatenate([getattr(r, name) for r, _ in parts]) for name in fields))
-        return runs, np.concatenate([p for _, p in parts]).reshape(-1, self.tokens_per_run)
-
-    def count_runs(self, tokens, errors: str = "ignore") -> tuple[int, int]:
-        """(runs the sequences stand for, runs ``decode(errors="ignore")`` keeps), as for :class:`Tokenizer`."""
-        sequences = prompted_sequences(tokens, self.bands, "band", errors)
-        written = sum(self.image.count_runs(seq, errors)[0] for _, seq, _ in sequences)
-        return written, written if errors == "strict" else len(self.decode_runs(tokens, errors="ignore"))
-
     def grammar(self, batch_size: int) -> ImageGrammar:
         """Decoding states of ``batch_size`` rows, the bands of each image adjacent (row r writes band
         r % bands) and its runs kept to that band's cells (prompts are never generated)."""
@@ -131,8 +97,8 @@ class BandTokenizer(StoredArguments):
         cells = np.tile(self.cells, (batch_size // self.bands, 1))
         return ImageGrammar(self.run_format, batch_size, first=cells[:, 0], stop=cells[:, 1])
 
-    def _band_runs(self, band: int, seq: np.ndarray, offset: int, errors: str) -> tuple[Runs, np.ndarray]:
-        """The runs of band ``band``'s sequence ``seq`` (at ``offset`` in the flat form) inside the band."""
+    def _sequence_runs(self, band: int, seq: np.ndarray, offset: int, errors: str) -> tuple[Runs, np.ndarray]:
+        """The runs of band ``band``'s sequence inside the band (strict: an error for one outside)."""
         runs, positions = prompted_runs(self.image, self.vocab["prompt"], seq, offset, errors, f"band {band}")
         first, stop = self.cells[band]
         outside = (runs.starts < first) | (runs.starts + runs.lengths > stop)
