@@ -31,8 +31,8 @@ class TokenizerConfig:
     # How a run's extent is written: its length (the paper) or "end", its last cell as a flat index, which
     # the pointer head chooses from the image like a start (needs 1-D starts; schemes lac, class, binary).
     extent: Literal["length", "end"] = "length"
-    # Semantic task, 1-D starts: one sequence per band of this many blocks of scan lines, decoded in
-    # parallel as rows of one batch (about bands times fewer decoding steps an image; tokens/bands.py).
+    # Semantic task, 1-D starts: the scan lines cut into this many bands, one sequence each, decoded in
+    # parallel as rows of one batch (about that many times fewer decoding steps an image; tokens/bands.py).
     bands: int = 1
     order: Literal["C", "F"] = "C"
     max_run: int | None = None  # default: one row of the mask
