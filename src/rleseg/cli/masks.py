@@ -212,7 +212,7 @@ def _run_patch_stats(args: argparse.Namespace) -> int:
     data = {"source": str(args.config), "overrides": args.overrides, **asdict(result),
             "recommendation": result.recommendation()}
     _emit(data, f"{args.config}: {result.patches} training sequences ({result.epochs} epoch(s); one a patch, "
-          f"per-class: one a patch and foreground class), tokens per sequence (EOS included): "
+          f"per-class and bands: one a patch and class / band), tokens per sequence (EOS included): "
           f"mean {result.mean:.1f}, p50 {result.p50}, p95 {result.p95}, p99 {result.p99}, "
           f"max {result.max}\n{result.recommendation()}", args)
     return 0
