@@ -104,7 +104,7 @@ class ModelConfig:
 
 # Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
 # once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
-# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/benchmarks.md).
+# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/results.md).
 CACHED_TABLE = 2**21
 START_HEADS = ("auto", "table", "pointer")  # create_model resolves "auto"; the model sees the other two
 
@@ -309,12 +309,12 @@ class Decoder(nn.Module):
         h = x[:, -1]  # (B, D)
         out = h.new_full((len(h), table.shape[-2]), float("-inf"))
         for first, stop in spans:
-            rows = table[..., first:stop, :]  # (K, D) or (B, K, D)
-            out[:, first:stop] = _dot(rows, h) + self.output_bias[first:stop]
+            block = table[..., first:stop, :]  # (K, D) or (B, K, D)
+            out[:, first:stop] = _dot(block, h) + self.output_bias[first:stop]
         if ids is not None:
             ids = torch.as_tensor(ids, device=h.device)  # (B, K)
-            rows = table[ids] if table.ndim == 2 else table[torch.arange(len(h), device=h.device)[:, None], ids]
-            out.scatter_(1, ids, _dot(rows, h) + self.output_bias[ids])
+            picked = table[ids] if table.ndim == 2 else table[torch.arange(len(h), device=h.device)[:, None], ids]
+            out.scatter_(1, ids, _dot(picked, h) + self.output_bias[ids])
         return out[:, None]
 
 
@@ -531,8 +531,10 @@ class Pix2Seq(nn.Module):
         length_penalty: float = 0.0,
     ) -> Generation:
         """Sample up to ``max_len`` tokens (default max_seq_len) after BOS for every image: one row per image,
-        or with per-class sequences (``tokenizer.prompts``, one per class) C-1 rows per image, adjacent, each
-        after its class's prompt, all decoded as one batch from the image's memory computed once.
+        or with per-class or band sequences (``tokenizer.prompts``, one per class / band) a row per prompt,
+        an image's adjacent, each after its prompt, all decoded as one batch from the image's memory computed
+        once. Rows that ended leave the batch as they go, and a step scores only the grammar's candidates
+        once the table outgrows the cache (``CACHED_TABLE``): neither changes a token.
 
         temperature=0 is greedy; ``top_k`` (0 = off) and ``top_p`` (1 = off) narrow the sampling. With
         ``constrained`` only tokens the tokenizer's grammar allows are sampled, so every sequence ends in
@@ -555,7 +557,7 @@ class Pix2Seq(nn.Module):
         was_training = self.training
         self.eval()
         memory, table, _ = self.encode(images) if encoded is None else encoded  # table built once, not per step
-        # per-class sequences: one row per class, decoded as one batch
+        # per-class and band sequences: one row per class / band, decoded as one batch
         memory, table = self.per_sequence(memory, table, len(memory) * len(self.tokenizer.prompts))
         copies = max(beams, samples)
         if copies > 1 and getattr(self.tokenizer, "bands", 1) > 1:  # its grammar reads row r as band r % bands
