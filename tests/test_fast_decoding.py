@@ -108,3 +108,14 @@ def test_sampling_scores_only_candidates_without_changing_a_draw(monkeypatch):
                                    generator=torch.Generator().manual_seed(5)))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_candidates_are_scored_under_autocast(dtype):
+    tokenizer = TOKENIZERS["lac ends"]()
+    model = noisy_model(tokenizer)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model.generate(torch.rand(4, 3, 32, 64), max_len=40, temperature=0)
+    assert (out.tokens == EOS).any(dim=1).all()
+    for row in out.tokens.numpy():
+        tokenizer.decode(row, errors="strict")
