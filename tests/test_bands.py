@@ -161,7 +161,8 @@ def test_config_builds_bands_and_refuses_them_elsewhere(tmp_path):
     save_checkpoint(model, tmp_path / "model.safetensors")
     loaded = load_checkpoint(tmp_path / "model.safetensors")
     assert isinstance(loaded.tokenizer, BandTokenizer) and loaded.tokenizer.to_dict() == tok.to_dict()
-    for overrides in (["tokenizer.starts=2d", "tokenizer.extent=length"], ["tokenizer.scheme=per_class",
-                                                                            "tokenizer.extent=length"]):
+    for overrides in (["tokenizer.starts=2d", "tokenizer.extent=length"],
+                      ["tokenizer.scheme=per_class", "tokenizer.extent=length"],
+                      ["tokenizer.task=panoptic", "tokenizer.thing_classes=[1]", "tokenizer.extent=length"]):
         with pytest.raises(Exception, match="bands > 1 is for the semantic image tokenizer with 1-D starts"):
             build_tokenizer(load_config("stardist-tiny", ["tokenizer.bands=2", "model.refine_band=0", *overrides]))

@@ -210,14 +210,14 @@ def build_tokenizer(config: ExperimentConfig):
         if t.extent != "length" and (t.task != "semantic" or t.scheme == "per_class"):
             raise ValueError(f"extent {t.extent!r} is for the semantic image tokenizer (schemes lac, class, binary), "
                              f"not task {t.task!r} with scheme {t.scheme!r}")
+        if t.bands > 1 and (t.task != "semantic" or t.scheme == "per_class" or t.starts != "1d"):
+            raise ValueError(f"bands > 1 is for the semantic image tokenizer with 1-D starts, not task {t.task!r} "
+                             f"with scheme {t.scheme!r} and starts {t.starts!r}")
         if t.task == "panoptic":
             return PanopticTokenizer(mask_size, num_classes, t.thing_classes, t.starts, t.order, t.max_run, **limit)
         if t.task == "video":
             return VideoTokenizer(t.frames, mask_size, num_classes, t.temporal, t.scheme, t.starts, t.order, t.max_run,
                                   **limit)
-        if t.bands > 1 and (t.task != "semantic" or t.scheme == "per_class" or t.starts != "1d"):
-            raise ValueError(f"bands > 1 is for the semantic image tokenizer with 1-D starts, not task {t.task!r} "
-                             f"with scheme {t.scheme!r} and starts {t.starts!r}")
         if t.scheme == "per_class":
             return PerClassTokenizer(mask_size, num_classes, t.starts, t.order, t.max_run, **limit)
         if t.bands > 1:

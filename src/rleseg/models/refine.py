@@ -79,7 +79,7 @@ class Refiner(nn.Module):
         size = images.shape[-2:]
         prior = upsample_nearest(F.one_hot(coarse, self.num_classes).movedim(-1, 1), factor).to(images.dtype)
         features = F.interpolate(self.features(cells), size=size, mode="bilinear", align_corners=False)
-        # channels last: the head's small convolutions run twice as fast so on a CPU (oneDNN)
+        # channels last: the head's small convolutions run about twice as fast on a CPU (oneDNN)
         x = torch.cat([self.stem(images), features, prior], dim=1).contiguous(memory_format=torch.channels_last)
         return self.head(x) + PRIOR_GAIN * prior  # (B, C, P, P)
 
