@@ -60,13 +60,6 @@ def allowed_tokens(grammar: Grammar | None, done: torch.Tensor, vocab_size: int,
     return allowed
 
 
-def candidates(grammar: Grammar) -> tuple | None:
-    """What ``grammar.candidates()`` gives (the tokens worth scoring at the next position), None for a
-    grammar without it (score every token)."""
-    method = getattr(grammar, "candidates", None)
-    return None if method is None else method()
-
-
 def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """allowed (B, V) without EOS in the rows where other tokens are allowed and EOS holds less than half
     of the allowed probability of logits (B, V): EOS by mass, not by being the single likeliest token."""

@@ -20,7 +20,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
-from .generate import Generation, allowed_tokens, candidates, check_sampling, drop_outweighed_eos, sample_next
+from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
 from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
 from .refine import Refiner, jitter_boundaries
@@ -595,7 +595,7 @@ class Pix2Seq(nn.Module):
         # so the rows that ended leave once they are a quarter of those left.
         live = torch.arange(batch, device=device)
         for step in range(max_len):
-            columns = None if grammar is None or table.numel() <= CACHED_TABLE else candidates(grammar)
+            columns = None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
             logits = self.next_logits(tokens[live], step, memory, table, cache, columns)  # (R, V)
             ended = done[live]
             allowed = allowed_tokens(grammar, ended, logits.shape[-1], max_len - step)
@@ -605,19 +605,22 @@ class Pix2Seq(nn.Module):
             tokens[live, step + 1], logprobs[live, step] = next_token, logprob.masked_fill(ended, 0.0)
             if grammar is not None:
                 grammar.advance(next_token.cpu().numpy())
-                truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
             ended |= next_token == EOS
             done[live] = ended
             if bool(ended.all()):
                 break
             if 4 * int(ended.sum()) >= len(live):
                 keep = (~ended).nonzero().squeeze(1)
+                if grammar is not None:  # the rows that leave keep their flags here
+                    truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+                    grammar.select(keep.cpu().numpy())
                 live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
                 table = table if table.ndim == 2 else table[keep]
-                if grammar is not None:
-                    grammar.select(keep.cpu().numpy())
         steps = step + 1  # the last step ran, whether every row ended or max_len was reached
-        truncated = None if grammar is None else truncated  # else: the rows without EOS (Generation)
+        if grammar is None:
+            truncated = None  # Generation takes the rows without EOS
+        else:
+            truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
         return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)
 
     def first_tokens(self, rows: int, copies: int = 1, device: torch.device | None = None) -> torch.Tensor:

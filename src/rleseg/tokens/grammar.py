@@ -6,9 +6,9 @@ Every tokenizer offers ``grammar(batch_size)`` returning an object with this pro
   given that at most ``steps_left`` more tokens (this one included) may be generated. A finished
   sequence allows only PAD.
 - ``advance(tokens)``: feed the (B,) tokens chosen at this position (they must have been allowed).
-- ``candidates()`` (optional): the tokens that cover every sequence's allowed ones at the next position,
-  so that a model scores only those: ``(spans, ids)``, spans ``(first, stop)`` of the vocabulary shared
-  by all rows and (B, K) more token ids per row or None; PAD and EOS always among them. None: all tokens.
+- ``candidates()``: the tokens that cover every sequence's allowed ones at the next position, so that a
+  model scores only those: ``(spans, ids)``, spans ``(first, stop)`` of the vocabulary shared by all rows
+  and (B, K) more token ids per row or None; PAD and EOS always among them. None: all tokens.
 - ``select(rows)``: keep the sequences that the (R,) int array ``rows`` indexes, in its order, repeats
   allowed (beam search copies and reorders its hypotheses); the batch size becomes R.
 - ``done``: (B,) bool, True once a sequence has emitted EOS.
@@ -39,6 +39,8 @@ class Grammar(Protocol):
     def allowed(self, steps_left: int) -> np.ndarray: ...
 
     def advance(self, tokens: np.ndarray) -> None: ...
+
+    def candidates(self) -> tuple[list[tuple[int, int]], np.ndarray | None] | None: ...
 
     def select(self, rows: np.ndarray) -> None: ...
 

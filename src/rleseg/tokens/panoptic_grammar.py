@@ -100,5 +100,9 @@ class PanopticGrammar:
                 self.runs_in_group[rows] += 1
         self.slot = np.where(run_token, (self.slot + 1) % self.run_format.tokens_per_run, self.slot)
 
+    def candidates(self) -> None:
+        """None: groups put rows at different slots, so every token is scored."""
+        return None
+
     def select(self, rows: np.ndarray) -> None:
         select_rows(self, rows)
