@@ -167,7 +167,7 @@ def test_cached_and_uncached_generation_agree_and_rows_read_their_prompts(sampli
 
 def test_config_round_trip_yaml_tokenizer_checkpoint(tmp_path):
     config = load_config("mni152-tiny", ["tokenizer.scheme=per_class", "tokenizer.extent=length", "model.refine_band=0",
-                                         "model.max_seq_len=64"])
+                                         "model.run_step=false", "model.max_seq_len=64"])
     tok = build_tokenizer(config)
     assert isinstance(tok, PerClassTokenizer) and tok.num_classes == 4 and tok.mask_size == (24, 24)
     model = build_model(config, tok)

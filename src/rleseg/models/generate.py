@@ -70,6 +70,29 @@ def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Te
     return allowed
 
 
+def choose_next(
+    logits: torch.Tensor,
+    grammar: Grammar | None,
+    ended: torch.Tensor,
+    remaining: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_by_mass: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generation choice for a batch: logits (B, V) float and the rows that ``ended`` (B,) before it,
+    ``remaining`` tokens of budget -> (next (B,), logprob (B,)) as :func:`sample_next`, fed to the
+    ``grammar`` when there is one."""
+    allowed = allowed_tokens(grammar, ended, logits.shape[-1], remaining)
+    if eos_by_mass:
+        allowed = drop_outweighed_eos(logits, allowed)
+    next_token, logprob = sample_next(logits, allowed, temperature, top_k, top_p, generator)
+    if grammar is not None:
+        grammar.advance(next_token.cpu().numpy())
+    return next_token, logprob
+
+
 def sample_next(
     logits: torch.Tensor,
     allowed: torch.Tensor,

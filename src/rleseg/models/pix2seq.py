@@ -8,6 +8,7 @@ model with ``rleseg.models.create_model`` (factory.py). Shapes use B = batch, N 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
-from .generate import Generation, allowed_tokens, check_sampling, drop_outweighed_eos, sample_next
+from .generate import Generation, check_sampling, choose_next
 from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
 from .refine import Refiner, jitter_boundaries
@@ -75,6 +76,12 @@ class ModelConfig:
     # The refiner trains on the first this many images of each batch (0 = all): its full-resolution
     # convolutions cost a token step about 45% on a CPU at 16 images, and 6.9 k parameters learn from fewer.
     refine_batch: int = 0
+    # One decoder step per run instead of per token: the decoder reads a run's start and end as one input
+    # (a projection of their two rows) and writes them from one state, the start from its logits and the end
+    # from a light head that reads the state and the start just chosen. Half the sequential steps of
+    # generation and half the positions in training. Needs runs of a start and an end: 1-D starts,
+    # tokenizer extent "end", scheme lac (the class fused with the end) or binary.
+    run_step: bool = False
     # Loss weights per target token; the paper weights padding 0.1.
     pad_weight: float = 0.1
     eos_weight: float = 1.0  # of the EOS target
@@ -238,6 +245,19 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r) for r in rates)
         self.ln = nn.LayerNorm(c.dim)
         self.heads = c.heads
+        self.pair_proj = self.end_query = self.end_ln = None
+        if c.run_step:  # the pair's input starts as the sum of its two rows; the end query as the state
+            self.pair_proj = nn.Linear(2 * c.dim, c.dim)
+            self.end_query = nn.Sequential(nn.Linear(2 * c.dim, c.mlp_dim), nn.GELU(), nn.Linear(c.mlp_dim, c.dim))
+            self.end_ln = nn.LayerNorm(c.dim)
+
+    def init_run_step(self) -> None:
+        """Weights of the run-step layers that the model's normal initialisation would not give: the pair's
+        input is the sum of its start and end rows, and the end query adds nothing to the state, at first."""
+        with torch.no_grad():
+            dim = self.pair_proj.out_features
+            self.pair_proj.weight.copy_(torch.eye(dim).repeat(1, 2))
+            nn.init.zeros_(self.end_query[-1].weight)
 
     def embedding_table(self, pointer_content: torch.Tensor | None = None) -> torch.Tensor:
         """The tied table, (V, D); with ``pointer_content`` (B, P, D), the image's own features added to the P
@@ -268,20 +288,34 @@ class Decoder(nn.Module):
         columns: tuple | None = None,
         rows: int = 1,
     ) -> torch.Tensor:
-        """Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached
-        past. ``table``: (V, D) or per image (B, V, D), default :meth:`embedding_table`. ``last_only``:
-        logits of the last position only, (B, 1, V) (generation without a cache). ``columns``: see
-        :meth:`scores`. ``rows``: token rows per image (per-class or band sequences, an image's adjacent),
-        which read its memory and table without copies of them: tokens (B * rows, T) -> (B * rows, T, V)."""
+        """Logits (R, T, V) of the tokens after each of ``tokens`` (R, T); :meth:`states` says what the
+        arguments mean. ``last_only``: logits of the last position only, (R, 1, V) (generation without a
+        cache). ``columns``: see :meth:`scores`."""
+        table = self.embedding_table() if table is None else table
+        x = self.states(tokens, memory, cache, pos, table, rows)
+        return self.logits(x[:, -1:] if last_only else x, table, rows, columns)
+
+    def states(
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        cache: DecoderCache | None = None,
+        pos: int = 0,
+        table: torch.Tensor | None = None,
+        rows: int = 1,
+    ) -> torch.Tensor:
+        """The final, normalised decoder states (R, T, D) at positions pos .. pos+T-1 of ``tokens`` (R, T),
+        or of run pairs (R, T, 2) with ``run_step``. Reads ``memory`` or, with a ``cache`` (which holds the
+        memory's keys and values), the cached past. ``table``: (V, D) or per image (B, V, D), default
+        :meth:`embedding_table`. ``rows``: token rows per image (per-class or band sequences, an image's
+        adjacent), which read its memory and table without copies of them: R = B * rows."""
         length = tokens.shape[1]
         if pos + length > self.pos_embedding.shape[0]:
             raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
         table = self.embedding_table() if table is None else table
-        if table.ndim == 2:
-            embedded = F.embedding(tokens, table)
-        else:
-            image = torch.arange(tokens.shape[0], device=tokens.device)[:, None] // rows
-            embedded = table[image, tokens]
+        embedded = self.rows_of(table, tokens, rows)
+        if tokens.ndim == 3:  # (start, end) pairs
+            embedded = self.pair_proj(embedded.flatten(-2))
         x = self.dropout(embedded + self.pos_embedding[pos : pos + length])  # (R, T, D)
         for i, layer in enumerate(self.layers):
             if cache is None:
@@ -291,12 +325,31 @@ class Decoder(nn.Module):
                 x = layer(x, memory_kv=keys_values)
             else:
                 x = layer(x, memory_kv=cache.memory_kv[i], cache=cache.layers[i], pos=pos)
-        if last_only:
-            x = x[:, -1:]
-        x = self.ln(x)
-        if table.ndim == 3 and rows > 1:  # an image's rows side by side against its table
+        return self.ln(x)
+
+    def rows_of(self, table: torch.Tensor, tokens: torch.Tensor, rows: int = 1) -> torch.Tensor:
+        """The table's rows of ``tokens`` (R, ...) -> (R, ..., D); a per-image table (B, V, D) is read by
+        token row r from image r // ``rows``."""
+        if table.ndim == 2:
+            return F.embedding(tokens, table)
+        image = torch.arange(len(tokens), device=tokens.device) // rows
+        return table[image.view(-1, *[1] * (tokens.ndim - 1)), tokens]
+
+    def logits(self, x: torch.Tensor, table: torch.Tensor, rows: int = 1, columns: tuple | None = None
+               ) -> torch.Tensor:
+        """States x (R, T, D) -> logits (R, T, V) against ``table``, an image's ``rows`` side by side against
+        its own table when it is per image."""
+        if table.ndim == 3 and rows > 1:
             return self.scores(x.reshape(len(table), -1, x.shape[-1]), table).view(*x.shape[:2], -1)
         return self.scores(x, table, columns)
+
+    def end_logits(self, x: torch.Tensor, starts: torch.Tensor, table: torch.Tensor, rows: int = 1,
+                   columns: tuple | None = None) -> torch.Tensor:
+        """``run_step``'s end head: states x (R, T, D) and the start chosen from each (R, T) -> logits (R, T, V)
+        of that run's end, from the state moved by what it learns of the start's row (its cell, and with the
+        pointer head the image there)."""
+        query = x + self.end_query(torch.cat([x, self.rows_of(table, starts, rows)], dim=-1))
+        return self.logits(self.end_ln(query), table, rows, columns)
 
     def scores(self, x: torch.Tensor, table: torch.Tensor, columns: tuple | None = None) -> torch.Tensor:
         """Decoder outputs x (B, T, D) -> logits (B, T, V): x . each row of ``table`` + the output bias.
@@ -350,6 +403,10 @@ class Pix2Seq(nn.Module):
         if config.start_head not in ("table", "pointer"):
             raise ValueError(f"start_head must be 'table' or 'pointer' here, got {config.start_head!r} "
                              "(create_model resolves 'auto')")
+        if config.run_step and getattr(tokenizer, "slots", None) not in RUN_STEP_SLOTS:
+            raise ValueError("model.run_step needs runs of a start and an end (1-D starts, tokenizer extent 'end', "
+                             f"scheme lac or binary); this tokenizer writes {describe_runs(tokenizer)}: "
+                             "set model.run_step false")
         self.config, self.tokenizer = config, tokenizer
         self.encoder = self.build_encoder(config)
         self.decoder = Decoder(config, tokenizer)
@@ -379,6 +436,8 @@ class Pix2Seq(nn.Module):
             nn.init.zeros_(self.start_proj.weight)
         if self.end_head is not None:
             nn.init.zeros_(self.end_head.proj.weight)
+        if config.run_step:
+            self.decoder.init_run_step()
         self.register_buffer("token_loss_weight", self._token_loss_weight(), persistent=False)
 
     def build_encoder(self, config: ModelConfig) -> Encoder:
@@ -428,8 +487,23 @@ class Pix2Seq(nn.Module):
         its class's prompt (R = B * (C-1), :meth:`first_tokens`) -> logits (R, T, V) float; logits[:, t]
         predict the token after input_tokens[:, t]."""
         memory, table, _ = self.encode(images)
+        return self.token_logits(input_tokens, memory, table)
+
+    def token_logits(self, input_tokens: torch.Tensor, memory: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (R, T, V) of input_tokens (R, T) over encode()'s memory and table. With
+        ``run_step`` the decoder reads the inputs as run pairs and writes two tokens a position: at pair
+        position i the start after it (logits[:, 2i]) and, from the start that input_tokens hold there, its
+        end (logits[:, 2i + 1])."""
         rows = self.sequences_per_image(len(input_tokens), len(memory))
-        return self.decoder(input_tokens, memory, table=table, rows=rows)
+        if not self.config.run_step:
+            return self.decoder(input_tokens, memory, table=table, rows=rows)
+        length = input_tokens.shape[1]
+        positions = (length + 1) // 2
+        x = self.decoder.states(run_pairs(input_tokens[:, : 2 * positions - 1]), memory, table=table, rows=rows)
+        starts = input_tokens[:, 1::2]  # the start written at each pair position (one short for odd lengths)
+        starts = F.pad(starts, (0, positions - starts.shape[1]), value=PAD)
+        logits = torch.stack([self.decoder.logits(x, table, rows), self.decoder.end_logits(x, starts, table, rows)], 2)
+        return logits.flatten(1, 2)[:, :length]  # (R, T, V): start, end, start, end, ...
 
     def sequences_per_image(self, rows: int, images: int) -> int:
         """The token rows of one image (1, or one per foreground class / band: ``tokenizer.prompts``);
@@ -461,10 +535,10 @@ class Pix2Seq(nn.Module):
         ``refine_batch`` images; it needs the batch's ``mask`` (B, P, P) and ``mask_small`` (B, h, w)) when the
         model has a refiner."""
         memory, table, cells = self.encode(images)
-        rows = self.sequences_per_image(len(target_tokens), len(memory))
+        self.sequences_per_image(len(target_tokens), len(memory))
         first = self.first_tokens(len(target_tokens), device=target_tokens.device)[:, None]
         inputs = torch.cat([first, target_tokens[:, :-1]], dim=1)
-        logits = self.decoder(inputs, memory, table=table, rows=rows)  # (R, T, V)
+        logits = self.token_logits(inputs, memory, table)  # (R, T, V)
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), target_tokens.flatten(), reduction="none",
             label_smoothing=self.config.label_smoothing,
@@ -563,6 +637,9 @@ class Pix2Seq(nn.Module):
         if copies > 1 and getattr(self.tokenizer, "bands", 1) > 1:  # its grammar reads row r as band r % bands
             raise ValueError("beam search and best-of-N sampling are not available for band sequences "
                              f"(tokenizer bands {self.tokenizer.bands})")
+        if beams > 1 and self.config.run_step:
+            raise ValueError("beam search is not available with run_step (a step writes two tokens); "
+                             "use samples for best-of-N")
         if copies > 1:
             memory, table = repeat_candidates(memory, table, copies)
         try:
@@ -582,30 +659,35 @@ class Pix2Seq(nn.Module):
         first: torch.Tensor | None = None,
     ) -> Generation:
         """Token-by-token generation from encode()'s memory and table, one sequence per row (see generate);
-        ``first``: (R,) each row's first input token, default :meth:`first_tokens` of the rows."""
-        cache = self.decoder.new_cache(memory, max_len) if use_cache else None
+        ``first``: (R,) each row's first input token, default :meth:`first_tokens` of the rows. With
+        ``run_step`` a step writes a run's start (or EOS) and its end."""
+        per_step = 2 if self.config.run_step else 1
+        steps = -(-max_len // per_step)
+        cache = self.decoder.new_cache(memory, steps) if use_cache else None
         batch, device = memory.shape[0], memory.device
         grammar = self.tokenizer.grammar(batch) if constrained else None
-        tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # BOS + generated
+        choose = functools.partial(choose_next, grammar=grammar, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   eos_by_mass=eos_by_mass, generator=generator)
+        tokens = torch.full((batch, steps * per_step + 1), PAD, dtype=torch.long, device=device)  # first + generated
         tokens[:, 0] = self.first_tokens(batch, device=device) if first is None else first
-        logprobs = torch.zeros(batch, max_len, device=device)
+        logprobs = torch.zeros(batch, steps * per_step, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         truncated = torch.zeros(batch, dtype=torch.bool)
         # The rows still generating, as memory, table, cache and grammar hold them: a step costs per row,
         # so the rows that ended leave once they are a quarter of those left.
         live = torch.arange(batch, device=device)
-        for step in range(max_len):
-            columns = None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
-            logits = self.next_logits(tokens[live], step, memory, table, cache, columns)  # (R, V)
+        for step in range(steps):
+            column = step * per_step  # tokens[:, column] is the last one the decoder reads at this step
+            x = self.next_states(tokens[live], step, memory, table, cache)  # (R, 1, D)
             ended = done[live]
-            allowed = allowed_tokens(grammar, ended, logits.shape[-1], max_len - step)
-            if eos_by_mass:
-                allowed = drop_outweighed_eos(logits, allowed)
-            next_token, logprob = sample_next(logits, allowed, temperature, top_k, top_p, generator)
-            tokens[live, step + 1], logprobs[live, step] = next_token, logprob.masked_fill(ended, 0.0)
-            if grammar is not None:
-                grammar.advance(next_token.cpu().numpy())
-            ended |= next_token == EOS
+            logits = self.decoder.logits(x, table, columns=candidates(grammar, table))
+            token, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column)
+            tokens[live, column + 1], logprobs[live, column] = token, logprob.masked_fill(ended, 0.0)
+            ended = ended | (token == EOS)
+            if per_step == 2:
+                logits = self.decoder.end_logits(x, token[:, None], table, columns=candidates(grammar, table))
+                end, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column - 1)
+                tokens[live, column + 2], logprobs[live, column + 1] = end, logprob.masked_fill(ended, 0.0)
             done[live] = ended
             if bool(ended.all()):
                 break
@@ -616,12 +698,12 @@ class Pix2Seq(nn.Module):
                     grammar.select(keep.cpu().numpy())
                 live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
                 table = table if table.ndim == 2 else table[keep]
-        steps = step + 1  # the last step ran, whether every row ended or max_len was reached
+        written = min((step + 1) * per_step, max_len)  # the last step ran, whether every row ended or not
         if grammar is None:
             truncated = None  # Generation takes the rows without EOS
         else:
             truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-        return Generation(tokens[:, 1 : steps + 1].cpu(), logprobs[:, :steps].cpu(), truncated)
+        return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(), truncated)
 
     def first_tokens(self, rows: int, copies: int = 1, device: torch.device | None = None) -> torch.Tensor:
         """(rows,) int64, the decoder's first input token of each row: rows run over (image, sequence, copy),
@@ -630,16 +712,53 @@ class Pix2Seq(nn.Module):
         prompts = torch.tensor(self.tokenizer.prompts, dtype=torch.long, device=device)
         return prompts.repeat_interleave(copies).repeat(rows // (len(prompts) * copies))
 
+    def next_states(self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor,
+                    cache: DecoderCache | None) -> torch.Tensor:
+        """The decoder state (R, 1, D) after the input of generation step ``step``: tokens[:, : step + 1] (the
+        first token and what is generated so far), or with ``run_step`` the run pairs of tokens[:, : 2 step + 1].
+        With a ``cache`` only the step's own input goes through the decoder (the past is in the cache);
+        without one, the whole prefix does again."""
+        if self.config.run_step:
+            inputs = run_pairs(tokens[:, : 2 * step + 1]) if cache is None else last_pair(tokens, step)
+        else:
+            inputs = tokens[:, : step + 1] if cache is None else tokens[:, step : step + 1]
+        if cache is None:
+            return self.decoder.states(inputs, memory, table=table)[:, -1:]
+        return self.decoder.states(inputs, cache=cache, pos=step, table=table)
+
     def next_logits(
         self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None,
         columns: tuple | None = None,
     ) -> torch.Tensor:
-        """Logits (B, V) float32 for the token after tokens[:, : step + 1] (BOS and what is generated so far).
-        With a ``cache`` only tokens[:, step] goes through the decoder (the past is in the cache); without
-        one, the whole prefix does again. ``columns``: the grammar's candidates, the only tokens scored
-        (the rest -inf, :meth:`Decoder.scores`)."""
-        if cache is None:
-            logits = self.decoder(tokens[:, : step + 1], memory, table=table, last_only=True, columns=columns)
-        else:
-            logits = self.decoder(tokens[:, step : step + 1], cache=cache, pos=step, table=table, columns=columns)
-        return logits[:, -1].float()
+        """Logits (B, V) float32 for the token after tokens[:, : step + 1] (one token a step: beam search).
+        ``columns``: the grammar's candidates, the only tokens scored (the rest -inf, :meth:`Decoder.scores`)."""
+        x = self.next_states(tokens, step, memory, table, cache)
+        return self.decoder.logits(x, table, columns=columns)[:, -1].float()
+
+
+RUN_STEP_SLOTS = (("start", "end"), ("start", "end_class"))  # the runs model.run_step writes in one step
+
+
+def describe_runs(tokenizer: MaskTokenizer) -> str:
+    slots = getattr(tokenizer, "slots", None)
+    return f"runs of {' + '.join(slots)}" if slots else f"{type(tokenizer).__name__} sequences"
+
+
+def run_pairs(tokens: torch.Tensor) -> torch.Tensor:
+    """A first input token and whole runs of two, (R, 1 + 2k) -> the decoder's run-step inputs (R, 1 + k, 2):
+    (first, PAD), then (start, end) of each run."""
+    head = F.pad(tokens[:, :1], (0, 1), value=PAD)
+    return torch.cat([head[:, None], tokens[:, 1:].reshape(len(tokens), -1, 2)], dim=1)
+
+
+def last_pair(tokens: torch.Tensor, step: int) -> torch.Tensor:
+    """Run-step generation's input at step ``step`` from tokens (R, 1 + 2k), as :func:`run_pairs` lays it
+    out: (R, 1, 2)."""
+    if step == 0:
+        return F.pad(tokens[:, :1], (0, 1), value=PAD)[:, None]
+    return tokens[:, 2 * step - 1 : 2 * step + 1][:, None]
+
+
+def candidates(grammar, table: torch.Tensor) -> tuple | None:
+    """The grammar's candidates() once the table outgrows the cache (scoring them then pays), else None."""
+    return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
