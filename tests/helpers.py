@@ -212,3 +212,16 @@ TINY = [
     "train.batch_size=4", "train.lr=0.002", "train.warmup_steps=2", "train.seed=3",
     "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", "output.pictures=2",
 ]
+
+
+def assert_rows_as_decoded_alone(model, images: torch.Tensor, together, max_len: int) -> None:
+    """Each image's rows of ``together`` (one generation of all ``images``) are what generating that image
+    alone gives: tokens, log-probabilities and truncation flags."""
+    rows = len(together.tokens) // len(images)  # per class / bands: several rows per image
+    for i in range(len(images)):
+        alone = model.generate(images[i : i + 1], max_len=max_len, temperature=0)
+        width, mine = alone.tokens.shape[1], slice(i * rows, (i + 1) * rows)
+        assert torch.equal(together.tokens[mine, :width], alone.tokens)
+        assert (together.tokens[mine, width:] == PAD).all()
+        torch.testing.assert_close(together.logprobs[mine, :width], alone.logprobs, atol=1e-4, rtol=1e-4)
+        assert torch.equal(together.truncated[mine], alone.truncated)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import micro_config
+from helpers import assert_rows_as_decoded_alone, micro_config
 from rleseg.models import create_model, pix2seq
 from rleseg.tokens import EOS, PAD, BandTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
 from rleseg.tokens.grammar import ImageGrammar
@@ -87,14 +87,7 @@ def test_generation_equals_scoring_every_token_one_image_at_a_time(name, monkeyp
     lengths = (together.tokens != PAD).sum(dim=1)
     assert lengths.min() < lengths.max()  # rows ended at different steps: some left the batch early
     monkeypatch.setattr(ImageGrammar, "candidates", lambda self: None)  # score every token
-    rows = len(together.tokens) // len(images)  # per class: C-1 rows per image
-    for i in range(len(images)):
-        alone = model.generate(images[i : i + 1], max_len=40, temperature=0)
-        width, mine = alone.tokens.shape[1], slice(i * rows, (i + 1) * rows)
-        assert torch.equal(together.tokens[mine, :width], alone.tokens)
-        assert (together.tokens[mine, width:] == PAD).all()
-        torch.testing.assert_close(together.logprobs[mine, :width], alone.logprobs, atol=1e-4, rtol=1e-4)
-        assert torch.equal(together.truncated[mine], alone.truncated)
+    assert_rows_as_decoded_alone(model, images, together, max_len=40)
 
 
 def test_sampling_scores_only_candidates_without_changing_a_draw(monkeypatch):

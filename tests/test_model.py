@@ -94,7 +94,9 @@ def test_cached_step_logits_match_full_forward(tokenizer):
     with torch.no_grad():
         full = model(images, inputs)
         cache = model.decoder.new_cache(model.encoder(images), inputs.shape[1])
-        steps = [model.decoder(inputs[:, t : t + 1], cache=cache, pos=t) for t in range(inputs.shape[1])]
+        decoder, table = model.decoder, model.decoder.embedding_table()
+        steps = [decoder.logits(decoder(inputs[:, t : t + 1], cache=cache, pos=t), table)
+                 for t in range(inputs.shape[1])]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import micro_config, overfit_exactly, padded, random_masks
+from helpers import assert_rows_as_decoded_alone, micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model, load_checkpoint, pix2seq, save_checkpoint
 from rleseg.tokens import EOS, PAD, BandTokenizer, PerClassTokenizer, Tokenizer
 from rleseg.tokens.grammar import ImageGrammar
@@ -71,13 +71,7 @@ def test_generation_paths_give_the_same_tokens(name, monkeypatch):
     for image in together.tokens.numpy().reshape(len(images), rows, -1):
         tokenizer.decode(np.concatenate([row[row != PAD] for row in image]), errors="strict")
     monkeypatch.setattr(ImageGrammar, "candidates", lambda self: None)  # score every token
-    for i in range(len(images)):
-        alone = model.generate(images[i : i + 1], max_len=41, temperature=0)
-        width, mine = alone.tokens.shape[1], slice(i * rows, (i + 1) * rows)
-        assert torch.equal(together.tokens[mine, :width], alone.tokens)
-        assert (together.tokens[mine, width:] == PAD).all()
-        torch.testing.assert_close(together.logprobs[mine, :width], alone.logprobs, atol=1e-4, rtol=1e-4)
-        assert torch.equal(together.truncated[mine], alone.truncated)
+    assert_rows_as_decoded_alone(model, images, together, max_len=41)
 
 
 def test_an_odd_budget_ends_every_sequence_in_eos_within_it():

@@ -224,7 +224,8 @@ class DecoderCache:
 
 
 class Decoder(nn.Module):
-    """tokens (B, T) at positions pos .. pos+T-1, memory (B, N, D) -> logits (B, T, V)."""
+    """tokens (B, T) at positions pos .. pos+T-1, memory (B, N, D) -> states (B, T, D); :meth:`logits` scores
+    states against the tied table (B, T, V)."""
 
     def __init__(self, config: ModelConfig, tokenizer: MaskTokenizer):
         super().__init__()
@@ -284,31 +285,13 @@ class Decoder(nn.Module):
         cache: DecoderCache | None = None,
         pos: int = 0,
         table: torch.Tensor | None = None,
-        last_only: bool = False,
-        columns: tuple | None = None,
         rows: int = 1,
     ) -> torch.Tensor:
-        """Logits (R, T, V) of the tokens after each of ``tokens`` (R, T); :meth:`states` says what the
-        arguments mean. ``last_only``: logits of the last position only, (R, 1, V) (generation without a
-        cache). ``columns``: see :meth:`scores`."""
-        table = self.embedding_table() if table is None else table
-        x = self.states(tokens, memory, cache, pos, table, rows)
-        return self.logits(x[:, -1:] if last_only else x, table, rows, columns)
-
-    def states(
-        self,
-        tokens: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        cache: DecoderCache | None = None,
-        pos: int = 0,
-        table: torch.Tensor | None = None,
-        rows: int = 1,
-    ) -> torch.Tensor:
-        """The final, normalised decoder states (R, T, D) at positions pos .. pos+T-1 of ``tokens`` (R, T),
-        or of run pairs (R, T, 2) with ``run_step``. Reads ``memory`` or, with a ``cache`` (which holds the
-        memory's keys and values), the cached past. ``table``: (V, D) or per image (B, V, D), default
-        :meth:`embedding_table`. ``rows``: token rows per image (per-class or band sequences, an image's
-        adjacent), which read its memory and table without copies of them: R = B * rows."""
+        """The final, normalised decoder states (R, T, D) at positions pos .. pos+T-1 of ``tokens`` (R, T), or
+        of run pairs (R, T, 2) with ``run_step``; :meth:`logits` scores them. Reads ``memory`` or, with a
+        ``cache`` (which holds the memory's keys and values), the cached past. ``table``: (V, D) or per image
+        (B, V, D), default :meth:`embedding_table`. ``rows``: token rows per image (per-class or band
+        sequences, an image's adjacent), which read its memory and table without copies of them: R = B * rows."""
         length = tokens.shape[1]
         if pos + length > self.pos_embedding.shape[0]:
             raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
@@ -496,10 +479,10 @@ class Pix2Seq(nn.Module):
         end (logits[:, 2i + 1])."""
         rows = self.sequences_per_image(len(input_tokens), len(memory))
         if not self.config.run_step:
-            return self.decoder(input_tokens, memory, table=table, rows=rows)
+            return self.decoder.logits(self.decoder(input_tokens, memory, table=table, rows=rows), table, rows)
         length = input_tokens.shape[1]
         positions = (length + 1) // 2
-        x = self.decoder.states(run_pairs(input_tokens[:, : 2 * positions - 1]), memory, table=table, rows=rows)
+        x = self.decoder(run_pairs(input_tokens[:, : 2 * positions - 1]), memory, table=table, rows=rows)
         starts = input_tokens[:, 1::2]  # the start written at each pair position (one short for odd lengths)
         starts = F.pad(starts, (0, positions - starts.shape[1]), value=PAD)
         logits = torch.stack([self.decoder.logits(x, table, rows), self.decoder.end_logits(x, starts, table, rows)], 2)
@@ -723,8 +706,8 @@ class Pix2Seq(nn.Module):
         else:
             inputs = tokens[:, : step + 1] if cache is None else tokens[:, step : step + 1]
         if cache is None:
-            return self.decoder.states(inputs, memory, table=table)[:, -1:]
-        return self.decoder.states(inputs, cache=cache, pos=step, table=table)
+            return self.decoder(inputs, memory, table=table)[:, -1:]
+        return self.decoder(inputs, cache=cache, pos=step, table=table)
 
     def next_logits(
         self, tokens: torch.Tensor, step: int, memory: torch.Tensor, table: torch.Tensor, cache: DecoderCache | None,
