@@ -1,5 +1,6 @@
 """Per-run and per-pixel scores from the Python API, and fp16 autocast in training and inference."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from rleseg.inference.batch import run_scores
 from rleseg.models import DENSE_PRESETS, create_model
 from rleseg.tokens import PanopticTokenizer, Tokenizer
 from rleseg.train import train
+from rleseg.training_state import load_run_checkpoint
 
 
 def test_a_runs_score_is_the_probability_of_its_tokens():
@@ -138,3 +140,15 @@ def test_a_run_trains_under_fp16_on_cpu(tmp_path, capsys):
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     assert "fp16 autocast, float32 weights" in capsys.readouterr().out
     assert (result.run_dir / "best.safetensors").is_file()
+
+
+def test_fp16_checkpoints_keep_the_loss_scale(tmp_path):
+    """A resumed fp16 run continues with the scale and growth count it had, not a fresh scaler."""
+    config = load_config(None, [*TINY, f"output.dir={tmp_path / 'run'}", "train.steps=3", "train.precision=fp16"])
+    result = train(config, show_progress=False)
+    folder = sorted((result.run_dir / "checkpoints").glob("step_*"))[-1]
+    saved = json.loads((folder / "trainer.json").read_text())["loss_scale"]
+    assert saved["scale"] > 1  # scaled (halved from 2**16 by each overflowing step)
+    fresh = torch.amp.GradScaler("cpu", init_scale=1.0)
+    load_run_checkpoint(folder, result.model, build_optimizer(result.model, config.train), fresh)
+    assert fresh.state_dict() == saved

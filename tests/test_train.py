@@ -76,8 +76,11 @@ def test_trainer_json_keeps_the_keys_of_existing_checkpoints(tmp_path):
     result = train(config)
     folder = result.run_dir / "checkpoints" / "step_0000002"
     info = json.loads((folder / "trainer.json").read_text())
-    assert set(info) == {"optimizer", "rng", "step", "epoch", "position", "total_steps", "elapsed", "best"}
-    # trainer.json as rleseg wrote it before TrainingState (one flat JSON object) still loads.
+    assert set(info) == {"optimizer", "rng", "step", "epoch", "position", "total_steps", "elapsed", "best",
+                         "loss_scale"}
+    assert info["loss_scale"] is None  # fp32: no loss scaler
+    # trainer.json as rleseg wrote it before TrainingState (one flat JSON object, no loss scale) still loads.
+    del info["loss_scale"]
     info.update(step=1, epoch=3, position=4, total_steps=5, elapsed=6.5, best=None)
     (folder / "trainer.json").write_text(json.dumps(info))
     state = load_run_checkpoint(folder, result.model, build_optimizer(result.model, config.train))

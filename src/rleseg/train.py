@@ -166,12 +166,12 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
     train_set, val_set = build_datasets(config, tokenizer)
     extra = model_file_extra(config, val_set)  # what every model file of the run stores beside its weights
     optimizer = build_optimizer(model, tc)
-    scaler = grad_scaler(tc, env.device)  # fp16 only; its scale starts afresh on resume
+    scaler = grad_scaler(tc, env.device)  # fp16 only; checkpoints keep its scale
     per_rank = -(-len(train_set) // env.world)
     if per_rank < tc.batch_size:
         raise ValueError(f"the training set has {per_rank} samples per process, fewer than train.batch_size")
     if resume:
-        state = _continued(load_latest_checkpoint(run_dir, model, optimizer, main=env.main), tc, changes, run_dir)
+        state = _continued(load_latest_checkpoint(run_dir, model, optimizer, env.main, scaler), tc, changes, run_dir)
         if _already_complete(state, run_dir):  # nothing to train, and its final evaluation is written
             if env.main:
                 print(_complete_line(state, tc, run_dir))
@@ -233,18 +233,18 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
                 _, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
                                                         state.step, state.best, extra, show_progress)
             if env.main and state.step % config.output.save_every == 0 and not finished:
-                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
+                save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra, scaler)
         bar.close()  # before the final validation's own bar
         # The trained weights are saved before the final validation, so nothing that fails there loses them.
         if env.main:
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra, scaler)
     metrics = None
     if not interrupted:
         metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best,
                                                 extra, show_progress)
         if env.main and best != state.best:  # a resumed run must compare against this score
             state.best = best
-            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra)
+            save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra, scaler)
     if env.main:
         print(f"stopped at step {state.step}; continue with: rleseg train --resume {run_dir}" if interrupted
               else _what_ended(state, tc))

@@ -4,7 +4,7 @@
     RUN_DIR/history.json                                 the run's segments: one per call that trained
     RUN_DIR/checkpoints/step_000500/model.safetensors    the model (rleseg.models format, self-describing)
                                     trainer.safetensors  optimizer and RNG tensors
-                                    trainer.json         TrainingState's fields, RNG states, optimizer skeleton
+                                    trainer.json         TrainingState, RNG states, optimizer skeleton, fp16 loss scale
                                     complete             the sizes of the three files above, written last
     RUN_DIR/best.safetensors                             the model of the best evaluation so far
 
@@ -129,14 +129,16 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
 # ----------------------------------------------------------------------------- run checkpoints
 def save_run_checkpoint(
     run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState, keep_last: int,
-    extra: dict | None = None,
+    extra: dict | None = None, scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write ``checkpoints/step_N`` (N = ``state.step``) and drop all but the newest ``keep_last``. ``extra``
-    goes into the model file beside the step (the class names and colours, see :func:`save_best`)."""
+    goes into the model file beside the step (the class names and colours, see :func:`save_best`); ``scaler``:
+    fp16's loss scaler, whose scale and growth count trainer.json keeps."""
     final = Path(run_dir) / "checkpoints" / f"step_{state.step:07d}"
     opt_tensors, opt_skeleton = _optimizer_to_flat(optimizer.state_dict())
     rng_tensors, rng_info = _rng_state()
-    info = {"optimizer": opt_skeleton, "rng": rng_info, **dataclasses.asdict(state)}
+    info = {"optimizer": opt_skeleton, "rng": rng_info, **dataclasses.asdict(state),
+            "loss_scale": None if scaler is None else scaler.state_dict()}
     with atomic_folder(final, overwrite=True) as tmp:
         save_checkpoint(model, tmp / "model.safetensors", extra={**(extra or {}), "step": state.step})
         _fault("checkpoint-write", state.step)
@@ -163,8 +165,10 @@ class DamagedCheckpoint(ValueError):
     """A checkpoint folder whose files are missing, cut short or unreadable."""
 
 
-def load_run_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Load weights, optimizer and RNG states from a ``step_N`` folder; returns its training state.
+def load_run_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None = None) -> TrainingState:
+    """Load weights, optimizer and RNG states (and the loss ``scaler``'s, where the run saved one: fp16) from
+    a ``step_N`` folder; returns its training state.
 
     ValueError naming the folder when its files do not load, or its weights do not fit ``model`` (a
     checkpoint of another model).
@@ -190,11 +194,13 @@ def load_run_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.o
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{folder}: its optimizer state does not fit this config's optimizer ({error})") from None
     _set_rng_state(tensors, info["rng"])
+    if scaler is not None and info.get("loss_scale"):  # checkpoints before rleseg kept it: a fresh scale
+        scaler.load_state_dict(info["loss_scale"])
     return state
 
 
 def load_latest_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           main: bool = True) -> TrainingState:
+                           main: bool = True, scaler: torch.amp.GradScaler | None = None) -> TrainingState:
     """:func:`load_run_checkpoint` of the newest complete ``step_N`` folder of ``run_dir``.
 
     Damaged newer ones are skipped with a warning on stderr and, by the ``main`` process (rank 0 of a DDP
@@ -211,7 +217,7 @@ def load_latest_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: tor
     for folder in reversed(found):
         try:
             _check_complete(folder)
-            state = load_run_checkpoint(folder, model, optimizer)
+            state = load_run_checkpoint(folder, model, optimizer, scaler)
         except DamagedCheckpoint as error:
             if main:
                 print(f"rleseg: warning: {error}; trying the checkpoint before it", file=sys.stderr)
