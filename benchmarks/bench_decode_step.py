@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rleseg.experiment import build_datasets, load_config
-from rleseg.models import load_checkpoint, pix2seq
+from rleseg.models import generate, load_checkpoint
 
 
 def patches(run_dir: Path, model, count: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def patches(run_dir: Path, model, count: int) -> torch.Tensor:
 
 def timed(model, images: torch.Tensor, encoded: tuple, restricted: bool) -> tuple[float, int]:
     """(seconds, steps) of greedy generation; ``restricted`` False scores every token at every step."""
-    pix2seq.CACHED_TABLE = 0 if restricted else float("inf")
+    generate.CACHED_TABLE = 0 if restricted else float("inf")
     started = time.perf_counter()
     out = model.generate(images, temperature=0, encoded=encoded)
     return time.perf_counter() - started, out.tokens.shape[1]
@@ -53,7 +53,7 @@ def main() -> None:
           f"thread(s); load {os.getloadavg()[0]:.2f}")
     print("| dataset | V | B | steps | scored | ms / step (median) | ms / row-step |")
     print("|---|---:|---:|---:|---|---:|---:|")
-    default = pix2seq.CACHED_TABLE
+    default = generate.CACHED_TABLE
     for name in args.datasets.split(","):
         run_dir = args.runs / f"{name}-token"
         model = load_checkpoint(run_dir / "best.safetensors", "cpu").eval()
@@ -70,7 +70,7 @@ def main() -> None:
                 step = statistics.median(per_step)
                 print(f"| {name} | {model.tokenizer.vocab.size} | {batch} | {steps} | {label} | {step:.2f} | "
                       f"{step / batch:.3f} |", flush=True)
-    pix2seq.CACHED_TABLE = default
+    generate.CACHED_TABLE = default
     print(f"load at the end: {os.getloadavg()[0]:.2f}")
 
 

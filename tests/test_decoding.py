@@ -9,7 +9,7 @@ import torch
 from helpers import micro_config, sample_under_grammar
 from rleseg.inference import InferenceOptions, predict_batch
 from rleseg.models import create_model
-from rleseg.models.generate import Generation
+from rleseg.models.generate import Generation, sample
 from rleseg.models.search import beam_candidates, beam_search, best_of, repeat_candidates
 from rleseg.tokens import EOS, PAD, PanopticTokenizer, Tokenizer
 
@@ -82,8 +82,8 @@ def test_every_candidate_is_grammatical_and_the_kept_one_the_likeliest(tokenizer
     if "beams" in search:  # every final beam: the search without its final choice
         candidates = beam_candidates(model, memory, table, copies, max_len)
     else:
-        candidates = model.sample(memory, table, max_len, 1.0, 0, 1.0, True, True, torch.Generator().manual_seed(3),
-                                  False)
+        candidates = sample(model, memory, table, max_len, 1.0, 0, 1.0, True, True, torch.Generator().manual_seed(3),
+                            False)
     finished = (candidates.tokens == EOS).any(dim=1)
     for row in candidates.tokens[finished].numpy():
         tokenizer.decode(row, errors="strict")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import assert_rows_as_decoded_alone, micro_config
-from rleseg.models import create_model, pix2seq
+from rleseg.models import create_model, generate
 from rleseg.tokens import EOS, PAD, BandTokenizer, PerClassTokenizer, Tokenizer, VideoTokenizer
 from rleseg.tokens.grammar import ImageGrammar
 
@@ -64,7 +64,7 @@ def test_rows_in_a_shuffled_order_are_scored_whole():
 @pytest.fixture(autouse=True)
 def restrict_every_table(monkeypatch):
     """Score only the candidates whatever the table's size (generation does from CACHED_TABLE on)."""
-    monkeypatch.setattr(pix2seq, "CACHED_TABLE", 0)
+    monkeypatch.setattr(generate, "CACHED_TABLE", 0)
 
 
 def noisy_model(tokenizer):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import assert_rows_as_decoded_alone, micro_config, overfit_exactly, padded, random_masks
-from rleseg.models import create_model, load_checkpoint, pix2seq, save_checkpoint
+from rleseg.models import create_model, generate, load_checkpoint, save_checkpoint
 from rleseg.tokens import EOS, PAD, BandTokenizer, PerClassTokenizer, Tokenizer
 from rleseg.tokens.grammar import ImageGrammar
 
@@ -62,7 +62,7 @@ def test_generation_paths_give_the_same_tokens(name, monkeypatch):
     tokenizer = TOKENIZERS[name]()
     model = noisy_model(tokenizer)
     images = images_of_varied_contrast()
-    monkeypatch.setattr(pix2seq, "CACHED_TABLE", 0)  # candidates only, whatever the table's size
+    monkeypatch.setattr(generate, "CACHED_TABLE", 0)  # candidates only, whatever the table's size
     together = model.generate(images, max_len=41, temperature=0)
     lengths = (together.tokens != PAD).sum(dim=1)
     assert lengths.min() < lengths.max()

@@ -1,13 +1,20 @@
-"""What generation returns, and how one next token is chosen from a batch of logits: which tokens are
-allowed, EOS by probability mass, and sampling (greedy, temperature, top-k, top-p)."""
+"""Token-by-token generation (:func:`sample`), what it returns, and how one next token is chosen from a
+batch of logits: which tokens are allowed, EOS by probability mass, and sampling (greedy, temperature,
+top-k, top-p)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from rleseg.tokens import EOS, PAD, Grammar
+
+# Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
+# once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
+# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/results.md).
+CACHED_TABLE = 2**21
 
 
 @dataclass
@@ -138,3 +145,62 @@ def _sample_top(probs: torch.Tensor, top_k: int, top_p: float, generator) -> tor
         top = top.masked_fill(mass_before >= top_p, 0.0)
     choice = torch.multinomial(top, 1, generator=generator)  # (B, 1), zero-probability entries never drawn
     return index.gather(1, choice).squeeze(1)
+
+
+def sample(
+    model, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
+    constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool,
+    first: torch.Tensor | None = None,
+) -> Generation:
+    """Token-by-token generation by a :class:`~rleseg.models.pix2seq.Pix2Seq` ``model`` from its encode()'s
+    memory and table, one sequence per row (see ``Pix2Seq.generate``); ``first``: (R,) each row's first
+    input token, default the model's ``first_tokens`` of the rows. With ``run_step`` a step writes a run's
+    start (or EOS) and its end."""
+    per_step = 2 if model.config.run_step else 1
+    steps = -(-max_len // per_step)
+    cache = model.decoder.new_cache(memory, steps) if use_cache else None
+    batch, device = memory.shape[0], memory.device
+    grammar = model.tokenizer.grammar(batch) if constrained else None
+    choose = functools.partial(choose_next, grammar=grammar, temperature=temperature, top_k=top_k, top_p=top_p,
+                               eos_by_mass=eos_by_mass, generator=generator)
+    tokens = torch.full((batch, steps * per_step + 1), PAD, dtype=torch.long, device=device)  # first + generated
+    tokens[:, 0] = model.first_tokens(batch, device=device) if first is None else first
+    logprobs = torch.zeros(batch, steps * per_step, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    truncated = torch.zeros(batch, dtype=torch.bool)
+    # The rows still generating, as memory, table, cache and grammar hold them: a step costs per row,
+    # so the rows that ended leave once they are a quarter of those left.
+    live = torch.arange(batch, device=device)
+    for step in range(steps):
+        column = step * per_step  # tokens[:, column] is the last one the decoder reads at this step
+        x = model.next_states(tokens[live], step, memory, table, cache)  # (R, 1, D)
+        ended = done[live]
+        logits = model.decoder.logits(x, table, columns=candidates(grammar, table))
+        token, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column)
+        tokens[live, column + 1], logprobs[live, column] = token, logprob.masked_fill(ended, 0.0)
+        ended = ended | (token == EOS)
+        if per_step == 2:
+            logits = model.decoder.end_logits(x, token[:, None], table, columns=candidates(grammar, table))
+            end, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column - 1)
+            tokens[live, column + 2], logprobs[live, column + 1] = end, logprob.masked_fill(ended, 0.0)
+        done[live] = ended
+        if bool(ended.all()):
+            break
+        if 4 * int(ended.sum()) >= len(live):
+            keep = (~ended).nonzero().squeeze(1)
+            if grammar is not None:  # the rows that leave keep their flags here
+                truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+                grammar.select(keep.cpu().numpy())
+            live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
+            table = table if table.ndim == 2 else table[keep]
+    written = min((step + 1) * per_step, max_len)  # the last step ran, whether every row ended or not
+    if grammar is None:
+        truncated = None  # Generation takes the rows without EOS
+    else:
+        truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+    return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(), truncated)
+
+
+def candidates(grammar, table: torch.Tensor) -> tuple | None:
+    """The grammar's candidates() once the table outgrows the cache (scoring them then pays), else None."""
+    return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()

@@ -1,14 +1,13 @@
 """The Pix2Seq model: backbone -> transformer encoder -> causal transformer decoder over mask tokens.
 
 Read top to bottom: config, encoder (with the feature pyramid of the pointer start head), decoder, model.
-Blocks are in layers.py, sin-cos position codes in positions.py, token sampling in generate.py; build a
-model with ``rleseg.models.create_model`` (factory.py). Shapes use B = batch, N = visual tokens
-(feature-map cells), S = mask cells, T = sequence positions, D = width, V = vocabulary, H = heads.
+Blocks are in layers.py, sin-cos position codes in positions.py, the generation loop and token sampling in
+generate.py; build a model with ``rleseg.models.create_model`` (factory.py). Shapes use B = batch, N = visual
+tokens (feature-map cells), S = mask cells, T = sequence positions, D = width, V = vocabulary, H = heads.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
-from .generate import Generation, check_sampling, choose_next
+from .generate import Generation, check_sampling, sample
 from .layers import MLP, DecoderLayer, EncoderLayer, KVCache
 from .positions import sincos_grid, start_geometry
 from .refine import Refiner, jitter_boundaries
@@ -109,10 +108,6 @@ class ModelConfig:
         return self.start_head == "pointer" or self.aux_dense_weight > 0 or self.refine_band > 0
 
 
-# Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
-# once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
-# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/results.md).
-CACHED_TABLE = 2**21
 START_HEADS = ("auto", "table", "pointer")  # create_model resolves "auto"; the model sees the other two
 
 
@@ -630,63 +625,11 @@ class Pix2Seq(nn.Module):
                 return beam_search(self, memory, table, beams, max_len, constrained, use_cache, eos_by_mass,
                                    length_penalty)
             first = self.first_tokens(len(memory), samples, memory.device)
-            out = self.sample(memory, table, max_len, temperature, top_k, top_p, constrained, use_cache, generator,
+            out = sample(self, memory, table, max_len, temperature, top_k, top_p, constrained, use_cache, generator,
                               eos_by_mass, first)
             return out if samples == 1 else best_of(out, samples, length_penalty)
         finally:
             self.train(was_training)
-
-    def sample(
-        self, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
-        constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool,
-        first: torch.Tensor | None = None,
-    ) -> Generation:
-        """Token-by-token generation from encode()'s memory and table, one sequence per row (see generate);
-        ``first``: (R,) each row's first input token, default :meth:`first_tokens` of the rows. With
-        ``run_step`` a step writes a run's start (or EOS) and its end."""
-        per_step = 2 if self.config.run_step else 1
-        steps = -(-max_len // per_step)
-        cache = self.decoder.new_cache(memory, steps) if use_cache else None
-        batch, device = memory.shape[0], memory.device
-        grammar = self.tokenizer.grammar(batch) if constrained else None
-        choose = functools.partial(choose_next, grammar=grammar, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   eos_by_mass=eos_by_mass, generator=generator)
-        tokens = torch.full((batch, steps * per_step + 1), PAD, dtype=torch.long, device=device)  # first + generated
-        tokens[:, 0] = self.first_tokens(batch, device=device) if first is None else first
-        logprobs = torch.zeros(batch, steps * per_step, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        truncated = torch.zeros(batch, dtype=torch.bool)
-        # The rows still generating, as memory, table, cache and grammar hold them: a step costs per row,
-        # so the rows that ended leave once they are a quarter of those left.
-        live = torch.arange(batch, device=device)
-        for step in range(steps):
-            column = step * per_step  # tokens[:, column] is the last one the decoder reads at this step
-            x = self.next_states(tokens[live], step, memory, table, cache)  # (R, 1, D)
-            ended = done[live]
-            logits = self.decoder.logits(x, table, columns=candidates(grammar, table))
-            token, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column)
-            tokens[live, column + 1], logprobs[live, column] = token, logprob.masked_fill(ended, 0.0)
-            ended = ended | (token == EOS)
-            if per_step == 2:
-                logits = self.decoder.end_logits(x, token[:, None], table, columns=candidates(grammar, table))
-                end, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column - 1)
-                tokens[live, column + 2], logprobs[live, column + 1] = end, logprob.masked_fill(ended, 0.0)
-            done[live] = ended
-            if bool(ended.all()):
-                break
-            if 4 * int(ended.sum()) >= len(live):
-                keep = (~ended).nonzero().squeeze(1)
-                if grammar is not None:  # the rows that leave keep their flags here
-                    truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-                    grammar.select(keep.cpu().numpy())
-                live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
-                table = table if table.ndim == 2 else table[keep]
-        written = min((step + 1) * per_step, max_len)  # the last step ran, whether every row ended or not
-        if grammar is None:
-            truncated = None  # Generation takes the rows without EOS
-        else:
-            truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-        return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(), truncated)
 
     def first_tokens(self, rows: int, copies: int = 1, device: torch.device | None = None) -> torch.Tensor:
         """(rows,) int64, the decoder's first input token of each row: rows run over (image, sequence, copy),
@@ -740,8 +683,3 @@ def last_pair(tokens: torch.Tensor, step: int) -> torch.Tensor:
     if step == 0:
         return F.pad(tokens[:, :1], (0, 1), value=PAD)[:, None]
     return tokens[:, 2 * step - 1 : 2 * step + 1][:, None]
-
-
-def candidates(grammar, table: torch.Tensor) -> tuple | None:
-    """The grammar's candidates() once the table outgrows the cache (scoring them then pays), else None."""
-    return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
