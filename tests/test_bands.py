@@ -129,20 +129,43 @@ def test_micro_model_overfits_band_sequences_exactly():
     overfit_rows(BandTokenizer((8, 8), 3, extent="end", bands=4), random_masks(np.random.default_rng(0), 3, 8, 3))
 
 
-def test_cached_and_uncached_generation_agree_and_search_is_refused():
+def noisy_band_model():
     torch.manual_seed(0)
     tok = BandTokenizer((6, 6), 3, extent="end", bands=3)
     model = create_model(micro_config(), tok)
     with torch.no_grad():  # an untrained decoder writes EOS at once: noise makes the rows differ
         for p in model.decoder.parameters():
             p.add_(torch.randn_like(p) * 0.5)
+    return model, tok
+
+
+def joined_rows(tokens: torch.Tensor, bands: int) -> list[np.ndarray]:
+    """Each image's band rows (B * bands, T), each up to its EOS, joined: the image's flat form."""
+    return [np.concatenate([row[: int(np.flatnonzero(row == EOS)[0]) + 1] for row in image])
+            for image in tokens.view(-1, bands, tokens.shape[1]).numpy()]
+
+
+def test_cached_and_uncached_generation_agree():
+    model, tok = noisy_band_model()
     images = torch.rand(2, 3, 64, 64)
     runs = [model.generate(images, max_len=30, use_cache=cache, temperature=0) for cache in (True, False)]
     assert runs[0].tokens.shape[0] == 2 * 3 and torch.equal(runs[0].tokens, runs[1].tokens)
-    for image in runs[0].tokens.view(2, 3, -1).numpy():
-        tok.decode(np.concatenate([row[: int(np.flatnonzero(row == EOS)[0]) + 1] for row in image]))
-    with pytest.raises(ValueError, match="not available for band sequences"):
-        model.generate(images, max_len=8, temperature=0, beams=2)
+    for flat in joined_rows(runs[0].tokens, 3):
+        tok.decode(flat)
+
+
+@pytest.mark.parametrize("search", [dict(beams=3, temperature=0), dict(samples=4, temperature=1.0)])
+def test_beam_search_and_best_of_n_keep_each_row_in_its_band(search):
+    """Search rows run over (image, band, copy): each copy must be held to its band's cells, not to the band
+    its row number would say without copies (strict decoding names a run outside its band)."""
+    model, tok = noisy_band_model()
+    images = torch.rand(2, 3, 64, 64)
+    out = model.generate(images, max_len=30, generator=torch.Generator().manual_seed(1), **search)
+    assert out.tokens.shape[0] == 2 * 3
+    flats = joined_rows(out.tokens, 3)
+    assert sum(len(flat) for flat in flats) > 2 * 3 + 6  # some rows wrote runs
+    for flat in flats:
+        tok.decode(flat, errors="strict")
 
 
 def test_collate_splits_each_sample_into_its_bands():

@@ -83,7 +83,7 @@ def test_every_candidate_is_grammatical_and_the_kept_one_the_likeliest(tokenizer
         candidates = beam_candidates(model, memory, table, copies, max_len)
     else:
         candidates = sample(model, memory, table, max_len, 1.0, 0, 1.0, True, True, torch.Generator().manual_seed(3),
-                            False)
+                            False, copies)
     finished = (candidates.tokens == EOS).any(dim=1)
     for row in candidates.tokens[finished].numpy():
         tokenizer.decode(row, errors="strict")

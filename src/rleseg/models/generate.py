@@ -7,9 +7,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from rleseg.tokens import EOS, PAD, Grammar
+from rleseg.tokens import EOS, PAD, Grammar, MaskTokenizer
 
 # Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
 # once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
@@ -149,22 +150,20 @@ def _sample_top(probs: torch.Tensor, top_k: int, top_p: float, generator) -> tor
 
 def sample(
     model, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
-    constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool,
-    first: torch.Tensor | None = None,
+    constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool, copies: int = 1,
 ) -> Generation:
     """Token-by-token generation by a :class:`~rleseg.models.pix2seq.Pix2Seq` ``model`` from its encode()'s
-    memory and table, one sequence per row (see ``Pix2Seq.generate``); ``first``: (R,) each row's first
-    input token, default the model's ``first_tokens`` of the rows. With ``run_step`` a step writes a run's
-    start (or EOS) and its end."""
+    memory and table, one sequence per row (see ``Pix2Seq.generate``); ``copies``: adjacent rows that decode
+    the same sequence (best-of-N). With ``run_step`` a step writes a run's start (or EOS) and its end."""
     per_step = 2 if model.config.run_step else 1
     steps = -(-max_len // per_step)
     cache = model.decoder.new_cache(memory, steps) if use_cache else None
     batch, device = memory.shape[0], memory.device
-    grammar = model.tokenizer.grammar(batch) if constrained else None
+    grammar = copied_grammar(model.tokenizer, batch, copies) if constrained else None
     choose = functools.partial(choose_next, grammar=grammar, temperature=temperature, top_k=top_k, top_p=top_p,
                                eos_by_mass=eos_by_mass, generator=generator)
     tokens = torch.full((batch, steps * per_step + 1), PAD, dtype=torch.long, device=device)  # first + generated
-    tokens[:, 0] = model.first_tokens(batch, device=device) if first is None else first
+    tokens[:, 0] = model.first_tokens(batch, copies, device)
     logprobs = torch.zeros(batch, steps * per_step, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     truncated = torch.zeros(batch, dtype=torch.bool)
@@ -204,3 +203,13 @@ def sample(
 def candidates(grammar, table: torch.Tensor) -> tuple | None:
     """The grammar's candidates() once the table outgrows the cache (scoring them then pays), else None."""
     return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
+
+
+def copied_grammar(tokenizer: MaskTokenizer, rows: int, copies: int) -> Grammar:
+    """The grammar of ``rows`` decoding rows holding ``copies`` adjacent copies of each sequence (beam search,
+    best-of-N): built for the sequences, then each of its rows repeated, so that a grammar that reads a
+    row's place (row r of band sequences writes band r % bands) reads the sequence's."""
+    grammar = tokenizer.grammar(rows // copies)
+    if copies > 1:
+        grammar.select(np.arange(rows // copies).repeat(copies))
+    return grammar

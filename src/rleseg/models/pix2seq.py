@@ -612,9 +612,6 @@ class Pix2Seq(nn.Module):
         # per-class and band sequences: one row per class / band, decoded as one batch
         memory, table = self.per_sequence(memory, table, len(memory) * len(self.tokenizer.prompts))
         copies = max(beams, samples)
-        if copies > 1 and getattr(self.tokenizer, "bands", 1) > 1:  # its grammar reads row r as band r % bands
-            raise ValueError("beam search and best-of-N sampling are not available for band sequences "
-                             f"(tokenizer bands {self.tokenizer.bands})")
         if beams > 1 and self.config.run_step:
             raise ValueError("beam search is not available with run_step (a step writes two tokens); "
                              "use samples for best-of-N")
@@ -624,9 +621,8 @@ class Pix2Seq(nn.Module):
             if beams > 1:
                 return beam_search(self, memory, table, beams, max_len, constrained, use_cache, eos_by_mass,
                                    length_penalty)
-            first = self.first_tokens(len(memory), samples, memory.device)
             out = sample(self, memory, table, max_len, temperature, top_k, top_p, constrained, use_cache, generator,
-                              eos_by_mass, first)
+                         eos_by_mass, samples)
             return out if samples == 1 else best_of(out, samples, length_penalty)
         finally:
             self.train(was_training)

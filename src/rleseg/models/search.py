@@ -14,7 +14,7 @@ import torch
 
 from rleseg.tokens import EOS, PAD
 
-from .generate import Generation, allowed_tokens, drop_outweighed_eos
+from .generate import Generation, allowed_tokens, copied_grammar, drop_outweighed_eos
 
 # A beam slot that holds no hypothesis yet (all but the first of each image at the start): finite, so that
 # its allowed tokens stay above the disallowed ones (-inf) and the top-k never picks a disallowed token.
@@ -86,7 +86,7 @@ def beam_candidates(model, memory: torch.Tensor, table: torch.Tensor, beams: int
     rows, device = memory.shape[0], memory.device
     batch = rows // beams
     cache = model.decoder.new_cache(memory, max_len) if use_cache else None
-    grammar = model.tokenizer.grammar(rows) if constrained else None
+    grammar = copied_grammar(model.tokenizer, rows, beams) if constrained else None
     tokens = torch.full((rows, max_len + 1), PAD, dtype=torch.long, device=device)  # BOS + generated
     tokens[:, 0] = model.first_tokens(rows, beams, device)
     logprobs = torch.zeros(rows, max_len, device=device)
