@@ -17,7 +17,7 @@ from rleseg import __version__
 from rleseg.cli import EXAMPLES, main
 from rleseg.imageio import read_label_map
 from rleseg.stats import StatsOptions, image_stats
-from rleseg.tokens import Tokenizer, downsample_mask
+from rleseg.tokens import BandTokenizer, Tokenizer, downsample_mask, split_sequences
 
 
 @pytest.fixture
@@ -57,6 +57,21 @@ def test_tokenize_matches_tokenizer(capsys, masks, scheme, starts, order, subsam
     runs = (len(expected) - 1) // tokenizer.tokens_per_run
     assert f"{runs} runs, {len(expected)} tokens (EOS included), vocab size {tokenizer.vocab.size}" in summary
     assert str(path) in summary
+
+
+def test_tokenize_writes_band_sequences_and_refuses_them_without_one_d_starts(capsys, masks):
+    path = masks / "m0.png"
+    code, out, err = _run(capsys, "tokenize", path, "--extent", "end", "--bands", "4")
+    assert code == 0 and err == ""
+    tokens_line, summary = out.strip().split("\n")
+    tokenizer = BandTokenizer((32, 32), 3, extent="end", bands=4)
+    expected = tokenizer.encode(read_label_map(path))
+    assert [int(t) for t in tokens_line.split()] == expected.tolist()
+    longest = max(len(seq) for seq in split_sequences(expected))
+    assert f"{tokenizer.count_runs(expected)[0]} runs, {len(expected)} tokens (EOS included), 4 bands, the longest " \
+           f"{longest} tokens, vocab size {tokenizer.vocab.size}" in summary
+    code, out, err = _run(capsys, "tokenize", path, "--bands", "4", "--starts", "2d")
+    assert code == 2 and out == "" and err.strip() == f"rleseg: error: {path}: --bands needs --starts 1d, got 2d"
 
 
 def test_tokenize_writes_run_ends_and_refuses_them_without_one_d_starts(capsys, masks):

@@ -14,7 +14,7 @@ from ..stats import StatsOptions, folder_stats
 from ..stats.panoptic import folder_panoptic_stats
 from ..stats.report import format_panoptic_stats, format_stats, format_video_stats
 from ..stats.video import path_video_stats
-from ..tokens import Tokenizer, downsample_mask
+from ..tokens import BandTokenizer, Tokenizer, downsample_mask, split_sequences
 from ..tokens.run_format import EXTENTS
 from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
 from .common import (
@@ -65,22 +65,29 @@ def add_tokenize(subparsers) -> None:
     _add_tokenizer_options(parser, many=False)
     parser.add_argument("--subsample", type=positive_int, default=1, metavar="N",
                         help="subsampling factor before encoding (default: 1)")
+    parser.add_argument("--bands", type=positive_int, default=1, metavar="K",
+                        help="K band sequences, one per block of scan lines, each after its band's prompt token "
+                        "(1-D starts; default: 1, one sequence)")
     parser.add_argument("--json", action="store_true", help="print tokens, summary and tokenizer as JSON")
 
 
 def _encode(
     mask: np.ndarray, name: str, *, scheme: str = "lac", starts: str = "1d", order: str = "C",
     max_run: int | None = None, subsample: int = 1, method: str = "nearest", num_classes: int | None = None,
-    extent: str = "length",
-) -> tuple[Tokenizer, np.ndarray, dict]:
-    """Subsample and encode one mask; returns the tokenizer, the tokens and a summary."""
+    extent: str = "length", bands: int = 1,
+) -> tuple[Tokenizer | BandTokenizer, np.ndarray, dict]:
+    """Subsample and encode one mask; returns the tokenizer, the tokens (with ``bands`` > 1 the bands'
+    sequences one after the other) and a summary."""
     max_label = int(mask.max()) if mask.size else 0
     num_classes = num_classes or max(2, max_label + 1)
     if max_label >= num_classes:
         raise UserError(f"{name}: holds label {max_label}, expected labels < --num-classes {num_classes}")
     small = downsample_mask(mask, subsample, method)
     try:
-        tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, order, max_run, extent)
+        if bands > 1 and starts != "1d":
+            raise ValueError(f"--bands needs --starts 1d, got {starts}")
+        tokenizer = (Tokenizer(small.shape, num_classes, scheme, starts, order, max_run, extent) if bands == 1
+                     else BandTokenizer(small.shape, num_classes, scheme, order, max_run, extent, bands))
     except ValueError as error:  # the options are the user's: e.g. scheme binary with 3 classes
         raise UserError(f"{name}: {error}") from None
     tokens = tokenizer.encode(small)
@@ -88,8 +95,9 @@ def _encode(
         "file": name,
         "mask_size": list(mask.shape),
         "subsampled_size": list(small.shape),
-        "runs": (tokens.size - 1) // tokenizer.tokens_per_run,
+        "runs": tokenizer.count_runs(tokens)[0],
         "tokens": int(tokens.size),
+        "longest_sequence": max(len(seq) for seq in split_sequences(tokens)),
         "vocab_size": tokenizer.vocab.size,
         "pixels_per_token": mask.size / tokens.size,
     }
@@ -105,7 +113,9 @@ def _summary_line(tokenizer: Tokenizer, summary: dict, subsample: int) -> str:
         + f", {tokenizer.num_classes} classes, {tokenizer.scheme}/{tokenizer.starts}"
         + (f" extent {tokenizer.extent}" if tokenizer.extent != "length" else "") + f" order {tokenizer.order}"
         f" max_run {tokenizer.max_run}: {summary['runs']} runs, {summary['tokens']} tokens (EOS included),"
-        f" vocab size {summary['vocab_size']}"
+        + (f" {tokenizer.bands} bands, the longest {summary['longest_sequence']} tokens,"
+           if isinstance(tokenizer, BandTokenizer) else "")
+        + f" vocab size {summary['vocab_size']}"
     )
 
 
@@ -118,6 +128,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     tokenizer, tokens, summary = _encode(
         mask, str(args.mask), scheme=args.scheme, starts=args.starts, order=args.order, max_run=args.max_run,
         subsample=args.subsample, method=args.downsample_method, num_classes=args.num_classes, extent=args.extent,
+        bands=args.bands,
     )
     if args.json:
         print(json.dumps({"tokens": tokens.tolist(), "summary": summary, "tokenizer": tokenizer.to_dict()}))
