@@ -201,7 +201,8 @@ def sample(
 
 
 def candidates(grammar, table: torch.Tensor) -> tuple | None:
-    """The grammar's candidates() once the table outgrows the cache (scoring them then pays), else None."""
+    """The grammar's candidates() once the table holds more than ``CACHED_TABLE`` elements (scoring only them
+    then pays), else None: score every token."""
     return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
 
 

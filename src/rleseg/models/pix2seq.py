@@ -587,7 +587,7 @@ class Pix2Seq(nn.Module):
         or with per-class or band sequences (``tokenizer.prompts``, one per class / band) a row per prompt,
         an image's adjacent, each after its prompt, all decoded as one batch from the image's memory computed
         once. Rows that ended leave the batch as they go, and a step scores only the grammar's candidates
-        once the table outgrows the cache (``CACHED_TABLE``): neither changes a token.
+        once the table is larger than ``generate.CACHED_TABLE``: neither changes a token.
 
         temperature=0 is greedy; ``top_k`` (0 = off) and ``top_p`` (1 = off) narrow the sampling. With
         ``constrained`` only tokens the tokenizer's grammar allows are sampled, so every sequence ends in
@@ -663,6 +663,7 @@ RUN_STEP_SLOTS = (("start", "end"), ("start", "end_class"))  # the runs model.ru
 
 
 def describe_runs(tokenizer: MaskTokenizer) -> str:
+    """What a tokenizer's sequences are made of, for an error message."""
     slots = getattr(tokenizer, "slots", None)
     return f"runs of {' + '.join(slots)}" if slots else f"{type(tokenizer).__name__} sequences"
 
@@ -677,6 +678,4 @@ def run_pairs(tokens: torch.Tensor) -> torch.Tensor:
 def last_pair(tokens: torch.Tensor, step: int) -> torch.Tensor:
     """Run-step generation's input at step ``step`` from tokens (R, 1 + 2k), as :func:`run_pairs` lays it
     out: (R, 1, 2)."""
-    if step == 0:
-        return F.pad(tokens[:, :1], (0, 1), value=PAD)[:, None]
-    return tokens[:, 2 * step - 1 : 2 * step + 1][:, None]
+    return run_pairs(tokens[:, :1]) if step == 0 else tokens[:, 2 * step - 1 : 2 * step + 1][:, None]
