@@ -179,6 +179,7 @@ def test_stitched_prediction_equals_its_patches(checkpoint):
     from rleseg.tokens import upsample_mask
 
     model = load_checkpoint(checkpoint)
+    torch.manual_seed(0)  # the noise must not depend on what tests ran before in this process
     with torch.no_grad():
         for p in model.decoder.parameters():  # an untrained model says "background" everywhere: vary it
             p.add_(torch.randn_like(p) * 0.5)

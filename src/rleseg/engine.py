@@ -60,7 +60,7 @@ class TrainConfig:
 class EvalConfig:
     every: int = 0  # steps between evaluations; 0 = only at the end
     max_samples: int | None = 64  # validation patches per evaluation (None = all)
-    batch_size: int = 32  # patches per generation call
+    batch_size: int = InferenceOptions.batch_size  # patches per generation call
     temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
     top_p: float = 1.0
     constrained: bool = True

@@ -99,7 +99,7 @@ class BandTokenizer(PromptedTokenizer):
 
     def _sequence_runs(self, band: int, seq: np.ndarray, offset: int, errors: str) -> tuple[Runs, np.ndarray]:
         """The runs of band ``band``'s sequence inside the band (strict: an error for one outside)."""
-        runs, positions = prompted_runs(self.image, self.vocab["prompt"], seq, offset, errors, f"band {band}")
+        runs, positions = prompted_runs(self.image, self.vocab["prompt"], seq, offset, errors, self.noun, band)
         first, stop = self.cells[band]
         outside = (runs.starts < first) | (runs.starts + runs.lengths > stop)
         if errors == "strict" and outside.any():

@@ -92,5 +92,5 @@ class PerClassTokenizer(PromptedTokenizer):
     def _sequence_runs(self, index: int, seq: np.ndarray, offset: int, errors: str) -> tuple[Runs, np.ndarray]:
         """The runs of class ``index + 1``'s sequence, each run's class that class."""
         cls = index + 1
-        runs, positions = prompted_runs(self.binary, self.vocab["prompt"], seq, offset, errors, f"class {cls}")
+        runs, positions = prompted_runs(self.binary, self.vocab["prompt"], seq, offset, errors, self.noun, cls)
         return Runs(runs.starts, runs.lengths, np.full_like(runs.classes, cls)), positions

@@ -41,21 +41,22 @@ def prompted_sequences(tokens, wanted: int, noun: str, errors: str) -> list[tupl
     return [(i, flat[a:b], int(a)) for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if a < b]
 
 
-def prompted_runs(tokenizer: Tokenizer, prompts, seq: np.ndarray, offset: int, errors: str, owner: str
+def prompted_runs(tokenizer: Tokenizer, prompts, seq: np.ndarray, offset: int, errors: str, noun: str, number: int
                   ) -> tuple[Runs, np.ndarray]:
     """The runs of one sequence ``seq`` of a flat form, where it starts at ``offset``, read by ``tokenizer``;
     positions count in the flat form. Strict mode refuses a token of the ``prompts`` range in it; errors
-    name the sequence as ``owner`` ("class 2")."""
+    name the sequence as ``noun`` ``number`` ("class 2")."""
     prompt = np.flatnonzero(prompts.contains(seq))
     if errors == "strict" and prompt.size:
         token = int(seq[prompt[0]])
         raise ValueError(f"token {token} at position {offset + int(prompt[0])} is the prompt of "
-                         f"{owner.split()[0]} {int(prompts.value(token))}; a prompt is the decoder's first input, "
+                         f"{noun} {int(prompts.value(token))}; a prompt is the decoder's first input, "
                          "never part of a sequence")
     try:
         runs, positions = tokenizer.decode_runs_at(seq, errors)
     except ValueError as error:
-        raise ValueError(f"sequence of {owner} (positions count from {offset}, where it starts): {error}") from None
+        raise ValueError(f"sequence of {noun} {number} (positions count from {offset}, where it starts): "
+                         f"{error}") from None
     return runs, positions + offset
 
 
