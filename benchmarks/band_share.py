@@ -19,8 +19,9 @@ import torch
 
 from rleseg.data.loading import collate
 from rleseg.experiment import build_datasets, load_config
-from rleseg.inference import InferenceOptions, predict_batch, resolve_checkpoint
-from rleseg.models import load_checkpoint
+from rleseg.inference import InferenceOptions, predict_batch
+from rleseg.models import load_checkpoint, resolve_checkpoint
+from rleseg.models.pyramid import on_grid
 from rleseg.models.refine import upsample_nearest
 
 
@@ -32,9 +33,10 @@ def shares(run: Path, patches: int) -> dict:
     _, val = build_datasets(config, model.tokenizer)
     batch = collate([val[i] for i in range(min(patches, len(val)))])
     images, factor = batch["image"], config.data.patch.factor
-    coarse = torch.from_numpy(np.stack(predict_batch(model, images, InferenceOptions(refine=False)).masks)).long()
+    token_only = InferenceOptions.from_fields(refine=False)
+    coarse = torch.from_numpy(np.stack(predict_batch(model, images, token_only).masks)).long()
     with torch.no_grad():  # the same decoded masks refined: no second generation
-        refined = model.refine(images, model.encode(images)[2], coarse)
+        refined = model.refiner.labels(images, on_grid(model.encode(images).cells, model.tokenizer), coarse)
     truth = batch["mask_small"].clamp(0, model.tokenizer.num_classes - 1).long()
     return {
         "run": str(run), "patches": len(images), "band": model.refiner.band,

@@ -32,7 +32,7 @@ def patches(run_dir: Path, model, count: int) -> torch.Tensor:
     return torch.stack([val[i % len(val)]["image"] for i in range(count)])
 
 
-def timed(model, images: torch.Tensor, encoded: tuple, restricted: bool) -> tuple[float, int]:
+def timed(model, images: torch.Tensor, encoded, restricted: bool) -> tuple[float, int]:
     """(seconds, steps) of greedy generation; ``restricted`` False scores every token at every step."""
     generate.CACHED_TABLE = 0 if restricted else float("inf")
     started = time.perf_counter()

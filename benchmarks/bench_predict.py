@@ -54,7 +54,8 @@ def predictor_for(run_dir: Path, use_cache: bool, constrained: bool, refined: bo
     model = load_checkpoint(run_dir / "best.safetensors", "cpu")
     if not use_cache:
         model.generate = functools.partial(type(model).generate, model, use_cache=False)
-    return Predictor(model, InferenceOptions(constrained=constrained, stride=stride, scale=scale, refine=refined))
+    options = InferenceOptions.from_fields(constrained=constrained, stride=stride, scale=scale, refine=refined)
+    return Predictor(model, options)
 
 
 def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:

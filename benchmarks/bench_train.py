@@ -42,8 +42,7 @@ def prepare(spec: str, device: torch.device) -> dict:
 def step(run: dict, device: torch.device) -> float:
     model, config = run["model"], run["config"]
     started = time.perf_counter()
-    train_step(run["loss_of"], [run["batch"]], run["optimizer"], config.train, device, model.target_key,
-               getattr(model, "extra_targets", ()))
+    train_step(run["loss_of"], [run["batch"]], run["optimizer"], config.train, device, model.target_keys)
     return time.perf_counter() - started
 
 
@@ -68,7 +67,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         config, seconds = run["config"], statistics.median(run["times"])
-        tokens = run["batch"]["tokens"].shape[1] if run["model"].target_key == "tokens" else "-"
+        tokens = run["batch"]["tokens"].shape[1] if run["model"].max_seq_len is not None else "-"
         params = sum(p.numel() for p in run["model"].parameters()) / 1e6
         print(f"| {run['spec']} | {config.data.patch.patch_size} | {config.train.batch_size} | {tokens} | "
               f"{params:.1f} | {seconds:.3f} | {config.train.batch_size / seconds:.1f} |")

@@ -5,15 +5,15 @@ it was measured) train for ``--minutes`` of wall clock, then report:
 
 - steps and images seen;
 - teacher-forced accuracy per token type on the validation patches (start / length / class / EOS; a
-  LAC token fuses length and class and is reported as "lac", 2-D starts as "coord", relative ones as "gap",
-  run ends as "end" or, fused with the class, "end_class");
+  LAC token fuses length and class and is reported as "lac", 2-D starts as "coord", run ends as "end" or,
+  fused with the class, "end_class");
 - pooled foreground Dice and boundary F of the full-image evaluation (:func:`rleseg.evaluate.evaluate_checkpoint`:
   sliding windows, stitched, scored at full resolution);
 - the fidelity ceiling at the mask size: the validation masks subsampled and upsampled back, scored the same way;
 - the dense head (lever "dense") at the same budget, trained and scored the same way.
 
     python benchmarks/learning_efficiency.py [--minutes 3 | --steps N] [--datasets stardist-tiny,...]
-        [--levers dense,before,base] [--decodings eos-mass,overlap,token-only,beam-4,best-of-8-lp]
+        [--levers dense,before,base] [--decodings overlap,token-only]
         [--out runs/learning_efficiency] [--threads 2] [--eval-only]
 
 Writes ``OUT/results.json`` (after every run) and ``OUT/results.md``; ``--list`` prints the levers with
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -59,7 +58,6 @@ LEVERS: dict[str, tuple[list[str], str]] = {
     "before": (BEFORE, "the settings shipped before the pointer start head"),
     "1d": ([*BEFORE, "tokenizer.starts=1d"], "one start token of H*W: slower than 2-D starts (before: 0.09 vs 0.19)"),
     "no-geometry": ([*BEFORE, "model.start_geometry=false"], "learned start rows only: start accuracy drops"),
-    "relative": ([*BEFORE, "tokenizer.starts=relative"], "gaps are local and small-valued: between 1-D and 2-D"),
     "aux": ([*BEFORE, "model.aux_dense_weight=1.0"], "dense supervision of a pyramid the decoder does not read: small"),
     "lite0": ([*BEFORE, "model.backbone=tf_efficientnet_lite0", "model.pretrained=packaged"],
               "ImageNet features: faster start learning, fewer steps per minute"),
@@ -67,8 +65,6 @@ LEVERS: dict[str, tuple[list[str], str]] = {
     "pointer-aux": (POINTER_AUX, "the pointer's features learn foreground from every cell: the largest gain"),
     "pointer-aux-lite0": ([*POINTER_AUX, "model.backbone=tf_efficientnet_lite0", "model.pretrained=packaged"],
                           "pretrained features under the pointer: better boundaries, fewer steps"),
-    "pointer-aux-memory": ([*POINTER_AUX, "model.pyramid_memory=true"],
-                           "the decoder sees the pyramid (stride 8) too: rows of a nucleus skipped less often"),
     # Optimisation and data levers, on top of the pointer with the auxiliary loss.
     "lr-2x": ([*POINTER_AUX, "train.lr=0.001"], "faster early progress; risk of instability"),
     "backbone-lr-0.3": ([*POINTER_AUX, "train.backbone_lr_scale=0.3"], "a from-scratch backbone needs its lr: worse"),
@@ -145,29 +141,16 @@ LEVERS.update({
                 "within 0.03; prediction 1.6-1.8x faster (sequential decoding is 80% of its time). trackastra, "
                 "synthetic: as stardist"),
 })
-TOKEN_TYPES = ("start", "coord", "gap", "length", "class", "lac", "end", "end_class")
-# Decoding levers, scored on the same checkpoint: name -> InferenceOptions (patch-size dependent ones filled in).
-DECODINGS = ("eos-mass", "overlap", "overlap-eos-mass", "token-only")
-# Search over whole sequences (issue 16, lever 5): "beam-K" (beam search of width K), "best-of-N" (N samples at
-# temperature 1, seed 0, the likeliest kept), either with "-lp" (ranked by log-probability / length).
-SEARCHES = re.compile(r"(beam|best-of)-(\d+)(-lp)?")
+TOKEN_TYPES = ("start", "coord", "length", "class", "lac", "end", "end_class")
+# Decoding levers, scored on the same checkpoint: name -> inference options (patch-size dependent ones filled in).
+# EOS by mass, beam search and best-of-N were levers here; they measured no help and were retired (docs/results.md).
+DECODINGS = ("overlap", "token-only")
 
 
 def decoding_options(name: str, patch_size: int) -> dict:
-    options = {}
-    if "eos-mass" in name:
-        options["eos_by_mass"] = True
-    if "overlap" in name:  # windows at half the patch: every pixel is predicted 4 times (context), then voted
-        options["stride"] = patch_size // 2
-    if name == "token-only":  # a refined model's decoded masks without the refinement (upsampled nearest)
-        options["refine"] = False
-    search = SEARCHES.fullmatch(name)
-    if search:
-        kind, width, normalised = search.groups()
-        options.update({"beams": int(width)} if kind == "beam" else {"samples": int(width), "temperature": 1.0,
-                                                                      "seed": 0})
-        options["length_penalty"] = 1.0 if normalised else 0.0
-    return options
+    if name == "overlap":  # windows at half the patch: every pixel is predicted 4 times (context), then voted
+        return {"stride": patch_size // 2}
+    return {"refine": False}  # token-only: a refined model's decoded masks, upsampled nearest
 
 
 @torch.no_grad()
@@ -226,7 +209,7 @@ def markdown(records: list[dict]) -> str:
     dense = {r["dataset"]: foreground(r, "pooled", "dice") for r in records if r["run"] == "dense"}
     for r in records:
         acc = r.get("teacher_forced", {})
-        start = next((acc[k] for k in ("start", "coord", "gap") if k in acc), None)
+        start = next((acc[k] for k in ("start", "coord") if k in acc), None)
         length = next((acc[k] for k in ("lac", "length", "end_class", "end") if k in acc), None)
         dice, ceiling = foreground(r, "pooled", "dice"), r["ceiling"]["dice"]
         versus = dense.get(r["dataset"])
@@ -261,8 +244,7 @@ def main() -> None:
     parser.add_argument("--levers", default="dense,before,base")
     parser.add_argument("--out", type=Path, default=Path("runs/learning_efficiency"))
     parser.add_argument("--decodings", default="",
-                        help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}, "
-                        "beam-K, best-of-N, beam-K-lp, best-of-N-lp (search, ranked by log-probability [/ length])")
+                        help=f"also score each token checkpoint with these decodings: {','.join(DECODINGS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (data order, initialisation)")
     parser.add_argument("--eval-only", action="store_true", help="re-score run folders already under --out")
@@ -274,7 +256,7 @@ def main() -> None:
         return
     unknown = [lever for lever in args.levers.split(",") if lever not in LEVERS]
     unknown += [name for name in filter(None, args.decodings.split(","))
-                if name not in DECODINGS and not SEARCHES.fullmatch(name)]
+                if name not in DECODINGS]
     if unknown:
         parser.error(f"unknown levers or decodings {unknown}; --list shows the levers")
     torch.set_num_threads(args.threads)

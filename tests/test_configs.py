@@ -125,5 +125,5 @@ def test_cpu_configs_use_the_pointer_start_head(name):
 
     config = load_config(name)
     model = build_model(config, build_tokenizer(config))
-    assert model.config.start_head == "pointer" and model.start_proj is not None
+    assert model.config.start_head == "pointer" and model.pointer is not None
     assert config.train.precision == "bf16" and config.data.patch.downsample == "mode"

@@ -64,7 +64,7 @@ def synthetic_scenes(count: int, size: int, seed: int) -> tuple[torch.Tensor, to
 def test_full_resolution_logits_for_several_backbones(backbone):
     torch.manual_seed(0)
     model = create_model(dense_config(backbone=backbone), tokenizer(4))
-    assert isinstance(model, DenseModel) and model.target_key == "mask"
+    assert isinstance(model, DenseModel) and model.target_keys == ("mask",)
     assert model.encoder.backbone.feature_strides == [2, 4, 8, 16, 32]  # every level feeds the decoder
     images = torch.rand(2, 3, 64, 96)
     logits = model(images)
@@ -177,7 +177,7 @@ def test_predictions_are_full_resolution_logits_without_tokens():
     assert model.training  # predict_logits restores the mode
     assert logits.shape == (3, 4, 32, 64) and logits.dtype == torch.float32
     assert torch.equal(logits, model.eval()(images))  # the eval-mode forward: dropout off, batch-norm statistics
-    assert model.target_key == "mask" and not hasattr(model, "generate")  # label maps are logits.argmax(1)
+    assert model.target_keys == ("mask",) and not hasattr(model, "generate")  # label maps are logits.argmax(1)
 
 
 def test_checkpoint_round_trip(tmp_path):

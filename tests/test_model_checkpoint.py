@@ -45,9 +45,9 @@ def test_pointer_checkpoints_round_trip_and_older_files_load_as_table(tmp_path, 
     torch.manual_seed(0)
     tokenizer = Tokenizer((16, 16), num_classes=3)
     model = create_model(micro_config(start_head=start_head), tokenizer).eval()
-    if model.start_proj is not None:
+    if model.pointer is not None:
         with torch.no_grad():
-            model.start_proj.weight.normal_(0.0, 0.05)
+            model.pointer.start_proj.weight.normal_(0.0, 0.05)
     path = tmp_path / "model.safetensors"
     save_checkpoint(model, path)
     images = torch.rand(2, 3, 64, 64)

@@ -12,6 +12,7 @@ from helpers import micro_config, padded
 from rleseg.engine import LossOf, TrainConfig, train_step
 from rleseg.inference import InferenceOptions, Predictor, predict_batch
 from rleseg.models import create_model, load_checkpoint, save_checkpoint
+from rleseg.models.pyramid import on_grid
 from rleseg.models.refine import Refiner, boundary_band, jitter_boundaries, upsample_nearest
 from rleseg.tokens import PanopticTokenizer, Tokenizer, downsample_mask, upsample_mask
 
@@ -149,7 +150,7 @@ def trained():
 def test_a_trained_refiner_beats_nearest_upsampling_of_the_same_tokens(trained):
     model, images, full = trained
     refined = predict_batch(model, images)
-    token_only = predict_batch(model, images, InferenceOptions(refine=False))
+    token_only = predict_batch(model, images, InferenceOptions.from_fields(refine=False))
     for a, b in zip(refined.tokens, token_only.tokens, strict=True):
         assert np.array_equal(a, b)
     assert token_only.masks[0].shape == (16, 16) and refined.masks[0].shape == (64, 64)
@@ -163,11 +164,11 @@ def test_predictor_stitches_refined_and_token_only_masks(trained):
     model, images, full = trained
     image = images[0].permute(1, 2, 0).numpy()
     refined = Predictor(model, InferenceOptions()).predict(image)
-    token_only = Predictor(model, InferenceOptions(refine=False)).predict(image)
+    token_only = Predictor(model, InferenceOptions.from_fields(refine=False)).predict(image)
     direct = predict_batch(model, images[:1])
     assert np.array_equal(refined, direct.masks[0])
-    assert np.array_equal(token_only, upsample_mask(predict_batch(model, images[:1], InferenceOptions(refine=False))
-                                                    .masks[0], 4))
+    token_only_options = InferenceOptions.from_fields(refine=False)
+    assert np.array_equal(token_only, upsample_mask(predict_batch(model, images[:1], token_only_options).masks[0], 4))
     assert foreground_dice(refined, full[0]) > foreground_dice(token_only, full[0])
 
 
@@ -185,7 +186,7 @@ def test_checkpoint_round_trip_keeps_the_refiner(trained, tmp_path):
 def test_models_without_a_refiner_are_unchanged(tmp_path):
     torch.manual_seed(0)
     model = create_model(micro_config(), Tokenizer((16, 16), 2))
-    assert model.refiner is None and model.extra_targets == ()
+    assert model.refiner is None and model.target_keys == ("tokens",) and not model.refines
     save_checkpoint(model, tmp_path / "plain.safetensors")
     assert load_checkpoint(tmp_path / "plain.safetensors").refiner is None
     assert predict_batch(model, torch.rand(1, 3, 64, 64)).masks[0].shape == (16, 16)
@@ -193,7 +194,7 @@ def test_models_without_a_refiner_are_unchanged(tmp_path):
 
 def test_a_refiner_needs_the_masks_and_a_semantic_image_tokenizer():
     model = create_model(micro_config(refine_band=1), Tokenizer((16, 16), 2))
-    assert model.extra_targets == ("mask", "mask_small")
+    assert model.target_keys == ("tokens", "mask", "mask_small") and model.refines
     targets = padded(model.tokenizer, [np.zeros((16, 16), np.uint8)])
     with pytest.raises(ValueError, match="mask and mask_small"):
         model.loss(torch.rand(1, 3, 64, 64), targets)
@@ -215,8 +216,7 @@ def test_train_step_passes_the_masks_to_a_refiner_and_trains_it():
              "mask": torch.from_numpy(full), "mask_small": torch.from_numpy(small)}
     before = model.refiner.head[-1].weight.clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss, _ = train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"), "tokens",
-                         model.extra_targets)
+    loss, _ = train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"), model.target_keys)
     assert np.isfinite(loss) and not torch.equal(before, model.refiner.head[-1].weight)
     with pytest.raises(ValueError, match="mask and mask_small"):
         train_step(LossOf(model), [batch], optimizer, TrainConfig(), torch.device("cpu"))
@@ -233,10 +233,11 @@ def test_refine_batch_trains_the_refiner_on_the_first_images_only():
     images, targets = torch.rand(3, 3, 64, 64), padded(model.tokenizer, list(small))
     masks, grids = torch.from_numpy(full), torch.from_numpy(small)
     model.eval()  # no dropout: the losses below are compared exactly
-    _, _, cells = model.encode(images)
+    cells = on_grid(model.encode(images).cells, model.tokenizer)
     token_loss = create_model(micro_config(), model.tokenizer).eval()
     token_loss.load_state_dict(model.state_dict(), strict=False)
-    expected = token_loss.loss(images, targets) + model.refine_loss(images[:2], cells[:2], masks[:2], grids[:2])
+    refiner_loss = model.refiner.training_loss(images[:2], cells[:2], masks[:2], grids[:2], model.config.refine_jitter)
+    expected = token_loss.loss(images, targets) + refiner_loss
     torch.testing.assert_close(model.loss(images, targets, masks, grids), expected, atol=1e-5, rtol=1e-5)
     changed = masks.clone()
     changed[2] = 1 - changed[2]  # the third image's masks do not reach the refiner

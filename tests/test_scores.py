@@ -11,8 +11,8 @@ from helpers import TINY, micro_config, padded, random_masks
 from rleseg.engine import LossOf, TrainConfig, build_optimizer, grad_scaler, train_step
 from rleseg.experiment import load_config
 from rleseg.inference import InferenceOptions, Predictor, predict_batch
-from rleseg.inference.batch import run_scores
 from rleseg.models import DENSE_PRESETS, create_model
+from rleseg.models.decode import run_scores
 from rleseg.tokens import PanopticTokenizer, Tokenizer
 from rleseg.train import train
 from rleseg.training_state import load_run_checkpoint
@@ -122,7 +122,7 @@ def test_fp16_training_steps_run_with_a_loss_scaler_on_cpu():
 def test_fp16_inference_runs_on_cpu_with_valid_log_probabilities():
     model = _noisy_token_model(Tokenizer((16, 16), 3))
     images = torch.rand(2, 3, 64, 64)
-    half = predict_batch(model, images, InferenceOptions(precision="fp16"))
+    half = predict_batch(model, images, InferenceOptions.from_fields(precision="fp16"))
     full = predict_batch(model, images, InferenceOptions())
     assert [m.shape for m in half.masks] == [m.shape for m in full.masks] == [(16, 16)] * 2
     assert all(np.isfinite(lp).all() and (lp <= 0).all() for lp in half.logprobs)
@@ -131,7 +131,7 @@ def test_fp16_inference_runs_on_cpu_with_valid_log_probabilities():
 
 def test_unknown_precisions_are_refused():
     with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'"):
-        InferenceOptions(precision="fp8").check()
+        InferenceOptions.from_fields(precision="fp8").check()
 
 
 def test_a_run_trains_under_fp16_on_cpu(tmp_path, capsys):

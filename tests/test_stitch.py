@@ -197,4 +197,4 @@ def test_joining_needs_one_class_and_enough_overlap():
                                                         ("join_iou", 1.0, r"join_iou must lie in \[0, 1\)")])
 def test_inference_options_check_the_join(field, value, message):
     with pytest.raises(ValueError, match=message):
-        InferenceOptions(**{field: value}).check()
+        InferenceOptions.from_fields(**{field: value}).check()

@@ -14,9 +14,13 @@ from helpers import assert_grammar_allows, labelled_masks, sample_under_grammar
 from rleseg.tokens import (
     EOS,
     PAD,
+    PanopticTokenizer,
+    PerClassTokenizer,
     Runs,
     Tokenizer,
+    VideoTokenizer,
     downsample_mask,
+    from_dict,
     mask_to_runs,
     runs_to_mask,
     upsample_mask,
@@ -210,7 +214,7 @@ def test_strict_error_names_position_and_kind():
         tok.decode(bad)
 
 
-@pytest.mark.parametrize(("scheme", "starts", "order"), list(itertools.product(SCHEMES, [*STARTS, "relative"], ORDERS)))
+@pytest.mark.parametrize(("scheme", "starts", "order"), COMBOS)
 def test_ignore_never_raises_on_random_and_mutated_sequences(scheme, starts, order):
     rng = np.random.default_rng(7)
     tok, tokens = _valid_tokens(scheme, starts, order)
@@ -273,6 +277,29 @@ def test_to_dict_round_trips_through_json(scheme, starts, order):
     tampered["vocab"]["size"] += 1
     with pytest.raises(ValueError, match="vocabulary"):
         Tokenizer.from_dict(tampered)
+
+
+def test_retired_relative_starts_are_refused_in_one_line():
+    """Relative starts were removed: a constructor call or a stored tokenizer (a checkpoint's) that asks
+    for them gets one ValueError saying so and where they still are."""
+    message = ("starts 'relative' was retired (measured no help, docs/results.md); rleseg at commit a540f6c "
+               "still has it; choose '1d' or '2d'")
+    with pytest.raises(ValueError) as refused:
+        Tokenizer((4, 5), 3, "lac", "relative")
+    assert str(refused.value) == message
+    stored = Tokenizer((4, 5), 3, "lac").to_dict()
+    for build in (Tokenizer.from_dict, from_dict):
+        with pytest.raises(ValueError) as refused:
+            build({**stored, "starts": "relative"})
+        assert str(refused.value) == message
+    with pytest.raises(ValueError, match=r"^panoptic starts 'relative' was retired .* choose '1d' or '2d'$"):
+        PanopticTokenizer((4, 4), 3, [1], "relative")
+    with pytest.raises(ValueError, match=r"^video starts 'relative' was retired"):
+        VideoTokenizer(2, (4, 4), 2, "volume", "binary", "relative")
+    with pytest.raises(ValueError, match="was retired"):
+        PerClassTokenizer((4, 5), 3, starts="relative")
+    with pytest.raises(ValueError, match=r"starts must be one of \('1d', '2d'\), got 'absolute'"):
+        Tokenizer((4, 5), 3, "lac", "absolute")
 
 
 # ------------------------------------------------------------------------------------------ grammar

@@ -30,7 +30,6 @@ def _samples():
     """(tokenizer, the maps encode takes) of each task."""
     return [
         (Tokenizer((2, 4), 3, "lac"), (SEMANTIC,)),
-        (Tokenizer((2, 4), 3, "class", "relative", "F"), (SEMANTIC,)),
         (PanopticTokenizer((2, 4), 3, thing_classes=[1]), (SEMANTIC, INSTANCES)),
         (PanopticTokenizer((2, 4), 3, thing_classes=[1], starts="2d", order="F"), (SEMANTIC, INSTANCES)),
         (VideoTokenizer(2, (2, 4), 3, "tac"), (VIDEO,)),
@@ -39,7 +38,7 @@ def _samples():
 
 
 @pytest.mark.parametrize(
-    ("tok", "maps"), _samples(), ids=["image", "image-relative", "panoptic", "panoptic-2d", "video-tac", "video-volume"]
+    ("tok", "maps"), _samples(), ids=["image", "panoptic", "panoptic-2d", "video-tac", "video-volume"]
 )
 def test_every_tokenizer_keeps_the_protocol(tok, maps):
     assert isinstance(tok, MaskTokenizer)
@@ -116,7 +115,6 @@ def test_panoptic_decode_runs_are_its_groups_runs_in_sequence_order():
 DECODERS = [
     Tokenizer((2, 4), 3, "lac"),
     Tokenizer((2, 4), 3, "class", "2d", "F"),
-    Tokenizer((2, 4), 3, "lac", "relative"),
     Tokenizer((2, 4), 2, "binary", max_run=3),
     VideoTokenizer(2, (2, 4), 3, "tac"),
     VideoTokenizer(2, (2, 4), 3, "volume", "class", "2d"),

@@ -63,13 +63,13 @@ def noisy_model():
 def test_predict_batch_counts_truncation_in_both_modes(noisy_model):
     images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     tok = noisy_model.tokenizer
-    out = predict_batch(noisy_model, images, InferenceOptions(max_len=3))
+    out = predict_batch(noisy_model, images, InferenceOptions.from_fields(max_len=3))
     # Under the grammar a run takes 2 tokens: a sequence of 3 is one run and a forced EOS (unless that run
     # reaches the last pixel), a sequence of 1 is an EOS the model chose.
     expected = [len(t) == 3 and tok.decode_runs(t).ends.max() < tok.num_pixels for t in out.tokens]
     assert out.truncated.tolist() == expected and any(expected)
-    free = predict_batch(noisy_model, images, InferenceOptions(max_len=3, constrained=False, temperature=1.0),
-                         torch.Generator().manual_seed(0))
+    sampled = InferenceOptions.from_fields(max_len=3, constrained=False, temperature=1.0)
+    free = predict_batch(noisy_model, images, sampled, torch.Generator().manual_seed(0))
     assert free.truncated.tolist() == [EOS not in t for t in free.tokens] and free.truncated.any()
 
 

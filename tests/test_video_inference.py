@@ -15,6 +15,7 @@ from rleseg.cli import main
 from rleseg.experiment import load_config
 from rleseg.inference import Predictor
 from rleseg.models import Generation
+from rleseg.models.decode import decode_generation
 from rleseg.predict import write_video
 from rleseg.tokens import PAD, VideoTokenizer
 from rleseg.train import train
@@ -43,7 +44,7 @@ class FakeVideoModel(torch.nn.Module):
     green channel; ``rule(label, position)`` turns the class in the red channel (label / 10) of each frame
     at ``position`` in the window into the generated class. Records the first frame of each window seen."""
 
-    target_key = "tokens"
+    target_keys, max_seq_len, grid_factor, refines = ("tokens",), 8, 2, False  # models/protocol.py
 
     def __init__(self, rule):
         super().__init__()
@@ -52,7 +53,7 @@ class FakeVideoModel(torch.nn.Module):
         self.config = SimpleNamespace(image_size=8, max_seq_len=8)
         self.rule, self.windows = rule, []
 
-    def generate(self, images, **_):
+    def predict(self, images, options=None, generator=None):
         assert images.shape[1:] == (3, 3, 8, 8)  # (B, N, 3, P, P)
         self.windows += [round(float(x)) for x in images[:, 0, 1, 0, 0] * 100]
         labels = torch.round(images[:, :, 0, ::2, ::2] * 10).long()  # (B, N, 4, 4), the block's top-left pixel
@@ -62,7 +63,7 @@ class FakeVideoModel(torch.nn.Module):
         tokens = torch.full((len(rows), max(map(len, rows))), PAD)
         for row, sequence in zip(tokens, rows, strict=True):
             row[: len(sequence)] = torch.from_numpy(sequence)
-        return Generation(tokens, torch.zeros(tokens.shape))
+        return decode_generation(self.tokenizer, Generation(tokens, torch.zeros(tokens.shape)), constrained=True)
 
 
 def frames_with(labels: np.ndarray) -> np.ndarray:

@@ -87,7 +87,8 @@ def reference_markdown() -> str:
               "`model.preset` picks a preset (" + ", ".join(f"`{name}`" for name in PRESETS) + "; default `tiny`) "
               "and `model.architecture` the model: `token` (default: the Pix2Seq token model, or its video "
               "variant when `tokenizer.task` is `video`) or `dense` (the per-pixel baseline). The other keys "
-              "override the preset's fields. `model.image_size` is always the patch size (`data.patch.patch_size`). "
+              "override the preset's fields. `model.image_size` is always the patch size (`data.patch.patch_size`; "
+              "a different value is refused). "
               "`model.init_from` (a checkpoint file, or a run folder: its `best.safetensors`) starts a new run "
               "from those weights, with a fresh optimizer and schedule; the tokenizer must be the same and the "
               "weights of the same shapes.",
@@ -109,4 +110,8 @@ def reference_markdown() -> str:
     for name, cls in (("train", type(ExperimentConfig().train)), ("eval", type(ExperimentConfig().eval)),
                       ("output", OutputConfig)):
         lines += [f"## {name}", "", *_table(f"{name}.", cls)]
+        if name == "eval":
+            lines += ["### eval.decoding", "", "The decoding options `rleseg evaluate` and `predict` take as flags "
+                      "(`--temperature`, `--top-p`, `--unconstrained`, `--max-len`, `--token-only`).", "",
+                      *_table("eval.decoding.", type(ExperimentConfig().eval.decoding))]
     return "\n".join(lines).rstrip() + "\n"

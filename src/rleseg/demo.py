@@ -61,11 +61,12 @@ def run_demo(minutes: float, out: Path, overrides: list[str] = (), overwrite: bo
 def _token_only_scores(model, val, count: int, config) -> dict | None:
     """The validation scores of the decoded masks alone (upsampled, nearest) when the model has a refiner:
     the demo reports both, so that what the tokens do and what the refiner adds are told apart."""
-    if getattr(model, "refiner", None) is None:
+    if not model.refines:
         return None
-    loader = DataLoader(Subset(val, range(count)), config.eval.batch_size, collate_fn=Collate(model.config.max_seq_len))
-    scores = validate(model, loader, build_patch_scores(config, model.tokenizer),
-                      dataclasses.replace(config.eval, refine=False), next(model.parameters()).device)
+    loader = DataLoader(Subset(val, range(count)), config.eval.batch_size, collate_fn=Collate(model.max_seq_len))
+    token_only = dataclasses.replace(config.eval, decoding=dataclasses.replace(config.eval.decoding, refine=False))
+    scores = validate(model, loader, build_patch_scores(config, model.tokenizer), token_only,
+                      next(model.parameters()).device)
     return scores.compute()
 
 

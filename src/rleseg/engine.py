@@ -1,7 +1,7 @@
 """The training step and the in-training validation on patches, as plain functions.
 
 They know nothing of the tokenizer's or the model's internals: a model has ``loss(images, targets)``
-(``targets`` is the batch entry named by ``model.target_key``), and validation predicts through
+(``targets``: the batch entries ``model.target_keys`` names, models/protocol.py), and validation predicts through
 ``rleseg.inference.predict_batch``, as inference does; batches are dicts from ``rleseg.data.Collate``.
 Scoring whole images from files is ``rleseg.evaluate``'s job, not this one.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 
 from .inference import InferenceOptions, autocast, predict_batch
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
+from .models import DecodingOptions
 from .progress import progress
 from .tokens import upsample_mask
 from .typed_yaml import check_range
@@ -61,19 +62,14 @@ class EvalConfig:
     every: int = 0  # steps between evaluations; 0 = only at the end
     max_samples: int | None = 64  # validation patches per evaluation (None = all)
     batch_size: int = InferenceOptions.batch_size  # patches per generation call
-    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
-    top_p: float = 1.0
-    constrained: bool = True
-    eos_by_mass: bool = False  # see Pix2Seq.generate
-    refine: bool = True  # models with a refiner (model.refine_band): false scores the token-only mask
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # as rleseg evaluate's and predict's
     boundary_tolerance: int = 2
     # A dotted path into the scores: metrics.json's "semantic" section (e.g. pooled.mean.iou) or panoptic.*
     best_metric: str = "pooled.mean_without_background.dice"
 
     def __post_init__(self) -> None:
-        check_range(self, 0, None, "every", "temperature", "boundary_tolerance")
+        check_range(self, 0, None, "every", "boundary_tolerance")
         check_range(self, 1, None, "max_samples", "batch_size")
-        check_range(self, 0, 1, "top_p", low_open=True)
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -127,8 +123,8 @@ class LossOf(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(images, targets, *extra)
+    def forward(self, images: torch.Tensor, *targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(images, *targets)
 
 
 def grad_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
@@ -143,17 +139,15 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     device: torch.device,
-    target_key: str = "tokens",
-    extra_targets: tuple[str, ...] = (),
+    target_keys: tuple[str, ...] = ("tokens",),
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over ``micro_batches`` (gradient accumulation). Returns (mean loss, grad norm).
 
-    The loss target is ``batch[target_key]``: token sequences for token models, masks for dense ones;
-    the entries named by ``extra_targets`` follow it (a token model's ``extra_targets``: the masks its
-    refiner learns from). ``scaler`` (:func:`grad_scaler`, fp16): the loss is scaled before the backward
-    pass and the gradients unscaled before clipping; a step whose gradients overflowed is skipped and the
-    scale lowered.
+    The loss targets are the batch entries ``target_keys`` names (the model's ``target_keys``: token
+    sequences for token models, and the masks a refiner learns from; masks for dense ones). ``scaler``
+    (:func:`grad_scaler`, fp16): the loss is scaled before the backward pass and the gradients unscaled
+    before clipping; a step whose gradients overflowed is skipped and the scale lowered.
 
     Raises FloatingPointError on a non-finite loss, before the weights are touched.
     """
@@ -163,7 +157,7 @@ def train_step(
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(loss_of, "no_sync") else loss_of.no_sync()
         with sync, autocast(device, config.precision):
-            targets = [batch[key].to(device) for key in (target_key, *extra_targets)]
+            targets = [batch[key].to(device) for key in target_keys]
             loss = loss_of(batch["image"].to(device), *targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()}; lower train.lr or check the data")
@@ -236,8 +230,7 @@ def validate(model: nn.Module, batches: Iterable[dict], scores: PatchScores, con
     ``show_progress``: a progress display on stderr, counting patches (:func:`rleseg.progress.progress`).
     Returns ``scores`` un-reduced: under DDP call ``all_reduce`` before ``compute``.
     """
-    options = InferenceOptions(temperature=config.temperature, top_p=config.top_p, constrained=config.constrained,
-                               eos_by_mass=config.eos_by_mass, refine=config.refine)
+    options = InferenceOptions(decoding=config.decoding)
     total = len(batches.dataset) if hasattr(batches, "dataset") else None
     with progress(desc="validate", unit="patch", total=total, enabled=show_progress, leave=False) as bar:
         for batch in batches:

@@ -139,12 +139,13 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
     """Predict every image of a dataset with the model of ``checkpoint`` and write the report to ``out``.
 
     Data: ``images`` + ``masks`` folders (paired by stem), or the dataset of a run config (``config``,
-    default the run folder's config.yaml) at ``split``. ``options``: :class:`rleseg.inference.InferenceOptions`
-    fields. Video checkpoints: see the module doc (``limit`` counts sequences, ``pictures`` frames of
-    the first sequence, ``window_stride`` in frames).
+    default the run folder's config.yaml) at ``split``. ``options``: the flat fields of
+    :meth:`rleseg.inference.InferenceOptions.from_fields`. Video checkpoints: see the module doc (``limit``
+    counts sequences, ``pictures`` frames of the first sequence, ``window_stride`` in frames).
     """
-    from .inference import InferenceOptions, Predictor, resolve_checkpoint, resolve_device
-    from .models import checkpoint_classes, load_checkpoint
+    from .device import resolve_device
+    from .inference import InferenceOptions, Predictor
+    from .models import checkpoint_classes, load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     model = load_checkpoint(path, resolve_device(device))
@@ -158,7 +159,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
     options = dict(options or {})
     dataset, names, ignore, source = _dataset(path, model, config, overrides, split, images, masks, mask_suffix,
                                               class_names or stored_names, ignore_index, options)
-    predictor = Predictor(model, InferenceOptions(**options), class_names=names, class_colours=colours)
+    predictor = Predictor(model, InferenceOptions.from_fields(**options), class_names=names, class_colours=colours)
     data = [source[key] for key in ("images", "masks", "root") if source.get(key) is not None]
     check_output_folder(out, [path, *[source[key] for key in ("config",) if key in source]], trees=data)
     source = {"checkpoint": str(path), **source}
@@ -206,7 +207,7 @@ def _evaluate_images(predictor, dataset, folder: Path, names: list[str], ignore:
     if panoptic is not None:
         panoptic.write()
     results = scores.results(tokenizer.task, _what(predictor), totals["patches"],
-                             generation={**totals, "constrained": predictor.options.constrained},
+                             generation={**totals, "constrained": predictor.options.decoding.constrained},
                              settings=_settings(predictor, ignore, tolerance))
     return results, scores.rows
 
@@ -238,7 +239,7 @@ def _evaluate_videos(predictor, dataset, folder: Path, names: list[str], ignore:
                                 pred.labels[frame], names, f"{name} frame {frame}", predictor.class_colours)
     computed = meter.compute()
     results = metrics_document("video", _what(predictor), names, computed["num_images"], computed, totals["patches"],
-                               generation={**totals, "constrained": predictor.options.constrained},
+                               generation={**totals, "constrained": predictor.options.decoding.constrained},
                                settings=_settings(predictor, ignore, tolerance, frames=frames, window_stride=stride))
     return results, rows
 
@@ -251,11 +252,13 @@ def _what(predictor) -> str:
 def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int) -> dict[str, Any]:
     """How the images were predicted and scored (metrics.json "settings"); ``video``: frames, window_stride."""
     o, model = predictor.options, predictor.model
-    max_len = (o.max_len or model.config.max_seq_len) if model.target_key == "tokens" else None  # dense: no tokens
+    d = o.decoding
+    decoding = {}
+    if model.max_seq_len is not None:  # a model that writes tokens
+        decoding = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+                    "max_len": d.max_len or model.max_seq_len}
     return {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
-            "factor": predictor.factor, "scale": o.scale, **video, "temperature": o.temperature, "top_p": o.top_p,
-            "max_len": max_len, "eos_by_mass": o.eos_by_mass, "beams": o.beams, "samples": o.samples,
-            "length_penalty": o.length_penalty, "precision": o.precision,
+            "factor": predictor.factor, "scale": o.scale, **video, **decoding, "precision": o.precision,
             "refined": predictor.stitch_factor != predictor.factor, "panoptic_join": o.panoptic_join,
             "join_iou": o.join_iou, "ignore_index": ignore, "boundary_tolerance": tolerance}
 

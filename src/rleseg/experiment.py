@@ -27,7 +27,7 @@ class TokenizerConfig:
     # per_class (semantic task): one binary sequence per foreground class, decoded in parallel. Panoptic
     # sequences always use "class" tokens.
     scheme: Literal["lac", "class", "binary", "per_class"] = "lac"
-    starts: Literal["1d", "2d", "relative"] = "1d"  # relative: semantic task only
+    starts: Literal["1d", "2d"] = "1d"
     # How a run's extent is written: its length (the paper) or "end", its last cell as a flat index, which
     # the pointer head chooses from the image like a start (needs 1-D starts; schemes lac, class, binary).
     extent: Literal["length", "end"] = "length"
@@ -116,10 +116,35 @@ def resolve_config_path(path: str | Path) -> Path:
     return path
 
 
+# Keys of configs written before the decoding settings became eval.decoding and the features that measured
+# no help were retired (commit a540f6c): (section, key) -> where it moved, or the only value it may still hold.
+MOVED_KEYS = {("eval", key): "decoding" for key in ("temperature", "top_p", "constrained", "refine")}
+RETIRED_KEYS = {("eval", "eos_by_mass"): False, ("model", "pyramid_memory"): False}
+
+
+def upgraded(data: dict, source: str) -> dict:
+    """A config file's mapping in the current layout: the keys of MOVED_KEYS moved, those of RETIRED_KEYS
+    dropped at their only value and refused (ConfigError naming the key and ``source``) at any other."""
+    data = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
+    for (name, key), value in RETIRED_KEYS.items():
+        section = data.get(name)
+        if isinstance(section, dict) and key in section and section.pop(key) != value:
+            raise ConfigError(f"{source}: {name}.{key} was retired after rleseg commit a540f6c (it measured no "
+                              "help, docs/results.md); remove it, or run that rleseg")
+    for (name, key), into in MOVED_KEYS.items():
+        section = data.get(name)
+        if isinstance(section, dict) and key in section:
+            moved = section.setdefault(into, {})
+            if isinstance(moved, dict):
+                moved.setdefault(key, section.pop(key))
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """The experiment of a YAML file or bundled config name (or the defaults, for ``None``), with dotted
-    overrides applied, checked by :func:`validate_config`."""
-    data = load_yaml(resolve_config_path(path)) if path is not None else {}
+    overrides applied, checked by :func:`validate_config`. A file in an older layout is read in the current
+    one (:func:`upgraded`)."""
+    data = upgraded(load_yaml(resolve_config_path(path)), str(path)) if path is not None else {}
     config = from_dict(ExperimentConfig, apply_overrides(data, list(overrides)))
     validate_config(config)
     return config
@@ -261,14 +286,18 @@ def build_model_config(config: ExperimentConfig):
     model_config = from_dict(token_kind, {**to_dict(PRESETS[preset]), **token_section}, "model")
     if architecture == "dense":
         model_config = from_dict(DenseConfig, {**to_dict(DENSE_PRESETS[preset]), **dense_fields(section)}, "model")
-    return dataclasses.replace(model_config, image_size=config.data.patch.patch_size)
+    patch = config.data.patch.patch_size
+    if section.get("image_size", patch) != patch:
+        raise ConfigError(f"model.image_size {section['image_size']} differs from data.patch.patch_size {patch}: "
+                          "the model's input is the patch; leave model.image_size out")
+    return dataclasses.replace(model_config, image_size=patch)
 
 
 def init_checkpoint(config: ExperimentConfig) -> Path | None:
     """The checkpoint file that ``model.init_from`` names (a run folder gives its best.safetensors), or None.
 
     ConfigError naming the key when it is not a string or names no checkpoint."""
-    from .inference import resolve_checkpoint
+    from .models import resolve_checkpoint
 
     source = config.model.get("init_from")
     if source is None:

@@ -35,6 +35,7 @@ adds ``videos`` and ``windows``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -294,7 +295,7 @@ def _write_summary(folder: Path, predictor: Predictor, counts: dict[str, int], s
     seconds = time.perf_counter() - started
     summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
                "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
-               "options": {**vars(predictor.options), **options}}
+               "options": {**dataclasses.asdict(predictor.options), **options}}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .atomic import write_json, write_text
 from .data import ClassList, Collate
 from .data.sampler import ResumableSampler
+from .distributed import Distributed, agree, setup_distributed, sync_buffers
 from .engine import (
     LossOf,
     TrainConfig,
@@ -49,11 +47,17 @@ from .experiment import (
     init_checkpoint,
     validate_config,
 )
-from .inference import resolve_device
 from .models import load_weights_into
 from .progress import progress
 from .report import metrics_document
-from .training_output import ValidationPictures, end_summary, start_summary
+from .training_output import (
+    TruncationCount,
+    ValidationPictures,
+    end_summary,
+    report_step,
+    start_summary,
+    tensorboard_writer,
+)
 from .training_state import (
     TrainingState,
     check_no_run,
@@ -67,36 +71,6 @@ from .training_state import (
 )
 from .typed_yaml import from_dict, load_yaml
 from .visualize import palette
-
-
-@dataclass
-class Distributed:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process on ``device``
-    (:func:`rleseg.inference.resolve_device`: None is cuda when available, else cpu)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    chosen = resolve_device(device)
-    if world == 1:
-        return Distributed(device=chosen)
-    if device is not None and chosen.index is not None:
-        raise ValueError(f"device {device}: under torchrun each process takes cuda:LOCAL_RANK; give cuda or cpu")
-    cuda = chosen.type == "cuda"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return Distributed(device, dist.get_rank(), dist.get_world_size())
 
 
 class StopFlag:
@@ -197,7 +171,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
         if env.main:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
             start_segment(run_dir, state.step, changes, None if init_from is None else str(init_from))
-        writer = _tensorboard(run_dir, config) if env.main else None
+        writer = tensorboard_writer(run_dir, config) if env.main else None
         call_started = time.perf_counter()
         started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
         while state.step < state.total_steps:
@@ -207,8 +181,7 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             micro = [next(stream) for _ in range(tc.accumulate)]  # (batch, epoch, position after it)
             _, state.epoch, state.position = micro[-1]
             batches = [batch for batch, _, _ in micro]
-            loss, grad_norm = train_step(loss_of, batches, optimizer, tc, env.device, model.target_key,
-                                         getattr(model, "extra_targets", ()), scaler)
+            loss, grad_norm = train_step(loss_of, batches, optimizer, tc, env.device, model.target_keys, scaler)
             state.step += 1
             losses.append(loss)
             seen += tc.batch_size * tc.accumulate * env.world
@@ -216,13 +189,13 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             state.elapsed = now - started
             if env.main and out_of_time(state.elapsed, tc):
                 state.total_steps = state.step  # the budget is spent: this step is the last
-            state.total_steps, state.elapsed, stop_requested = _agree(
+            state.total_steps, state.elapsed, stop_requested = agree(
                 state.total_steps, state.elapsed, stop.signal is not None or state.step == stop_at_step, env)
             if env.main:
                 speed = seen / (time.perf_counter() - call_started)
                 truncated = sum(batch["num_truncated"] for batch in batches)
                 truncation.add(truncated, tc.batch_size * tc.accumulate, bar)
-                _report_step(bar, writer, state.step, state.total_steps, config.output.log_every,
+                report_step(bar, writer, state.step, state.total_steps, config.output.log_every,
                              {"loss": loss, "lr": lr, "grad_norm": grad_norm, "truncated": truncated,
                               "images_per_s": speed})
             finished = state.step >= state.total_steps
@@ -254,29 +227,8 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
             print(end_summary(metrics, config, run_dir, state.step, state.best), flush=True)
     if writer is not None:
         writer.close()
-    if env.world > 1:
-        dist.barrier()
+    env.barrier()
     return TrainResult(run_dir, state.step, metrics, interrupted, model, losses, stop.signal)
-
-
-@dataclass
-class TruncationCount:
-    """Training sequences of this call cut at ``model.max_seq_len``: the model never learns how their masks
-    end. TensorBoard gets the count of every step; the console one warning, once more than 1% were cut."""
-
-    max_seq_len: int | None
-    cut: int = 0
-    sequences: int = 0
-    warned: bool = False
-
-    def add(self, cut: int, sequences: int, bar) -> None:
-        self.cut, self.sequences = self.cut + cut, self.sequences + sequences
-        if not self.warned and self.cut > 0.01 * self.sequences:
-            self.warned = True
-            bar.write(f"rleseg: warning: {self.cut} of the {self.sequences} training sequences so far "
-                      f"({100 * self.cut / self.sequences:.1f}%) were cut at model.max_seq_len {self.max_seq_len}; "
-                      "raise model.max_seq_len ('rleseg stats --config CONFIG' shows the token lengths)",
-                      file=sys.stderr)
 
 
 def _seed(tc: TrainConfig, rank: int) -> None:
@@ -297,8 +249,8 @@ def _loss_function(model: torch.nn.Module, tc: TrainConfig, env: Distributed) ->
 
 
 def _collate(model: torch.nn.Module) -> Collate:
-    """Token models learn from sequences cut at their ``max_seq_len``; the dense model from masks."""
-    return Collate(model.config.max_seq_len if model.target_key == "tokens" else None)
+    """Token models learn from sequences cut at their ``max_seq_len``; the dense model (None) from masks."""
+    return Collate(model.max_seq_len)
 
 
 def _batches(dataset: Dataset, collate: Collate, tc: TrainConfig, num_workers: int, env: Distributed,
@@ -409,38 +361,6 @@ def out_of_time(elapsed: float, tc: TrainConfig) -> bool:
     return tc.minutes is not None and elapsed >= tc.minutes * 60
 
 
-def _agree(total_steps: int, elapsed: float, stop: bool, env: Distributed) -> tuple[int, float, bool]:
-    """Rank 0's schedule length and clock for every rank, and a stop when any rank was asked to.
-
-    Ranks time their steps differently; without this a wall-clock budget would give them different
-    learning rates and step counts (diverging weights, then a hang in the next collective).
-    """
-    if env.world == 1:
-        return total_steps, elapsed, stop
-    own = [float(stop), float(total_steps), elapsed] if env.main else [float(stop), 0.0, 0.0]
-    shared = torch.tensor(own, dtype=torch.float64, device=env.device)  # NCCL reduces only GPU tensors
-    dist.all_reduce(shared)
-    return int(shared[1].item()), float(shared[2].item()), bool(shared[0].item() > 0)
-
-
-def _report_step(bar, writer, step: int, total_steps: int, log_every: int, scalars: dict[str, float]) -> None:
-    """Advance the progress display; every ``log_every`` steps write ``scalars`` to TensorBoard as train/NAME."""
-    bar.total = total_steps
-    bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.1e}", img_s=f"{scalars['images_per_s']:.1f}")
-    bar.update(1)  # after the postfix: a log line shows this step's values
-    if writer is not None and step % log_every == 0:
-        for name, value in scalars.items():
-            writer.add_scalar(f"train/{name}", value, step)
-
-
-def _sync_buffers(model: torch.nn.Module, env: Distributed) -> None:
-    """Give every rank rank 0's buffers (BatchNorm statistics drift apart, each rank seeing its own
-    batches), so that all ranks evaluate the model rank 0 saves."""
-    if env.world > 1:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, 0)
-
-
 def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: ExperimentConfig, env: Distributed,
                             run_dir: Path, writer, step: int, best: float | None, extra: dict,
                             show_progress: bool = True) -> tuple[dict, float | None]:
@@ -452,11 +372,12 @@ def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: Ex
     scores, ``PatchScores.compute()``; the best score so far).
     """
     ec = config.eval
-    _sync_buffers(model, env)
+    sync_buffers(model, env)
     count = len(val_set) if ec.max_samples is None else min(len(val_set), ec.max_samples)
     loader = DataLoader(Subset(val_set, list(range(env.rank, count, env.world))), ec.batch_size,
                         collate_fn=_collate(model), num_workers=config.data.num_workers)
-    tokenizer = model.tokenizer if model.target_key == "tokens" and config.tokenizer.task != "video" else None
+    writes_tokens = model.max_seq_len is not None and model.tokenizer.task != "video"
+    tokenizer = model.tokenizer if writes_tokens else None
     pictures = ValidationPictures(config.output.pictures, extra["class_names"], config.data.ignore_index, tokenizer,
                                   extra["class_colours"])
     scores = validate(model, loader, build_patch_scores(config, model.tokenizer), ec, env.device,
@@ -486,11 +407,3 @@ def _images_of(dataset: Dataset, count: int) -> int:
     if not hasattr(dataset, "locate"):
         return count
     return len({dataset.locate(item)[0] for item in range(count)})
-
-
-def _tensorboard(run_dir: Path, config: ExperimentConfig):
-    if not config.output.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,11 +1,14 @@
 """What a training run tells its user: the summaries printed before the first step and after the final
-validation, and the pictures each validation draws (patches with foreground, a token-runs picture)."""
+validation, the progress and TensorBoard scalars of each step, the warning about cut training sequences,
+and the pictures each validation draws (patches with foreground, a token-runs picture)."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,8 @@ def start_summary(config: ExperimentConfig, model: torch.nn.Module, train_set: D
         f"(train.batch_size {tc.batch_size} x train.accumulate {tc.accumulate} x {world} process(es))",
         f"  val data    {_describe(val_set)}: {scored} patches scored {when}, best by {ec.best_metric}",
     ]
-    if model.target_key == "tokens":
-        lines.append(f"  tokens      {_token_lengths(train_set, model.config.max_seq_len)}")
+    if model.max_seq_len is not None:
+        lines.append(f"  tokens      {_token_lengths(train_set, model.max_seq_len)}")
     lines.append(f"  ends        at step {state.total_steps} (now {state.step})" + (
         f" or a {tc.minutes:g}-minute budget ({state.elapsed / 60:.1f} used), whichever ends first"
         if tc.minutes else ""))
@@ -194,3 +197,42 @@ def _save_pictures(panels: list[Image.Image], path: Path, writer, step: int) -> 
         sheet.save(tmp)
     if writer is not None:
         writer.add_image("val/predictions", np.asarray(sheet), step, dataformats="HWC")
+
+
+@dataclass
+class TruncationCount:
+    """Training sequences of this call cut at ``model.max_seq_len``: the model never learns how their masks
+    end. TensorBoard gets the count of every step; the console one warning, once more than 1% were cut."""
+
+    max_seq_len: int | None
+    cut: int = 0
+    sequences: int = 0
+    warned: bool = False
+
+    def add(self, cut: int, sequences: int, bar) -> None:
+        self.cut, self.sequences = self.cut + cut, self.sequences + sequences
+        if not self.warned and self.cut > 0.01 * self.sequences:
+            self.warned = True
+            bar.write(f"rleseg: warning: {self.cut} of the {self.sequences} training sequences so far "
+                      f"({100 * self.cut / self.sequences:.1f}%) were cut at model.max_seq_len {self.max_seq_len}; "
+                      "raise model.max_seq_len ('rleseg stats --config CONFIG' shows the token lengths)",
+                      file=sys.stderr)
+
+
+def report_step(bar, writer, step: int, total_steps: int, log_every: int, scalars: dict[str, float]) -> None:
+    """Advance the progress display; every ``log_every`` steps write ``scalars`` to TensorBoard as train/NAME."""
+    bar.total = total_steps
+    bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.1e}", img_s=f"{scalars['images_per_s']:.1f}")
+    bar.update(1)  # after the postfix: a log line shows this step's values
+    if writer is not None and step % log_every == 0:
+        for name, value in scalars.items():
+            writer.add_scalar(f"train/{name}", value, step)
+
+
+def tensorboard_writer(run_dir: Path, config: ExperimentConfig):
+    """A TensorBoard writer into the run folder's tensorboard/, or None when ``output.tensorboard`` is off."""
+    if not config.output.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))

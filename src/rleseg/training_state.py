@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_folder, write_json
-from .models import save_checkpoint
+from .models import renamed_weights, save_checkpoint
 
 MARKER = "complete"
 CHECKPOINT_FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
@@ -188,7 +188,7 @@ def load_run_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.o
         raise ValueError(f"{folder}: its weights do not fit the model of this config ({first}: {saved.get(first)} "
                          f"in the checkpoint, {own.get(first)} in the model); resume with the model settings "
                          "the run was trained with (config.yaml of the run, without model.* overrides)")
-    model.load_state_dict(weights)
+    model.load_state_dict(renamed_weights(weights))
     try:
         optimizer.load_state_dict(_optimizer_from_flat(tensors, info["optimizer"]))
     except (ValueError, KeyError, TypeError) as error:

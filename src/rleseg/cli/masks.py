@@ -16,7 +16,7 @@ from ..stats.report import format_panoptic_stats, format_stats, format_video_sta
 from ..stats.video import path_video_stats
 from ..tokens import BandTokenizer, Tokenizer, downsample_mask, split_sequences
 from ..tokens.run_format import EXTENTS
-from ..tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
+from ..tokens.tokenizer import SCHEMES, START_MODES
 from .common import (
     UserError,
     add_command,
@@ -37,14 +37,12 @@ def _add_tokenizer_options(parser: argparse.ArgumentParser, many: bool) -> None:
     if many:
         parser.add_argument("--schemes", type=list_of(str, SCHEMES), default=SCHEMES, metavar="LIST",
                             help="comma-separated schemes (default: lac,class,binary; binary only for 2 classes)")
-        parser.add_argument("--starts", type=list_of(str, START_MODES), default=ABSOLUTE_START_MODES,
-                            metavar="LIST", help="comma-separated start modes among 1d,2d,relative (default: 1d,2d; "
-                            "relative not with --video or --panoptic)")
+        parser.add_argument("--starts", type=list_of(str, START_MODES), default=START_MODES,
+                            metavar="LIST", help="comma-separated start modes among 1d,2d (default: 1d,2d)")
     else:
         parser.add_argument("--scheme", choices=SCHEMES, default="lac", help="token scheme (default: lac)")
         parser.add_argument("--starts", choices=START_MODES, default="1d",
-                            help="1d: one flat-index token per start; 2d: row and column tokens; relative: one "
-                            "token for the gap after the previous run (default: 1d)")
+                            help="1d: one flat-index token per start; 2d: row and column tokens (default: 1d)")
         parser.add_argument("--extent", choices=EXTENTS, default="length",
                             help="length: a run's length token; end: its last cell as a flat index, 1-D starts "
                             "only (default: length)")
@@ -231,8 +229,6 @@ def _run_patch_stats(args: argparse.Namespace) -> int:
 
 def _run_stats_mode(args: argparse.Namespace) -> int:
     """``stats --video N`` / ``stats --panoptic``: the modes of rleseg.stats.video and rleseg.stats.panoptic."""
-    if "relative" in args.starts:
-        raise UserError("--starts relative is for image statistics only, not with --video or --panoptic")
     options = _stats_options(args)
     if args.video is not None:
         result = path_video_stats(args.folder, args.video, options, args.pattern, args.recursive,

@@ -131,15 +131,6 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="sample without the token grammar (malformed runs are dropped and counted)")
     parser.add_argument("--max-len", type=positive_int, default=None, metavar="N",
                         help="tokens generated at most per patch (default: the model's max_seq_len)")
-    parser.add_argument("--eos-by-mass", action="store_true",
-                        help="end a sequence only where EOS holds at least half the allowed probability")
-    parser.add_argument("--beams", type=positive_int, default=1, metavar="K",
-                        help="beam search of width K under the grammar, at temperature 0 (default: 1 = off)")
-    parser.add_argument("--samples", type=positive_int, default=1, metavar="N",
-                        help="best-of-N: draw N sequences per patch (needs --temperature > 0), keep the likeliest "
-                        "(default: 1 = off)")
-    parser.add_argument("--length-penalty", type=non_negative_float, default=0.0, metavar="A",
-                        help="--beams/--samples rank by total log-probability / length**A (default: 0)")
     parser.add_argument("--token-only", action="store_true",
                         help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
                         "without the boundary refinement")
@@ -150,11 +141,11 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
+    """The flat options of ``InferenceOptions.from_fields``."""
     return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
             "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
-            "eos_by_mass": args.eos_by_mass, "refine": not args.token_only, "beams": args.beams,
-            "samples": args.samples, "length_penalty": args.length_penalty, "precision": args.precision,
-            "panoptic_join": args.panoptic_join, "join_iou": args.join_iou}
+            "refine": not args.token_only, "precision": args.precision, "panoptic_join": args.panoptic_join,
+            "join_iou": args.join_iou}
 
 
 def add_evaluate(subparsers) -> None:

@@ -6,7 +6,7 @@ and decodes it (shared with the training loop's validation); ``stitch`` merges p
 windows. ``rleseg predict`` and ``rleseg evaluate`` both go through here.
 """
 
-from .batch import BatchPrediction, autocast, predict_batch
+from .batch import autocast, predict_batch
 from .options import InferenceOptions
 from .predictor import (
     ImageLike,
@@ -15,14 +15,11 @@ from .predictor import (
     VideoPrediction,
     as_image,
     load,
-    resolve_checkpoint,
-    resolve_device,
     stored_normalization,
 )
 from .stitch import stitch, stitch_panoptic_patches, stitch_patches_of_image, stitch_windows
 
 __all__ = [
-    "BatchPrediction",
     "ImageLike",
     "ImagePrediction",
     "InferenceOptions",
@@ -32,8 +29,6 @@ __all__ = [
     "autocast",
     "load",
     "predict_batch",
-    "resolve_checkpoint",
-    "resolve_device",
     "stitch",
     "stitch_panoptic_patches",
     "stitch_patches_of_image",

@@ -1,13 +1,13 @@
-"""How images are predicted: the patching of the :class:`~rleseg.inference.Predictor` and the sampling of
-:func:`~rleseg.inference.predict_batch`, one flat dataclass so that ``rleseg.load(path, **options)`` and
-the command line name every field the same way."""
+"""How images are predicted: the patching and batching of the :class:`~rleseg.inference.Predictor`, the
+autocast of :func:`~rleseg.inference.predict_batch`, and the model's :class:`~rleseg.models.DecodingOptions`
+(``decoding``), so that ``rleseg.load(path, **options)`` and the command line name every field the same way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from ..models.search import check_search
+from ..models import DecodingOptions
 from .stitch import PANOPTIC_JOINS
 
 
@@ -24,20 +24,24 @@ class InferenceOptions:
     # Patches per generation call; a token model's decoding step costs far less per row in a full batch
     # (docs/benchmarks.md, prediction speed).
     batch_size: int = 32
-    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
-    top_p: float = 1.0
-    constrained: bool = True  # grammar-constrained decoding
-    max_len: int | None = None  # tokens generated at most per patch (default: the model's max_seq_len)
     seed: int | None = None  # seeds the predictor's own generator for sampling at temperature > 0
-    eos_by_mass: bool = False  # end a sequence only where EOS holds half the allowed probability
-    beams: int = 1  # beam search of this width under the grammar (temperature 0); 1 = off
-    samples: int = 1  # best-of-N: draw this many sequences per patch (temperature > 0), keep the likeliest
-    length_penalty: float = 0.0  # beams and samples rank by total log-probability / length ** this
-    # Models with a refiner (model.refine_band > 0): redraw the decoded mask's boundary band at full
-    # resolution; false gives the token-only mask (upsampled nearest), to compare both on one checkpoint.
-    refine: bool = True
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # sampling, grammar, length, refinement
     # Autocast dtype of the forward passes: fp32 (none), bf16, or fp16 (GPUs without bf16; CPU runs it too).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @classmethod
+    def from_fields(cls, **values) -> InferenceOptions:
+        """The options of flat ``values``: this class's fields, and :class:`DecodingOptions`' (``temperature``,
+        ``max_len``, ``refine``, ...) gathered into ``decoding``, as ``rleseg.load(path, **values)`` and the
+        command line give them. ValueError naming a key that is neither's."""
+        decoding = {f.name for f in fields(DecodingOptions)}
+        unknown = sorted(set(values) - decoding - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown inference option {unknown[0]!r}; expected fields of InferenceOptions or "
+                             "DecodingOptions")
+        chosen = {k: v for k, v in values.items() if k in decoding}
+        own = {k: v for k, v in values.items() if k not in decoding}
+        return cls(**own, decoding=DecodingOptions(**chosen)) if chosen else cls(**own)
 
     def check(self) -> None:
         if self.mode not in ("patches", "whole"):
@@ -52,4 +56,3 @@ class InferenceOptions:
             raise ValueError(f"join_iou must lie in [0, 1), got {self.join_iou}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
-        check_search(self.beams, self.samples, self.temperature, self.length_penalty)

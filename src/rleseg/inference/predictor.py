@@ -42,9 +42,16 @@ import numpy as np
 import torch
 
 from ..data.patches import PatchConfig, crop, resize, scaled_shape, sliding_windows, window_starts
+from ..device import resolve_device
 from ..imageio import Normalization, as_rgb, read_image, to_unit_float, unit_rgb
 from ..limits import check_memory
-from ..models import checkpoint_classes, load_checkpoint, read_checkpoint_info
+from ..models import (
+    checkpoint_classes,
+    load_checkpoint,
+    output_factor,
+    read_checkpoint_info,
+    resolve_checkpoint,
+)
 from ..tokens import downsample_mask
 from ..typed_yaml import from_dict
 from .batch import predict_batch
@@ -71,7 +78,7 @@ class ImagePrediction:
     tokens: list[np.ndarray] = field(default_factory=list)  # per patch: generated tokens up to EOS included
     generated_runs: int = 0  # runs the sequences stand for (tokens / tokens per run)
     invalid_runs: int = 0  # of those, runs the lenient decoder dropped (0 with constrained decoding)
-    truncated: int = 0  # sequences cut by max_len (see BatchPrediction.truncated)
+    truncated: int = 0  # sequences cut by max_len (see rleseg.models.Prediction.truncated)
     # (H, W) float32 per-pixel score (rleseg.inference.batch: the probability of the run that paints the pixel,
     # NaN where none does; dense models: the softmax probability of the pixel's class), taken from the patch
     # that gave the pixel its stitched label; None for video models.
@@ -109,45 +116,17 @@ class VideoPrediction:
                 "generated_runs": self.generated_runs, "invalid_runs": self.invalid_runs, "truncated": self.truncated}
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model file, or a run folder (its ``best.safetensors``)."""
-    path = Path(path)
-    if path.is_dir():
-        best = path / "best.safetensors"
-        if not best.is_file():
-            raise ValueError(f"{path}: a folder without best.safetensors; expected a run folder or a .safetensors file")
-        return best
-    if not path.exists():
-        raise ValueError(f"checkpoint {path} does not exist")
-    return path
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device; None means cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device; expected e.g. cpu, cuda or cuda:1") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available here")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
 def load(checkpoint: str | Path, device: str | torch.device | None = None, **options: Any) -> Predictor:
     """The model of ``checkpoint`` (a ``.safetensors`` file or a run folder) as a :class:`Predictor`.
 
-    ``options`` are :class:`InferenceOptions` fields, e.g. ``load("runs/x", mode="whole", stride=96)``.
+    ``options`` are :class:`InferenceOptions` fields or :class:`~rleseg.models.DecodingOptions` ones
+    (:meth:`InferenceOptions.from_fields`), e.g. ``load("runs/x", mode="whole", stride=96, temperature=1.0)``.
     """
     device = resolve_device(device)
     path = resolve_checkpoint(checkpoint)
     model = load_checkpoint(path, device)
     names, colours = checkpoint_classes(path)
-    return Predictor(model, InferenceOptions(**options), device, class_names=names, class_colours=colours,
+    return Predictor(model, InferenceOptions.from_fields(**options), device, class_names=names, class_colours=colours,
                      normalization=stored_normalization(path))
 
 
@@ -232,12 +211,10 @@ class Predictor:
         if mask_h != mask_w or self.patch_size % mask_h:
             raise ValueError(f"the model's input {self.patch_size} px is not a whole multiple of its square mask "
                              f"grid; got mask size {self.tokenizer.mask_size}")
-        # Token models decode on the tokenizer's subsampled grid; dense models (trained on the full-resolution
-        # "mask") predict at the patch's own resolution.
-        self.factor = 1 if model.target_key == "mask" else self.patch_size // mask_h
-        # A refiner (unless the options turn it off) gives masks at the patch's resolution: stitched as such.
-        refined = getattr(model, "refiner", None) is not None and self.options.refine
-        self.stitch_factor = 1 if refined else self.factor
+        # The grid the model decides on (the tokenizer's; the dense model's is the patch's own resolution),
+        # and that of the masks it gives (the patch's when it refines them): stitched as such.
+        self.factor = model.grid_factor
+        self.stitch_factor = output_factor(model, self.options.decoding)
         batch = self.options.batch_size * (self.frames or 1) * self.patch_size**2 * 3 * 4  # float32 RGB patches
         check_memory(f"batches of {self.options.batch_size} patches of the model's input {self.patch_size}x"
                      f"{self.patch_size} px", batch)

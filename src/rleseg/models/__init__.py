@@ -6,16 +6,26 @@ variant, and the dense per-pixel baseline; one ``create_model`` builds them all.
     >>> tokenizer = Tokenizer((32, 32), num_classes=3)
     >>> model = create_model("tiny", tokenizer)
     >>> loss = model.loss(images, targets)          # images (B, 3, H, W) in [0, 1]; targets (B, T) body+EOS+PAD
-    >>> out = model.generate(images, temperature=0)  # out.tokens (B, T), out.logprobs (B, T)
-    >>> masks = [tokenizer.decode(row, errors="strict") for row in out.tokens.numpy()]
+    >>> prediction = model.predict(images)          # .masks, .tokens, .run_scores, .score_maps (protocol.py)
+    >>> out = model.generate(images, DecodingOptions(temperature=0))  # out.tokens (B, T), out.logprobs (B, T)
 """
 
 from .backbone import Backbone, load_backbone_weights, packaged_weights
-from .checkpoint import checkpoint_classes, load_checkpoint, load_weights_into, read_checkpoint_info, save_checkpoint
+from .checkpoint import (
+    checkpoint_classes,
+    load_checkpoint,
+    load_weights_into,
+    read_checkpoint_info,
+    renamed_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .config import ModelConfig
 from .dense import DenseConfig, DenseModel
 from .factory import DENSE_PRESETS, MODELS, PRESETS, AnyModelConfig, create_model
-from .generate import Generation
-from .pix2seq import ModelConfig, Pix2Seq
+from .generate import DecodingOptions, Generation
+from .pix2seq import Pix2Seq
+from .protocol import Prediction, SegmentationModel, output_factor
 from .video import FUSIONS, VideoModelConfig, VideoPix2Seq
 
 __all__ = [
@@ -25,11 +35,14 @@ __all__ = [
     "PRESETS",
     "AnyModelConfig",
     "Backbone",
+    "DecodingOptions",
     "DenseConfig",
     "DenseModel",
     "Generation",
     "ModelConfig",
     "Pix2Seq",
+    "Prediction",
+    "SegmentationModel",
     "VideoModelConfig",
     "VideoPix2Seq",
     "checkpoint_classes",
@@ -37,7 +50,10 @@ __all__ = [
     "load_backbone_weights",
     "load_checkpoint",
     "load_weights_into",
+    "output_factor",
     "packaged_weights",
     "read_checkpoint_info",
+    "renamed_weights",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -35,6 +35,54 @@ from .factory import AnyModelConfig, config_from_dict, create_model
 
 FORMAT = "rleseg.pix2seq"
 FORMAT_VERSION = 1
+# Weights that moved when the model's features went into modules of their own (commit a540f6c has the old
+# names): old prefix -> new. Files of either rleseg load.
+RENAMED_WEIGHTS = {
+    "decoder.pair_proj.": "run_step.pair_proj.",
+    "decoder.end_query.": "run_step.end_query.",
+    "decoder.end_ln.": "run_step.end_ln.",
+    "start_proj.": "pointer.start_proj.",
+    "end_head.": "pointer.end.",
+    "aux_head.": "cell_head.classify.",
+}
+
+
+def renamed_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with the weights of :data:`RENAMED_WEIGHTS` under their current names."""
+    out = {}
+    for name, tensor in state.items():
+        old = next((prefix for prefix in RENAMED_WEIGHTS if name.startswith(prefix)), None)
+        out[name if old is None else RENAMED_WEIGHTS[old] + name[len(old):]] = tensor
+    return out
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model file, or a run folder (its ``best.safetensors``); ValueError naming ``path`` for neither."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "best.safetensors"
+        if not best.is_file():
+            raise ValueError(f"{path}: a folder without best.safetensors; expected a run folder or a .safetensors file")
+        return best
+    if not path.exists():
+        raise ValueError(f"checkpoint {path} does not exist")
+    return path
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None means cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; expected e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
@@ -123,7 +171,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     config, tokenizer = _config(path, metadata)
     model = create_model(dataclasses.replace(config, pretrained=False), tokenizer)  # the weights come from the file
     with handle as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}
+        state = renamed_weights({name: f.get_tensor(name) for name in f.keys()})
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [n for n in own if n in state and state[n].shape != own[n].shape]

@@ -1,15 +1,12 @@
 """The dense baseline: the token model's timm backbone under a U-Net style decoder that predicts a
 class logit per pixel at full input resolution, trained with cross-entropy + soft Dice.
 
-It is there to measure what the token formulation costs or gains (issue 10), so it is built, trained,
-evaluated and saved like the token model: ``model.architecture: dense`` in an experiment config, the same
+It is there to measure what the token formulation costs or gains, so it is built, trained, evaluated and
+saved like the token model: ``model.architecture: dense`` in an experiment config, the same
 :func:`rleseg.models.create_model` (a :class:`DenseConfig` picks this model), the same checkpoint file
-format. Where the token model's protocol differs:
-
-- ``target_key = "mask"``: :meth:`DenseModel.loss` takes the batch's full-resolution ``mask``
-  (``ignore_index`` kept) where the token model takes ``tokens``;
-- there are no tokens to generate: the label maps are ``predict_logits(images).argmax(1)``, at the
-  image's own resolution.
+format and the same interface (models/protocol.py): its ``loss`` takes the batch's full-resolution
+``mask`` (``ignore_index`` kept), and ``predict`` gives the argmax of its logits at the image's own
+resolution, with no tokens.
 
 Read top to bottom: config, blocks, decoder, loss, model. Shapes use B = batch, C = classes, H x W = image,
 h x w = a feature map.
@@ -19,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +25,9 @@ from rleseg.tokens import MaskTokenizer
 from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
+from .generate import DecodingOptions
+from .layers import eval_mode
+from .protocol import Prediction
 
 MIN_WIDTH = 16  # the decoder halves its width per finer level, down to this
 
@@ -37,7 +38,7 @@ class DenseConfig:
     pretrained: bool | str = False  # False, True (timm's cache), "packaged" or a local weights file
     freeze_backbone: bool = False  # train the decoder only
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model; out_indices picks levels
-    image_size: int = 640  # training/inference crop size; informative, any size the stride divides works
+    image_size: int = 640  # the patch size predict cuts images into; a config sets it from data.patch.patch_size
     width: int = 256  # the decoder's width at the coarsest level; it halves per finer level
     dropout: float = 0.1  # before the classifier
     label_smoothing: float = 0.0  # of the pixel cross-entropy
@@ -152,7 +153,10 @@ class DenseModel(nn.Module):
     Images are (B, 3, H, W) float RGB in [0, 1], H and W divisible by the backbone stride (32 for ResNets).
     """
 
-    target_key = "mask"  # the batch entry that loss() takes as its target
+    target_keys = ("mask",)  # the batch entries loss() takes (models/protocol.py)
+    max_seq_len = None  # no tokens
+    grid_factor = 1  # predictions at the patch's resolution
+    refines = False
 
     def __init__(self, config: DenseConfig, tokenizer: MaskTokenizer):
         super().__init__()
@@ -185,8 +189,16 @@ class DenseModel(nn.Module):
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, H, W) float32 in eval mode (the training mode is restored after)."""
-        was_training = self.training
-        self.eval()
-        logits = self(images).float()
-        self.train(was_training)
-        return logits
+        with eval_mode(self):
+            return self(images).float()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, options: DecodingOptions | None = None,
+                generator: torch.Generator | None = None) -> Prediction:
+        """The argmax of the logits (B, H, W), each pixel's score the softmax probability of its class; no
+        tokens. ``options`` and ``generator`` are the token models' (nothing here is sampled)."""
+        probability, labels = self.predict_logits(images).softmax(1).max(1)  # (B, H, W) each
+        batch = len(images)
+        empty, none = [np.zeros(0, np.int64)] * batch, [np.zeros(0, np.float32)] * batch
+        return Prediction(list(labels.cpu().numpy()), empty, none, np.zeros((batch, 2), np.int64),
+                          np.zeros(batch, bool), none, list(probability.cpu().numpy()))

@@ -20,8 +20,9 @@ from rleseg.typed_yaml import ConfigError
 from rleseg.typed_yaml import from_dict as typed_from_dict
 
 from .backbone import check_backbone_kwargs
+from .config import ModelConfig
 from .dense import DenseConfig, DenseModel
-from .pix2seq import ModelConfig, Pix2Seq
+from .pix2seq import Pix2Seq
 from .video import VideoModelConfig, VideoPix2Seq
 
 PRESETS = {
@@ -40,6 +41,9 @@ DENSE_PRESETS = {
 }
 
 MODELS = {ModelConfig: Pix2Seq, VideoModelConfig: VideoPix2Seq, DenseConfig: DenseModel}
+# Config fields of features retired because they measured no help (docs/results.md; commit a540f6c has them):
+# a checkpoint that has one at this value loads without it, any other value is refused.
+RETIRED_FIELDS = {"pyramid_memory": False}
 AnyModelConfig = ModelConfig | VideoModelConfig | DenseConfig
 
 
@@ -82,6 +86,10 @@ def config_from_dict(config_class: str, fields: dict) -> AnyModelConfig:
     if config_class not in classes:
         raise ValueError(f"unknown model config class {config_class!r}; expected one of {', '.join(classes)}")
     fields = dict(fields)
+    for name, off in RETIRED_FIELDS.items():
+        if fields.pop(name, off) != off:
+            raise ValueError(f"checkpoint config has {name} on, a feature retired after rleseg commit a540f6c "
+                             "(it measured no help, docs/results.md); load it with that rleseg")
     if fields.pop("head", "token") == "dense":
         config_class, fields = "DenseConfig", dense_fields(fields)
     cls = classes[config_class]

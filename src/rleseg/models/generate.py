@@ -1,16 +1,15 @@
-"""Token-by-token generation (:func:`sample`), what it returns, and how one next token is chosen from a
-batch of logits: which tokens are allowed, EOS by probability mass, and sampling (greedy, temperature,
-top-k, top-p)."""
+"""Token-by-token generation (:func:`sample`): its options (:class:`DecodingOptions`), what it returns
+(:class:`Generation`), and how one next token is chosen from a batch of logits: which tokens the grammar
+allows, and sampling (greedy, temperature, top-k, top-p)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from rleseg.tokens import EOS, PAD, Grammar, MaskTokenizer
+from rleseg.tokens import EOS, PAD, Grammar
+from rleseg.typed_yaml import check_range
 
 # Scoring only the grammar's candidates (Decoder.scores) gathers rows of the table each step: a few more
 # operations, which pay from about this many table elements on (a (B, V, D) float32 table of 4 MB, 4 rows
@@ -47,13 +46,34 @@ class Generation:
             self.truncated = ~(self.tokens == EOS).any(dim=1)
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+@dataclass
+class DecodingOptions:
+    """How a model's output becomes tokens and label maps, in the spirit of Hugging Face's
+    ``GenerationConfig``: declared once, held by ``InferenceOptions`` (predict, evaluate), the ``eval``
+    section of a config (in-training validation) and the command line's flags."""
+
+    temperature: float = 0.0  # 0 = greedy; the paper samples at 1.0 with top_p 0.4
+    top_k: int = 0  # sample among the k likeliest tokens; 0 = off
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    constrained: bool = True  # only tokens the tokenizer's grammar allows: every sequence decodes strictly
+    max_len: int | None = None  # tokens generated at most per sequence; None = the model's max_seq_len
+    use_cache: bool = True  # the decoder's key-value cache: changes the speed, never a token
+    # Models with a refiner (model.refine_band > 0): redraw the decoded mask's boundary band at full
+    # resolution; false gives the token-only mask (upsampled nearest), to compare both on one checkpoint.
+    refine: bool = True
+
+    def __post_init__(self) -> None:
+        check_range(self, 0, None, "temperature", "top_k")
+        check_range(self, 0, 1, "top_p", low_open=True)
+        check_range(self, 1, None, "max_len")
+
+    def length_for(self, max_seq_len: int) -> int:
+        """The tokens a sequence may take at most: ``max_len``, within 1 .. ``max_seq_len`` (ValueError above)."""
+        if self.max_len is None:
+            return max_seq_len
+        if self.max_len > max_seq_len:
+            raise ValueError(f"max_len must be in 1 .. max_seq_len = {max_seq_len}, got {self.max_len}")
+        return self.max_len
 
 
 def allowed_tokens(grammar: Grammar | None, done: torch.Tensor, vocab_size: int, remaining: int) -> torch.Tensor:
@@ -68,34 +88,14 @@ def allowed_tokens(grammar: Grammar | None, done: torch.Tensor, vocab_size: int,
     return allowed
 
 
-def drop_outweighed_eos(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """allowed (B, V) without EOS in the rows where other tokens are allowed and EOS holds less than half
-    of the allowed probability of logits (B, V): EOS by mass, not by being the single likeliest token."""
-    probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-    outweighed = allowed[:, EOS] & (probs[:, EOS] < 0.5) & (allowed.sum(dim=-1) > 1)
-    allowed = allowed.clone()
-    allowed[:, EOS] &= ~outweighed
-    return allowed
-
-
-def choose_next(
-    logits: torch.Tensor,
-    grammar: Grammar | None,
-    ended: torch.Tensor,
-    remaining: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    eos_by_mass: bool,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_next(logits: torch.Tensor, grammar: Grammar | None, ended: torch.Tensor, remaining: int,
+                options: DecodingOptions, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One generation choice for a batch: logits (B, V) float and the rows that ``ended`` (B,) before it,
     ``remaining`` tokens of budget -> (next (B,), logprob (B,)) as :func:`sample_next`, fed to the
     ``grammar`` when there is one."""
     allowed = allowed_tokens(grammar, ended, logits.shape[-1], remaining)
-    if eos_by_mass:
-        allowed = drop_outweighed_eos(logits, allowed)
-    next_token, logprob = sample_next(logits, allowed, temperature, top_k, top_p, generator)
+    o = options
+    next_token, logprob = sample_next(logits, allowed, o.temperature, o.top_k, o.top_p, generator)
     if grammar is not None:
         grammar.advance(next_token.cpu().numpy())
     return next_token, logprob
@@ -148,40 +148,29 @@ def _sample_top(probs: torch.Tensor, top_k: int, top_p: float, generator) -> tor
     return index.gather(1, choice).squeeze(1)
 
 
-def sample(
-    model, memory: torch.Tensor, table: torch.Tensor, max_len: int, temperature: float, top_k: int, top_p: float,
-    constrained: bool, use_cache: bool, generator: torch.Generator | None, eos_by_mass: bool, copies: int = 1,
-) -> Generation:
-    """Token-by-token generation by a :class:`~rleseg.models.pix2seq.Pix2Seq` ``model`` from its encode()'s
-    memory and table, one sequence per row (see ``Pix2Seq.generate``); ``copies``: adjacent rows that decode
-    the same sequence (best-of-N). With ``run_step`` a step writes a run's start (or EOS) and its end."""
-    per_step = 2 if model.config.run_step else 1
-    steps = -(-max_len // per_step)
-    cache = model.decoder.new_cache(memory, steps) if use_cache else None
-    batch, device = memory.shape[0], memory.device
-    grammar = copied_grammar(model.tokenizer, batch, copies) if constrained else None
-    choose = functools.partial(choose_next, grammar=grammar, temperature=temperature, top_k=top_k, top_p=top_p,
-                               eos_by_mass=eos_by_mass, generator=generator)
+def sample(model, encoded, options: DecodingOptions, generator: torch.Generator | None = None) -> Generation:
+    """Token-by-token generation by a :class:`~rleseg.models.pix2seq.Pix2Seq` ``model`` from its
+    :class:`~rleseg.models.pix2seq.Encoded` images, one sequence per row of ``encoded``, through the
+    model's public decoding methods. A decoder pass writes ``model.tokens_per_step`` tokens (two with one
+    step per run: a start, or EOS, and its end). Rows that ended leave the batch (cache, encoded images,
+    grammar) once they are a quarter of those left; neither that nor the cache changes a token."""
+    max_len, per_step = options.length_for(model.config.max_seq_len), model.tokens_per_step
+    steps, batch, device = -(-max_len // per_step), len(encoded.memory), encoded.memory.device
+    grammar = model.tokenizer.grammar(batch) if options.constrained else None
+    cache = model.new_cache(encoded, steps) if options.use_cache else None
     tokens = torch.full((batch, steps * per_step + 1), PAD, dtype=torch.long, device=device)  # first + generated
-    tokens[:, 0] = model.first_tokens(batch, copies, device)
+    tokens[:, 0] = model.first_tokens(batch, device)
     logprobs = torch.zeros(batch, steps * per_step, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    truncated = torch.zeros(batch, dtype=torch.bool)
-    # The rows still generating, as memory, table, cache and grammar hold them: a step costs per row,
-    # so the rows that ended leave once they are a quarter of those left.
-    live = torch.arange(batch, device=device)
+    done, truncated = torch.zeros(batch, dtype=torch.bool, device=device), torch.zeros(batch, dtype=torch.bool)
+    live = torch.arange(batch, device=device)  # the rows still generating, as encoded, cache and grammar hold them
     for step in range(steps):
-        column = step * per_step  # tokens[:, column] is the last one the decoder reads at this step
-        x = model.next_states(tokens[live], step, memory, table, cache)  # (R, 1, D)
-        ended = done[live]
-        logits = model.decoder.logits(x, table, columns=candidates(grammar, table))
-        token, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column)
-        tokens[live, column + 1], logprobs[live, column] = token, logprob.masked_fill(ended, 0.0)
-        ended = ended | (token == EOS)
-        if per_step == 2:
-            logits = model.decoder.end_logits(x, token[:, None], table, columns=candidates(grammar, table))
-            end, logprob = choose(logits[:, -1].float(), ended=ended, remaining=max_len - column - 1)
-            tokens[live, column + 2], logprobs[live, column + 1] = end, logprob.masked_fill(ended, 0.0)
+        first = step * per_step + 1  # the column of the step's first token
+        states, ended = model.next_states(tokens[live], step, encoded, cache), done[live]
+        for k in range(per_step):
+            logits = model.next_logits(states, tokens[live, first : first + k], encoded, candidates(grammar, encoded))
+            token, logprob = choose_next(logits, grammar, ended, max_len - first - k + 1, options, generator)
+            tokens[live, first + k], logprobs[live, first + k - 1] = token, logprob.masked_fill(ended, 0.0)
+            ended = ended | (token == EOS)
         done[live] = ended
         if bool(ended.all()):
             break
@@ -190,27 +179,15 @@ def sample(
             if grammar is not None:  # the rows that leave keep their flags here
                 truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
                 grammar.select(keep.cpu().numpy())
-            live, memory, cache = live[keep], memory[keep], None if cache is None else cache.select(keep)
-            table = table if table.ndim == 2 else table[keep]
+            live, encoded, cache = live[keep], encoded.select(keep), None if cache is None else cache.select(keep)
     written = min((step + 1) * per_step, max_len)  # the last step ran, whether every row ended or not
-    if grammar is None:
-        truncated = None  # Generation takes the rows without EOS
-    else:
+    if grammar is not None:
         truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-    return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(), truncated)
+    return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(),
+                      None if grammar is None else truncated)  # without a grammar: the rows without EOS
 
 
-def candidates(grammar, table: torch.Tensor) -> tuple | None:
+def candidates(grammar: Grammar | None, encoded) -> tuple | None:
     """The grammar's candidates() once the table holds more than ``CACHED_TABLE`` elements (scoring only them
     then pays), else None: score every token."""
-    return None if grammar is None or table.numel() <= CACHED_TABLE else grammar.candidates()
-
-
-def copied_grammar(tokenizer: MaskTokenizer, rows: int, copies: int) -> Grammar:
-    """The grammar of ``rows`` decoding rows holding ``copies`` adjacent copies of each sequence (beam search,
-    best-of-N): built for the sequences, then each of its rows repeated, so that a grammar that reads a
-    row's place (row r of band sequences writes band r % bands) reads the sequence's."""
-    grammar = tokenizer.grammar(rows // copies)
-    if copies > 1:
-        grammar.select(np.arange(rows // copies).repeat(copies))
-    return grammar
+    return None if grammar is None or encoded.table.numel() <= CACHED_TABLE else grammar.candidates()

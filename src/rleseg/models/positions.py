@@ -32,8 +32,7 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
     "start" tokens (flat index on the scan grid) get the 2-D code of (major, minor) = divmod(index, minor
     size) of the tokenizer's scan ``grid``, i.e. (row, col) for order "C"; so do "end" tokens (a run's last
     cell) and "end_class" tokens (that cell, for each class). 2-D "coord" tokens get the 1-D code of their
-    coordinate, relative "gap" tokens the 1-D code of their gap. Rows are scaled to
-    ``norm``, the expected norm of a randomly initialised embedding row.
+    coordinate. Rows are scaled to ``norm``, the expected norm of a randomly initialised embedding row.
     """
     table = torch.zeros(tokenizer.vocab.size, dim)
     grid = tuple(tokenizer.grid)
@@ -45,7 +44,7 @@ def start_geometry(tokenizer, dim: int, norm: float) -> torch.Tensor:
                 code = sincos(torch.arange(span.size), dim)
         elif name in ("end", "end_class"):  # a run's last cell, once per class for "end_class"
             code = sincos_grid(grid, dim).repeat(span.size // math.prod(grid), 1)
-        elif name in ("coord", "gap"):
+        elif name == "coord":
             code = sincos(torch.arange(span.size), dim)
         else:
             continue

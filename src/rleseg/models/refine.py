@@ -7,7 +7,7 @@ reading the image (a small full-resolution convolution stem) and the model's fea
 grid; every other pixel is the nearest upsampling of the decoded mask, exactly. With ``band`` 0 nothing is
 redrawn (token-only output).
 
-Training (``Pix2Seq.loss``): the coarse input is the target's own mask on the grid, a share of its boundary
+Training (:meth:`Refiner.training_loss`): the coarse input is the target's own mask on the grid, a share of its boundary
 cells moved by one cell (:func:`jitter_boundaries`) so that the refiner learns to correct masks as
 imperfect as decoded ones; the loss is the cross-entropy of the band pixels against the full-resolution
 mask.
@@ -97,6 +97,14 @@ class Refiner(nn.Module):
             logits = self(images[redraw], cells[redraw], coarse[redraw])
             labels[redraw] = torch.where(band[redraw], logits.argmax(1), labels[redraw])
         return labels
+
+    def training_loss(self, images: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor, mask_small: torch.Tensor,
+                      jitter: float) -> torch.Tensor:
+        """:meth:`loss` from the grid mask ``mask_small`` (B, h, w) as the tokens encode it (ignored labels as
+        0), a share ``jitter`` of its cells moved (:func:`jitter_boundaries`), against ``mask`` (B, P, P)."""
+        known = (mask_small >= 0) & (mask_small < self.num_classes)
+        coarse = torch.where(known, mask_small, torch.zeros_like(mask_small))
+        return self.loss(images, cells, jitter_boundaries(coarse, jitter), mask)
 
     def loss(self, images: torch.Tensor, cells: torch.Tensor, coarse: torch.Tensor, mask: torch.Tensor
              ) -> torch.Tensor:

@@ -47,9 +47,11 @@ from torch import nn
 
 from rleseg.tokens import MaskTokenizer
 
+from .config import ModelConfig
 from .layers import Attention, EncoderLayer
-from .pix2seq import Encoder, ModelConfig, Pix2Seq
+from .pix2seq import Pix2Seq
 from .positions import sincos, sincos_grid
+from .transformer import Encoder
 
 FUSIONS = ("middle", "late", "static")
 

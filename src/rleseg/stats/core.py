@@ -16,7 +16,7 @@ import numpy as np
 from rleseg import metrics
 from rleseg.progress import progress
 from rleseg.tokens import upsample_mask
-from rleseg.tokens.tokenizer import ABSOLUTE_START_MODES, SCHEMES, START_MODES
+from rleseg.tokens.tokenizer import SCHEMES, START_MODES
 
 from ..imageio import MaskError
 
@@ -31,8 +31,7 @@ class StatsOptions:
 
     factors: tuple[int, ...] = (1, 2, 4, 8)
     schemes: tuple[str, ...] = SCHEMES
-    # Relative starts are opt-in: video and panoptic statistics reject them.
-    starts: tuple[str, ...] = ABSOLUTE_START_MODES
+    starts: tuple[str, ...] = START_MODES
     order: str = "C"
     # None: one row of the subsampled mask in scan order, as the tokenizer defaults.
     max_run: int | None = None

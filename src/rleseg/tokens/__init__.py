@@ -8,15 +8,14 @@ Token layout (``Tokenizer.vocab``), laid out contiguously from the arguments::
     then, by scheme    lac:    LAC values 1 .. L*(C-1)          (lac = L*(class-1) + length)
                        class:  classes 1 .. C-1, lengths 1 .. L
                        binary: lengths 1 .. L
-    last               starts: flat indices 0 .. H*W-1 ("1d"), coordinates 0 .. max(H, W)-1 ("2d"), or
-                       gaps 0 .. H*W-1 ("relative": start minus the previous run's end, 0 for the first)
+    last               starts: flat indices 0 .. H*W-1 ("1d") or coordinates 0 .. max(H, W)-1 ("2d")
 
 Tokens per run::
 
-    scheme   1d starts               2d starts                    relative starts
-    binary   start length            major minor length           gap length
-    class    start length class      major minor length class     gap length class
-    lac      start lac               major minor lac              gap lac
+    scheme   1d starts               2d starts
+    binary   start length            major minor length
+    class    start length class      major minor length class
+    lac      start lac               major minor lac
 
 A sequence is the runs' tokens, sorted by start, followed by one EOS. Background (0) is never encoded;
 runs longer than L = max_run (default one row) are split. Example::

@@ -85,8 +85,6 @@ class ImageGrammar:
             values = self._values[name][None, :]
             if name == "start":
                 ok = (values >= self.free[:, None]) & (values < self.stop[:, None])
-            elif name == "gap":  # counted from the previous run's end, the run must start inside the mask
-                ok = values < (self.stop - self.free)[:, None]
             elif name == "coord" and slot == 0:
                 ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
             elif name == "coord":
@@ -126,9 +124,7 @@ class ImageGrammar:
     def advance(self, tokens: np.ndarray) -> None:
         tokens, live = finish(self, tokens)
         for slot_name, rows, value in slot_values(self, tokens, live):
-            if slot_name == "gap":
-                self.start[rows] = self.free[rows] + value
-            elif slot_name in ("start", "coord"):
+            if slot_name in ("start", "coord"):
                 record_start(self, slot_name, rows, value)
             elif slot_name == "length":
                 self.free[rows] = self.start[rows] + value

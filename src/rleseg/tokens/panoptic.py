@@ -52,7 +52,7 @@ from .panoptic_grammar import PanopticGrammar
 from .run_format import RunFormat
 from .runs import Runs, check_label_map, flat_runs, label_dtype, paint_runs
 from .stored import StoredArguments
-from .tokenizer import Tokenizer, check_absolute_starts, read_body
+from .tokenizer import Tokenizer, check_starts, read_body
 from .vocab import EOS, MAX_VOCAB
 
 
@@ -100,7 +100,7 @@ class PanopticTokenizer(StoredArguments):
         num_classes: C, background 0 included.
         thing_classes: the classes (in 1 .. C-1) whose pixels form instances; the other foreground
             classes are stuff.
-        starts, order, max_run, max_vocab: as for :class:`Tokenizer`, starts "1d" or "2d" only.
+        starts, order, max_run, max_vocab: as for :class:`Tokenizer`.
 
     Attributes:
         vocab: the token layout (the image "class" scheme's); ``bos`` is its panoptic BOS.
@@ -113,7 +113,7 @@ class PanopticTokenizer(StoredArguments):
 
     def __init__(self, mask_size: tuple[int, int], num_classes: int, thing_classes: Iterable[int],
                  starts: str = "1d", order: str = "C", max_run: int | None = None, max_vocab: int = MAX_VOCAB):
-        check_absolute_starts(starts, "panoptic")
+        check_starts(starts, "panoptic")
         self.image = Tokenizer(mask_size, num_classes, "class", starts, order, max_run, max_vocab=max_vocab)
         self.mask_size, self.num_classes = self.image.mask_size, self.image.num_classes
         self.starts, self.order, self.max_run = starts, order, self.image.max_run

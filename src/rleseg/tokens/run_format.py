@@ -6,7 +6,7 @@ comes from. The start slots come first, then the body::
     starts     start slots        scheme   body slots (extent "length")   body slots (extent "end")
     1d         start              lac      lac                          end_class
     2d         coord coord        class    length class                 end class
-    relative   gap                binary   length                       end
+                                  binary   length                       end
 
 Extent "end" writes a run's last cell (a flat index, like a 1-D start) instead of its length, so that a
 model can point at both ends of a run; "end_class" fuses it with the class: ``S * (class - 1) + end``.
@@ -24,7 +24,7 @@ from .runs import Runs
 from .vocab import Vocab
 
 # Per start mode, the slots of a run's start; their name is also the start tokens' range.
-START_SLOTS = {"1d": ("start",), "2d": ("coord", "coord"), "relative": ("gap",)}
+START_SLOTS = {"1d": ("start",), "2d": ("coord", "coord")}
 BODY_SLOTS = {
     "length": {"lac": ("lac",), "class": ("length", "class"), "binary": ("length",)},
     "end": {"lac": ("end_class",), "class": ("end", "class"), "binary": ("end",)},
@@ -32,17 +32,12 @@ BODY_SLOTS = {
 EXTENTS = tuple(BODY_SLOTS)
 
 
-def previous_ends(runs: Runs) -> np.ndarray:
-    """For each run, the end of the run before it (0 for the first): where its relative start counts from."""
-    return np.concatenate(([0], runs.ends))[:-1]
-
-
 class RunFormat:
     """Runs <-> (R, tokens_per_run) token arrays, for one vocabulary, start mode, scheme and scan grid.
 
     Args:
         vocab: the layout the slots' ranges come from.
-        starts: "1d", "2d" or "relative" (see :class:`rleseg.tokens.Tokenizer`).
+        starts: "1d" or "2d" (see :class:`rleseg.tokens.Tokenizer`).
         scheme: "lac", "class" or "binary": the body slots.
         grid: (major, minor) scan grid, (H, W) for order "C" and (W, H) for "F"; starts are flat
             indices into it.
@@ -73,11 +68,6 @@ class RunFormat:
         vocab = self.vocab
         if self.starts == "1d":
             columns = [vocab["start"].token(runs.starts)]
-        elif self.starts == "relative":
-            gaps = runs.starts - previous_ends(runs)
-            if np.any(gaps < 0):
-                raise ValueError("relative starts need runs sorted by start and disjoint")
-            columns = [vocab["gap"].token(gaps)]
         else:
             major, minor = np.divmod(runs.starts, self.grid[1])
             columns = [vocab["coord"].token(major), vocab["coord"].token(minor)]
@@ -125,11 +115,6 @@ class RunFormat:
         if self.starts == "1d":
             starts = vocab["start"].value(run_tokens[:, 0])
             in_grid = np.ones(len(run_tokens), dtype=bool)
-        elif self.starts == "relative":
-            # Each gap counts from the previous run's end, so a start is the sum of all earlier gaps and
-            # lengths plus its own gap.
-            starts = np.cumsum(vocab["gap"].value(run_tokens[:, 0])) + np.cumsum(lengths) - lengths
-            in_grid = starts < self.num_pixels
         else:
             major, minor = (vocab["coord"].value(run_tokens[:, i]) for i in (0, 1))
             starts = major * self.grid[1] + minor
@@ -187,13 +172,6 @@ class RunFormat:
 
     def _outside_message(self, runs: Runs, i: int, position: int, in_grid: bool) -> str:
         start = int(runs.starts[i])
-        if self.starts == "relative" and not in_grid:
-            free = int(previous_ends(runs)[i])
-            return (
-                f"gap token {int(self.vocab['gap'].token(start - free))} at position {position} (gap "
-                f"{start - free} after pixel {free}, the end of the previous run) runs past the mask of "
-                f"{self.num_pixels} pixels"
-            )
         if not in_grid:
             return f"run {i} (tokens at position {position}) starts outside the {self.grid[0]}x{self.grid[1]} scan grid"
         if runs.lengths[i] < 1:

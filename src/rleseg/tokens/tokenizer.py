@@ -13,17 +13,22 @@ from .stored import StoredArguments
 from .vocab import EOS, MAX_VOCAB, PAD, Vocab, check_layout_size
 
 SCHEMES = ("lac", "class", "binary")
-START_MODES = ("1d", "2d", "relative")
-# Video and panoptic sequences write absolute starts only.
-ABSOLUTE_START_MODES = ("1d", "2d")
+START_MODES = ("1d", "2d")
+# Start modes that were measured, found no help and removed: the commit that still has each.
+RETIRED_START_MODES = {"relative": "a540f6c"}
 _INT64 = np.iinfo(np.int64)
 
 
-def check_absolute_starts(starts: str, owner: str) -> None:
-    """ValueError unless ``owner``, a tokenizer that writes absolute starts only, supports ``starts``."""
-    if starts not in ABSOLUTE_START_MODES:
-        hint = "; relative starts are for the image Tokenizer only" if starts == "relative" else ""
-        raise ValueError(f"{owner} starts must be one of {ABSOLUTE_START_MODES}, got {starts!r}{hint}")
+def check_starts(starts: str, owner: str = "") -> None:
+    """ValueError unless ``starts`` is one of ``START_MODES``; ``owner`` ("video", "panoptic") prefixes
+    the message. A retired mode (a stored tokenizer's, say) is named as such."""
+    prefix = f"{owner} " if owner else ""
+    if isinstance(starts, str) and starts in RETIRED_START_MODES:
+        choices = " or ".join(map(repr, START_MODES))
+        raise ValueError(f"{prefix}starts {starts!r} was retired (measured no help, docs/results.md); rleseg at "
+                         f"commit {RETIRED_START_MODES[starts]} still has it; choose {choices}")
+    if starts not in START_MODES:
+        raise ValueError(f"{prefix}starts must be one of {START_MODES}, got {starts!r}")
 
 
 def parse_tokens(tokens, strict: bool = True) -> np.ndarray:
@@ -88,8 +93,7 @@ class Tokenizer(StoredArguments):
             tokens) or "binary" (C = 2; no class token).
         starts: "1d" (one token, the flat index) or "2d" (two tokens from one shared coordinate range:
             the major then the minor coordinate of the start in scan order, i.e. (row, col) for
-            order "C" and (col, row) for order "F") or "relative" (one "gap" token: the start minus the
-            end of the previous run in scan order, 0 for the first run; values 0 .. H*W-1).
+            order "C" and (col, row) for order "F").
         order: raster order of the flattening, "C" or "F".
         max_run: longest run L; default one row in scan order (W for "C", H for "F").
         extent: how a run's extent is written: "length" (the paper's) or "end", its last cell as a flat
@@ -127,8 +131,7 @@ class Tokenizer(StoredArguments):
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
         if scheme == "binary" and num_classes != 2:
             raise ValueError(f"scheme 'binary' needs num_classes == 2, got {num_classes}; use 'lac' or 'class'")
-        if starts not in START_MODES:
-            raise ValueError(f"starts must be one of {START_MODES}, got {starts!r}")
+        check_starts(starts)
         if extent not in EXTENTS:
             raise ValueError(f"extent must be one of {EXTENTS}, got {extent!r}")
         if extent == "end" and starts != "1d":

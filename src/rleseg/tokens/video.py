@@ -39,7 +39,7 @@ import numpy as np
 from .grammar import ImageGrammar
 from .runs import Runs, check_label_map, check_order, default_max_run, label_dtype
 from .stored import StoredArguments
-from .tokenizer import SCHEMES, Tokenizer, check_absolute_starts
+from .tokenizer import SCHEMES, Tokenizer, check_starts
 from .vocab import MAX_VOCAB, NUM_SPECIAL
 
 TEMPORAL = ("volume", "tac")
@@ -105,7 +105,7 @@ def video_vocab_size(frames: int, mask_size: tuple[int, int], num_classes: int, 
         raise ValueError(f"temporal must be one of {TEMPORAL}, got {temporal!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    check_absolute_starts(starts, "video")
+    check_starts(starts, "video")
     frames = int(frames)
     run = default_max_run((height, width), order) if max_run is None else int(max_run)
     if temporal == "volume":
@@ -130,8 +130,7 @@ class VideoTokenizer(StoredArguments):
         temporal: "volume" or "tac" (see the module docstring).
         scheme: "lac", "class" or "binary", as for :class:`Tokenizer`; under TAC the classes are the
             C**N TAC ids.
-        starts: "1d" or "2d" (for volume: coordinates in the stacked frames, see the module docstring);
-            relative starts are for the image tokenizer only.
+        starts: "1d" or "2d" (for volume: coordinates in the stacked frames, see the module docstring).
         order: raster order inside each frame, "C" or "F"; frames always come one after the other.
         max_run: longest run L; default one row of a frame in scan order (W for "C", H for "F").
         max_vocab: refuse configurations whose vocabulary exceeds this many tokens (the embedding
