@@ -1,6 +1,8 @@
 """Helpers shared by the tests: the tokenizer tests' test data and strategies, and the model tests' micro
-model, random masks, padded targets, decoding and overfitting loop."""
+model, the model variants every contract runs over (``VARIANTS``), random masks, padded targets, decoding
+and overfitting loop."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -13,7 +15,16 @@ from hypothesis.extra import numpy as hnp
 from rleseg.data import Collate
 from rleseg.inference import InferenceOptions, predict_batch
 from rleseg.models import ModelConfig, create_model, save_checkpoint
-from rleseg.tokens import EOS, PAD, upsample_mask
+from rleseg.tokens import (
+    EOS,
+    PAD,
+    BandTokenizer,
+    PanopticTokenizer,
+    PerClassTokenizer,
+    Tokenizer,
+    VideoTokenizer,
+    upsample_mask,
+)
 
 
 def sample_under_grammar(tok, rng: np.random.Generator, batch: int, max_len: int) -> np.ndarray:
@@ -119,6 +130,86 @@ def micro_config(**changes) -> ModelConfig:
     return ModelConfig(**{**fields, **changes})
 
 
+# Every kind of token model, as a factory of (tokenizer, changes to micro_config and the model's config,
+# e.g. run_step, start_head, a video model's fusion). tests/test_model_contracts.py runs the shared contracts
+# (cached == uncached, strict decoding, teacher forcing == generation, rows together == alone, candidates
+# == every token, checkpoints) over each: a new tokenizer, head or step mode is a new row here, not a new file.
+# Masks are small (6 x 10 cells) so that a 40-token budget holds several runs and also cuts some sequences.
+VARIANTS = {
+    # the paper's model: 1-D starts, lengths with the class fused ("lac"), the same table for every image
+    "lac lengths": lambda: (Tokenizer((6, 10), 4, "lac", max_run=7), {"start_head": "table"}),
+    # the pointer start head (start rows read the image) and the per-cell auxiliary head, column-major
+    "pointer": lambda: (Tokenizer((6, 10), 3, "lac", order="F"), {"start_head": "pointer", "aux_dense_weight": 0.5}),
+    # run ends as tokens: the end rows point at their cell too ("auto" gives the pointer for 1-D starts)
+    "lac ends": lambda: (Tokenizer((6, 10), 4, "lac", max_run=7, extent="end"), {}),
+    "class ends": lambda: (Tokenizer((6, 10), 4, "class", max_run=5, extent="end"), {}),
+    "binary ends": lambda: (Tokenizer((6, 10), 2, "binary", order="F", extent="end"), {}),
+    # 2-D starts: two coordinate tokens a start, the table head ("auto")
+    "2-D starts table": lambda: (Tokenizer((6, 10), 3, "class", starts="2d"), {}),
+    # several sequences an image, each after its prompt: rows of one batch
+    "per class": lambda: (PerClassTokenizer((6, 10), 4, max_run=6), {}),
+    "bands": lambda: (BandTokenizer((6, 10), 3, extent="end", bands=3), {}),
+    "panoptic": lambda: (PanopticTokenizer((6, 8), 3, thing_classes=[1]), {}),
+    # one decoder step per run (a start and its end)
+    "run step": lambda: (Tokenizer((6, 10), 4, "lac", max_run=7, extent="end"), {"run_step": True}),
+    "run step binary": lambda: (Tokenizer((6, 10), 2, "binary", order="F", extent="end"), {"run_step": True}),
+    "run step bands": lambda: (BandTokenizer((6, 10), 3, extent="end", bands=3), {"run_step": True}),
+    # video windows of 2 frames: each fusion mode, TAC and volume starts through the pointer, 2-D starts
+    "video tac": lambda: (VideoTokenizer(2, (6, 10), 3, temporal="tac", scheme="class"), {"fusion": "middle"}),
+    "video volume": lambda: (VideoTokenizer(2, (6, 10), 3, temporal="volume", scheme="lac"), {"fusion": "late"}),
+    "video static": lambda: (VideoTokenizer(2, (6, 10), 3, temporal="volume", scheme="class", order="F"),
+                             {"fusion": "static", "reference_frame": 1}),
+    "video 2-D starts": lambda: (VideoTokenizer(2, (6, 10), 3, temporal="tac", scheme="lac", starts="2d"),
+                                 {"fusion": "middle"}),
+}
+
+
+def variant_model(name: str, seed: int | None = None, noise: float = 0.3):
+    """The micro model of ``VARIANTS[name]`` in eval mode, seeded noise added to every parameter: an untrained
+    model writes EOS at once, and the contracts need rows that write runs and end at different steps. A random
+    model hardly reads its image, so some seeds write the same sequence for every image: ``seed`` None takes
+    the first that does not (:func:`varied_seed`)."""
+    tokenizer, changes = VARIANTS[name]()
+    torch.manual_seed(varied_seed(name) if seed is None else seed)
+    model = create_model(micro_config(), tokenizer, **changes)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return model.eval()
+
+
+@functools.cache
+def varied_seed(name: str, max_len: int = 40) -> int:
+    """The first seed whose :func:`variant_model` writes rows of different lengths, three tokens or more on
+    average, for the six :func:`variant_images` (greedy, constrained, ``max_len`` tokens)."""
+    for seed in range(20):
+        model = variant_model(name, seed)
+        out = model.generate(variant_images(model.tokenizer), max_len=max_len, temperature=0)
+        lengths = (out.tokens != PAD).sum(dim=1).float()
+        if lengths.min() < lengths.max() and lengths.mean() >= 3:
+            return seed
+    raise AssertionError(f"no seed of 20 gives variant {name!r} rows of different lengths")
+
+
+def variant_images(tokenizer, count: int = 6, seed: int = 1) -> torch.Tensor:
+    """``count`` random 32 x 64 images (video: windows of the tokenizer's frames) of rising contrast, so that
+    a noisy model's rows differ in length: (count, 3, 32, 64) or (count, N, 3, 32, 64)."""
+    frames = (tokenizer.frames,) if tokenizer.task == "video" else ()
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, *frames, 3, 32, 64, generator=generator)
+    return images * torch.linspace(0, 1, count).view(count, *[1] * (images.ndim - 1))
+
+
+def flat_forms(tokens: torch.Tensor, rows: int) -> list[np.ndarray]:
+    """Generated tokens (B * rows, T) -> per image its rows, each cut after its first EOS (whole without one),
+    joined: the flat form ``tokenizer.decode`` reads."""
+    cut = []
+    for row in tokens.numpy():
+        eos = np.flatnonzero(row == EOS)
+        cut.append(row[: eos[0] + 1] if eos.size else row)
+    return [np.concatenate(cut[i : i + rows]) for i in range(0, len(cut), rows)]
+
+
 def noisy_checkpoint(path, tokenizer, extra: dict | None = None, noise: float = 0.5):
     """A saved one-decoder-layer micro model (``extra`` in its metadata) whose decoder carries seeded noise:
     an untrained decoder predicts background everywhere, and prediction tests need output that varies."""
@@ -194,7 +285,7 @@ def overfit_rows(tok, masks: list[np.ndarray], steps: int = 400):
         loss.backward()
         optimizer.step()
         if step % 50 == 0:
-            predicted = predict_batch(model, images, InferenceOptions(temperature=0.0))
+            predicted = predict_batch(model, images, InferenceOptions.from_fields(temperature=0.0))
             if all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)):
                 break
     assert all(np.array_equal(p, m) for p, m in zip(predicted.masks, masks, strict=True)), f"step {step}"

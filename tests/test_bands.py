@@ -1,5 +1,7 @@
 """Band sequences (tokens/bands.py): one run sequence per band of scan lines, decoded as rows of one batch.
-Round trips, layout, strict errors, the grammar keeping each row to its band, the model and the config."""
+Round trips, layout, strict errors, the grammar keeping each row to its band, the model and the config. The
+model contracts (cache, strict decoding of joined rows, rows together == alone, ...) run over the "bands" and
+"run step bands" variants in tests/test_model_contracts.py."""
 
 import re
 
@@ -9,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import labelled_masks, micro_config, overfit_rows, random_masks, sample_under_grammar
+from helpers import labelled_masks, overfit_rows, random_masks, sample_under_grammar
 from rleseg.data import Collate
 from rleseg.experiment import build_model, build_tokenizer, load_config
-from rleseg.models import create_model, load_checkpoint, save_checkpoint
+from rleseg.models import load_checkpoint, save_checkpoint
 from rleseg.tokens import EOS, BandTokenizer, MaskTokenizer, Tokenizer, from_dict, split_sequences
 
 
@@ -127,45 +129,6 @@ def test_grammar_allows_every_encoded_band(scheme):
 # ----------------------------------------------------------------------------- model and config
 def test_micro_model_overfits_band_sequences_exactly():
     overfit_rows(BandTokenizer((8, 8), 3, extent="end", bands=4), random_masks(np.random.default_rng(0), 3, 8, 3))
-
-
-def noisy_band_model():
-    torch.manual_seed(0)
-    tok = BandTokenizer((6, 6), 3, extent="end", bands=3)
-    model = create_model(micro_config(), tok)
-    with torch.no_grad():  # an untrained decoder writes EOS at once: noise makes the rows differ
-        for p in model.decoder.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    return model, tok
-
-
-def joined_rows(tokens: torch.Tensor, bands: int) -> list[np.ndarray]:
-    """Each image's band rows (B * bands, T), each up to its EOS, joined: the image's flat form."""
-    return [np.concatenate([row[: int(np.flatnonzero(row == EOS)[0]) + 1] for row in image])
-            for image in tokens.view(-1, bands, tokens.shape[1]).numpy()]
-
-
-def test_cached_and_uncached_generation_agree():
-    model, tok = noisy_band_model()
-    images = torch.rand(2, 3, 64, 64)
-    runs = [model.generate(images, max_len=30, use_cache=cache, temperature=0) for cache in (True, False)]
-    assert runs[0].tokens.shape[0] == 2 * 3 and torch.equal(runs[0].tokens, runs[1].tokens)
-    for flat in joined_rows(runs[0].tokens, 3):
-        tok.decode(flat)
-
-
-@pytest.mark.parametrize("search", [dict(beams=3, temperature=0), dict(samples=4, temperature=1.0)])
-def test_beam_search_and_best_of_n_keep_each_row_in_its_band(search):
-    """Search rows run over (image, band, copy): each copy must be held to its band's cells, not to the band
-    its row number would say without copies (strict decoding names a run outside its band)."""
-    model, tok = noisy_band_model()
-    images = torch.rand(2, 3, 64, 64)
-    out = model.generate(images, max_len=30, generator=torch.Generator().manual_seed(1), **search)
-    assert out.tokens.shape[0] == 2 * 3
-    flats = joined_rows(out.tokens, 3)
-    assert sum(len(flat) for flat in flats) > 2 * 3 + 6  # some rows wrote runs
-    for flat in flats:
-        tok.decode(flat, errors="strict")
 
 
 def test_collate_splits_each_sample_into_its_bands():

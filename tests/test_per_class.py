@@ -18,7 +18,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer, PerClassTokenizer, Tokenizer,
 
 # ----------------------------------------------------------------------------- tokenizer
 @settings(max_examples=60, deadline=None)
-@given(labelled_masks(max_side=12), st.sampled_from(["1d", "2d", "relative"]), st.sampled_from(["C", "F"]))
+@given(labelled_masks(max_side=12), st.sampled_from(["1d", "2d"]), st.sampled_from(["C", "F"]))
 def test_random_masks_round_trip(masked, starts, order):
     mask, num_classes = masked
     tok = PerClassTokenizer(mask.shape, num_classes, starts=starts, order=order)
@@ -55,7 +55,7 @@ def test_overlapping_classes_paint_the_later_class():
     assert tok.decode(np.concatenate([ones, twos])).tolist() == [[1, 2, 2, 2, 0]]
 
 
-@pytest.mark.parametrize("starts", ["1d", "2d", "relative"])
+@pytest.mark.parametrize("starts", ["1d", "2d"])
 def test_grammar_samples_decode_strictly_and_encoded_sequences_are_allowed(starts):
     rng = np.random.default_rng(0)
     tok = PerClassTokenizer((4, 5), 4, starts=starts, max_run=3)
@@ -145,24 +145,21 @@ def test_micro_model_overfits_three_class_patches_exactly():
         model.loss(images, batch["tokens"][:3])
 
 
-@pytest.mark.parametrize(
-    "sampling", [dict(temperature=0), dict(temperature=1.0), dict(temperature=0, beams=2), dict(samples=2)]
-)
-def test_cached_and_uncached_generation_agree_and_rows_read_their_prompts(sampling):
+def test_each_image_writes_a_row_per_class_after_its_prompt():
+    """Row r of the batch reads the prompt of class r % (C-1) + 1, an image's rows adjacent, and they differ.
+    The model contracts (cache, strict decoding of joined rows, ...) run over the "per class" variant in
+    tests/test_model_contracts.py."""
     torch.manual_seed(0)
     tok = PerClassTokenizer((6, 6), 4)
     model = create_model(micro_config(), tok)
     with torch.no_grad():  # an untrained decoder writes EOS at once: noise makes the rows differ
         for p in model.decoder.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    images = torch.rand(2, 3, 64, 64)
-    runs = [model.generate(images, max_len=30, use_cache=cache, generator=torch.Generator().manual_seed(7),
-                           **sampling) for cache in (True, False)]
-    assert runs[0].tokens.shape[0] == 2 * 3
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
-    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=1e-4)
-    assert len({tuple(row.tolist()) for row in runs[0].tokens}) > 1
-    assert model.first_tokens(12, 2).tolist() == [p for p in tok.prompts for _ in range(2)] * 2
+    out = model.generate(torch.rand(2, 3, 64, 64), max_len=30, temperature=1.0,
+                         generator=torch.Generator().manual_seed(7))
+    assert out.tokens.shape[0] == 2 * 3
+    assert len({tuple(row.tolist()) for row in out.tokens}) > 1
+    assert model.first_tokens(6).tolist() == [*tok.prompts] * 2
 
 
 def test_config_round_trip_yaml_tokenizer_checkpoint(tmp_path):

@@ -1,5 +1,8 @@
 """Run ends as tokens (tokenizer extent "end"): a run written as its start and its last cell, both flat
-indices that the pointer head chooses from the image; "lac" fuses the end with the class."""
+indices that the pointer head chooses from the image; "lac" fuses the end with the class. And one decoder
+step per run (``model.run_step``), which these runs allow: the decoder reads a run's start and end as one
+input and writes both from one state. That generation matches training's teacher forcing, cached ==
+uncached and the rest is tests/test_model_contracts.py's ("lac ends", "run step" ... variants)."""
 
 import itertools
 
@@ -19,10 +22,12 @@ from helpers import (
     padded,
     random_masks,
     stardist_mask,
+    variant_images,
+    variant_model,
 )
 from rleseg.experiment import load_config
 from rleseg.models import create_model
-from rleseg.tokens import EOS, Tokenizer, downsample_mask
+from rleseg.tokens import EOS, PerClassTokenizer, Tokenizer, downsample_mask
 from rleseg.typed_yaml import ConfigError
 
 SCHEMES = ["lac", "class", "binary"]
@@ -187,8 +192,8 @@ def end_pointer_model(tokenizer, **changes):
     torch.manual_seed(0)
     model = create_model(micro_config(start_head="pointer", **changes), tokenizer)
     with torch.no_grad():  # the content projections start at zero; give them something to carry
-        model.start_proj.weight.normal_(0.0, 0.05)
-        model.end_head.proj.weight.normal_(0.0, 0.05)
+        model.pointer.start_proj.weight.normal_(0.0, 0.05)
+        model.pointer.end.proj.weight.normal_(0.0, 0.05)
     return model
 
 
@@ -196,30 +201,20 @@ def end_pointer_model(tokenizer, **changes):
 def test_end_rows_carry_the_features_of_their_cell_and_class(scheme):
     tok = ends_tokenizer(scheme, (16, 16), 3)
     model = end_pointer_model(tok).eval()
-    _memory, table, cells = model.encode(torch.rand(2, 3, 64, 64))
+    encoded = model.encode(torch.rand(2, 3, 64, 64))
+    table, cells = encoded.table, encoded.cells
     end = tok.vocab[tok.slots[1]]
     content = table[:, end.first : end.stop] - model.decoder.embedding_table()[end.first : end.stop]
-    projected = model.end_head.proj(cells)  # (B, S, D)
-    kinds = len(model.end_head.kinds)
+    projected = model.pointer.end.proj(cells)  # (B, S, D)
+    kinds = len(model.pointer.end.kinds)
     assert kinds == (2 if scheme == "lac" else 1) and end.size == kinds * 256
     for kind in range(kinds):  # class-major, as the fused values: row c * S + cell
-        torch.testing.assert_close(content[:, kind * 256 : (kind + 1) * 256], projected + model.end_head.kinds[kind])
+        torch.testing.assert_close(content[:, kind * 256 : (kind + 1) * 256], projected + model.pointer.end.kinds[kind])
     # The end row and the start row of one cell share their geometry but not their content.
     start = tok.vocab["start"]
     torch.testing.assert_close(model.decoder.geometry[end.first : end.first + 256],
                                model.decoder.geometry[start.first : start.stop])
     assert not torch.allclose(table[:, end.first : end.first + 256], table[:, start.first : start.stop])
-
-
-def test_cached_and_uncached_generation_agree_and_decode_strictly():
-    tok = ends_tokenizer("lac", (16, 16), 3)
-    model = end_pointer_model(tok)
-    images = torch.rand(3, 3, 64, 64)
-    runs = [model.generate(images, max_len=40, use_cache=cache, temperature=1.0, top_p=0.5,
-                           generator=torch.Generator().manual_seed(1)) for cache in (True, False)]
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
-    for seq in runs[0].tokens.numpy():
-        tok.decode(seq, errors="strict")
 
 
 def test_small_end_pointer_model_overfits_four_images_exactly():
@@ -228,3 +223,35 @@ def test_small_end_pointer_model_overfits_four_images_exactly():
     masks = random_masks(np.random.default_rng(0), 4, 16, 3)
     model = create_model(micro_config(dim=64, mlp_dim=128, start_head="pointer"), tok)
     overfit_exactly(model, torch.rand(4, 3, 64, 64), padded(tok, masks), masks)
+
+
+# ------------------------------------------------------------------------------------------ one step per run
+def test_an_odd_budget_ends_every_sequence_in_eos_within_it():
+    """A step writes two tokens; a budget that ends between them still ends every sequence in EOS."""
+    model = variant_model("run step")
+    tokenizer = model.tokenizer
+    for max_len in (1, 2, 3, 8, 9):
+        out = model.generate(variant_images(tokenizer, 4), max_len=max_len, temperature=0)
+        assert out.tokens.shape[1] <= max_len
+        assert (out.tokens == EOS).any(dim=1).all()
+        for row in out.tokens.numpy():
+            tokenizer.decode(row, errors="strict")
+
+
+@pytest.mark.parametrize("tokenizer", [
+    Tokenizer((6, 10), 3, "lac"),  # lengths
+    Tokenizer((6, 10), 3, "class", extent="end"),  # class as its own token: three a run
+    Tokenizer((6, 10), 3, "lac", starts="2d"),
+    PerClassTokenizer((6, 10), 3),
+], ids=["lengths", "class token", "2-D starts", "per class"])
+def test_tokenizers_without_start_end_runs_are_refused_by_name(tokenizer):
+    with pytest.raises(ValueError, match=r"model.run_step needs runs of a start and an end.*this tokenizer writes"):
+        create_model(micro_config(run_step=True), tokenizer)
+
+
+def test_run_step_model_learns_masks_exactly():
+    tokenizer = Tokenizer((8, 8), 3, "lac", extent="end")
+    masks = random_masks(np.random.default_rng(0), 4, 8, 3)
+    torch.manual_seed(0)
+    model = create_model(micro_config(run_step=True, dim=64, mlp_dim=128), tokenizer)
+    overfit_exactly(model, torch.rand(4, 3, 64, 64), padded(tokenizer, masks), masks, lr=2e-3)

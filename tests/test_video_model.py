@@ -1,15 +1,16 @@
-"""Contracts of rleseg.models.video: each fusion mode's shapes and what its memory depends on, one frame
-reduces every mode to the image encoder, cached == uncached generation, constrained samples decode
-strictly, a small middle-fusion model overfits clips exactly under volume / TAC / LTAC, checkpoints
-round-trip. Everything random-init, offline, CPU."""
+"""rleseg.models.video: each fusion mode's shapes and what its memory depends on, one frame reduces every
+mode to the image encoder, image weights load, a small middle-fusion model overfits clips exactly under
+volume / TAC / LTAC, batches go through the training protocol. The model contracts (cache, strict decoding,
+teacher forcing, checkpoints, ...) run over the video variants of every fusion in
+tests/test_model_contracts.py. Everything random-init, offline, CPU."""
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import decoded, micro_config, overfit_exactly, padded
-from rleseg.models import DenseConfig, ModelConfig, Pix2Seq, create_model, load_checkpoint, save_checkpoint
-from rleseg.models.pix2seq import Encoder
+from rleseg.models import DenseConfig, ModelConfig, Pix2Seq, create_model
+from rleseg.models.transformer import Encoder
 from rleseg.models.video import FUSIONS, VideoModelConfig, VideoPix2Seq, time_code
 from rleseg.tokens import Tokenizer
 from rleseg.tokens.video import VideoTokenizer
@@ -176,47 +177,6 @@ def test_image_weights_load_into_video_models(fusion, tokenizer):
             torch.testing.assert_close(video(clips, tokens), image(clips[:, 0], tokens))
 
 
-# ----------------------------------------------------------------------------- generation
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_cached_and_uncached_generation_agree(fusion, tokenizer):
-    torch.manual_seed(0)
-    model = create_model(video_config(), tokenizer, fusion=fusion)
-    with torch.no_grad():  # a sharper random model, so sequences differ in length and content
-        model.decoder.output_bias.normal_(0.0, 2.0)
-    clips = torch.rand(3, 3, 3, 64, 64)
-    runs = [
-        model.generate(clips, max_len=40, use_cache=cache, generator=torch.Generator().manual_seed(1))
-        for cache in (True, False)
-    ]
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
-    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=1e-4)
-    greedy = [model.generate(clips, max_len=40, temperature=0, use_cache=cache).tokens for cache in (True, False)]
-    assert torch.equal(greedy[0], greedy[1])
-
-
-@pytest.mark.parametrize(
-    "temporal,scheme,starts,order",
-    [
-        ("volume", "lac", "1d", "C"),
-        ("volume", "class", "2d", "F"),
-        ("tac", "class", "1d", "C"),
-        ("tac", "lac", "2d", "C"),
-    ],
-)
-def test_constrained_samples_decode_strictly(temporal, scheme, starts, order):
-    tokenizer = VideoTokenizer(2, (8, 12), 3, temporal=temporal, scheme=scheme, starts=starts, order=order)
-    torch.manual_seed(0)
-    model = create_model(video_config(max_seq_len=48), tokenizer, fusion="middle")
-    with torch.no_grad():
-        model.decoder.output_bias.normal_(0.0, 3.0)
-    out = model.generate(torch.rand(6, 2, 3, 64, 64), max_len=48, generator=torch.Generator().manual_seed(0))
-    assert out.tokens[0, 0] != tokenizer.bos
-    masks = decoded(tokenizer, out.tokens)
-    for mask in masks:
-        assert mask.shape == (2, 8, 12)
-    assert sum(int((m > 0).sum()) for m in masks) > 0  # the random model did write runs
-
-
 # ----------------------------------------------------------------------------- overfitting
 @pytest.mark.parametrize("temporal,scheme", [("volume", "lac"), ("tac", "class"), ("tac", "lac")])
 def test_middle_fusion_overfits_clips_exactly(temporal, scheme):
@@ -256,21 +216,3 @@ def test_video_batches_train_and_evaluate_through_the_engine_protocol():
     meter = VideoMeter(3, boundary_tolerance=None)
     meter.update(np.stack(decoded(tokenizer, out.tokens)), batch["mask_small"].numpy())
     assert meter.compute()["num_videos"] == 4
-
-
-# ----------------------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_checkpoint_round_trip(fusion, tokenizer, tmp_path):
-    torch.manual_seed(0)
-    model = create_model(video_config(), tokenizer, fusion=fusion, reference_frame=1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    save_checkpoint(model, tmp_path / "video.safetensors", extra={"step": 3})
-    loaded = load_checkpoint(tmp_path / "video.safetensors")
-    assert isinstance(loaded, VideoPix2Seq) and loaded.config == model.config
-    assert loaded.tokenizer.to_dict() == tokenizer.to_dict()
-    model.eval()
-    clips, targets = torch.rand(2, 3, 3, 64, 64), torch.randint(0, tokenizer.vocab.size, (2, 9))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(clips, targets), model(clips, targets))

@@ -1,7 +1,9 @@
 """The pointer start head of the video models: a volume start (frame, cell) carries that frame's pyramid
 feature at the cell, a TAC start the frames' features averaged at its cell; the rows equal the projected
-cells in the tokenizer's own start numbering, cached == uncached generation, small models overfit clips
-exactly, ``auto`` picks the pointer, ``table`` stays selectable and older video checkpoints load as table."""
+cells in the tokenizer's own start numbering, small models overfit clips exactly, ``auto`` picks the pointer,
+``table`` stays selectable and older video checkpoints load as table. The model contracts (cache, strict
+decoding, ...) run over the "video tac", "video volume" (pointer) and "video static", "video 2-D starts"
+(table) variants in tests/test_model_contracts.py."""
 
 import json
 
@@ -29,7 +31,7 @@ def pointer_model(tokenizer, fusion: str, reference_frame: int = 0, **changes):
     model = create_model(video_config(**changes), tokenizer, fusion=fusion, reference_frame=reference_frame)
     assert model.config.start_head == "pointer"  # what "auto" resolves to for 1-D starts
     with torch.no_grad():  # the content projection starts at zero; give it something to carry
-        model.start_proj.weight.normal_(0.0, 0.05)
+        model.pointer.start_proj.weight.normal_(0.0, 0.05)
     return model.eval()
 
 
@@ -49,7 +51,7 @@ def frame_cells(model, clips: torch.Tensor) -> torch.Tensor:
 
 def start_content(model, clips: torch.Tensor) -> torch.Tensor:
     """What the pointer adds to the start rows of each window's table: (B, starts, D)."""
-    _, table, _ = model.encode(clips)
+    table = model.encode(clips).table
     start = model.tokenizer.vocab["start"]
     shared = model.decoder.embedding_table()
     return table[:, start.first : start.stop] - shared[start.first : start.stop]
@@ -69,7 +71,7 @@ def test_volume_start_rows_carry_their_frames_cell(fusion, order):
     clips = torch.rand(2, FRAMES, 3, 64, 64)
     with torch.no_grad():
         content = start_content(model, clips)
-        expected = model.start_proj(frame_cells(model, clips))  # (B, N, S, D)
+        expected = model.pointer.start_proj(frame_cells(model, clips))  # (B, N, S, D)
     assert content.shape == (2, FRAMES * 64, 32)
     # The start token of pixel (t, r, c) is the one the tokenizer writes for it; its row is frame t's cell
     # (r, c), numbered as the image tokenizer of one frame numbers it.
@@ -94,7 +96,7 @@ def test_tac_start_rows_carry_the_frames_cells_averaged(fusion):
     changed[:, 2, :, :32] = 0.0  # the top half of the last frame goes dark
     with torch.no_grad():
         content = start_content(model, clips)
-        torch.testing.assert_close(content, model.start_proj(frame_cells(model, clips).mean(dim=1)))
+        torch.testing.assert_close(content, model.pointer.start_proj(frame_cells(model, clips).mean(dim=1)))
         moved = (content - start_content(model, changed)).norm(dim=-1).view(2, 8, 8)  # order F: (col, row)
     assert content.shape == (2, 64, 32)
     if fusion == "static":  # frame 0 alone
@@ -107,7 +109,7 @@ def test_pointer_content_starts_at_zero():
     tokenizer = VideoTokenizer(2, (8, 8), 3, temporal="volume")
     torch.manual_seed(0)
     model = create_model(video_config(), tokenizer, fusion="late")
-    _, table, _ = model.encode(torch.rand(2, 2, 3, 64, 64))
+    table = model.encode(torch.rand(2, 2, 3, 64, 64)).table
     torch.testing.assert_close(table, model.decoder.embedding_table()[None].expand(2, -1, -1))
 
 
@@ -116,7 +118,7 @@ def test_static_pointer_with_image_pointer_weights_is_that_image_model_on_its_fr
     torch.manual_seed(0)
     image = Pix2Seq(video_config(start_head="pointer"), tokenizer).eval()  # the image pointer, on the TAC map
     with torch.no_grad():
-        image.start_proj.weight.normal_(0.0, 0.05)
+        image.pointer.start_proj.weight.normal_(0.0, 0.05)
     video = create_model(video_config(), tokenizer, fusion="static", reference_frame=2).eval()
     video.load_state_dict(image.state_dict())
     clips, tokens = torch.rand(2, FRAMES, 3, 64, 64), torch.randint(0, tokenizer.vocab.size, (2, 9))
@@ -124,28 +126,7 @@ def test_static_pointer_with_image_pointer_weights_is_that_image_model_on_its_fr
         torch.testing.assert_close(video(clips, tokens), image(clips[:, 2], tokens))
 
 
-# ----------------------------------------------------------------------------- generation
-@pytest.mark.parametrize("pyramid_memory", [False, True])
-@pytest.mark.parametrize("temporal", ["tac", "volume"])
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_cached_and_uncached_generation_agree(fusion, temporal, pyramid_memory):
-    tokenizer = VideoTokenizer(2, (8, 8), 3, temporal=temporal, scheme="class", order="F")
-    model = pointer_model(tokenizer, fusion, pyramid_memory=pyramid_memory)
-    with torch.no_grad():  # sharper, so sequences differ in length and content
-        model.decoder.output_bias.normal_(0.0, 2.0)
-    clips = torch.rand(3, 2, 3, 64, 64)
-    if pyramid_memory:  # the decoder also reads the start cells pooled 2x2
-        starts = 64 * (2 if temporal == "volume" else 1)
-        assert model.encode(clips)[0].shape[1] == 4 * (2 if fusion == "late" else 1) + starts // 4
-    runs = [model.generate(clips, max_len=40, use_cache=cache, generator=torch.Generator().manual_seed(1))
-            for cache in (True, False)]
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
-    greedy = [model.generate(clips, max_len=40, temperature=0, use_cache=cache).tokens for cache in (True, False)]
-    assert torch.equal(greedy[0], greedy[1])
-    written = [tokenizer.decode(seq, errors="strict") for seq in runs[0].tokens.numpy()]
-    assert sum(int((volume > 0).sum()) for volume in written) > 0
-
-
+# ----------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("temporal,scheme,fusion", [("tac", "class", "middle"), ("volume", "lac", "late")])
 def test_pointer_video_model_overfits_clips_exactly(temporal, scheme, fusion):
     torch.manual_seed(0)
@@ -163,7 +144,7 @@ def test_pointer_video_model_overfits_clips_exactly(temporal, scheme, fusion):
 def test_auto_points_for_one_dimensional_video_starts_and_table_stays_selectable():
     def head(tokenizer, **changes):
         model = create_model(video_config(**changes), tokenizer)
-        assert (model.start_proj is not None) == (model.config.start_head == "pointer")
+        assert (model.pointer is not None) == (model.config.start_head == "pointer")
         return model.config.start_head
 
     tac, volume = VideoTokenizer(2, (8, 8), 3), VideoTokenizer(2, (8, 8), 3, temporal="volume")
@@ -193,7 +174,7 @@ def test_older_video_checkpoints_load_as_table(tmp_path, stored):
         del config["start_head"]
     save_file(state, str(path), metadata={**metadata, "config": json.dumps(config)})
     loaded = load_checkpoint(path)
-    assert loaded.config.start_head == "table" and loaded.start_proj is None
+    assert loaded.config.start_head == "table" and loaded.pointer is None
     clips = torch.rand(2, 2, 3, 64, 64)
     assert torch.equal(loaded.generate(clips, max_len=30, temperature=0).tokens,
                        model.generate(clips, max_len=30, temperature=0).tokens)
