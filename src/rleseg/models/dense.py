@@ -201,4 +201,4 @@ class DenseModel(nn.Module):
         batch = len(images)
         empty, none = [np.zeros(0, np.int64)] * batch, [np.zeros(0, np.float32)] * batch
         return Prediction(list(labels.cpu().numpy()), empty, none, np.zeros((batch, 2), np.int64),
-                          np.zeros(batch, bool), none, list(probability.cpu().numpy()))
+                          np.zeros(batch, bool), none, list(probability.cpu().numpy()), np.zeros(batch, np.int64))

@@ -5,6 +5,7 @@ allows, and sampling (greedy, temperature, top-k, top-p)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -40,10 +41,13 @@ class Generation:
     tokens: torch.Tensor
     logprobs: torch.Tensor
     truncated: torch.Tensor | None = None
+    passes: torch.Tensor | None = None  # (B,) int64, the decoder passes each sequence took
 
     def __post_init__(self) -> None:
         if self.truncated is None:
             self.truncated = ~(self.tokens == EOS).any(dim=1)
+        if self.passes is None:  # a pass per token, up to EOS
+            self.passes = (self.tokens != PAD).sum(dim=1)
 
 
 @dataclass
@@ -58,6 +62,11 @@ class DecodingOptions:
     constrained: bool = True  # only tokens the tokenizer's grammar allows: every sequence decodes strictly
     max_len: int | None = None  # tokens generated at most per sequence; None = the model's max_seq_len
     use_cache: bool = True  # the decoder's key-value cache: changes the speed, never a token
+    # "stepwise": one decoder pass per token (per run with model.run_step). "draft": greedy decoding under the
+    # grammar verifies the per-cell head's draft of the mask, several tokens a decoder pass (models/draft.py),
+    # where the model has that head; the same tokens, about a third of the passes, not yet faster on a CPU
+    # (docs/results.md), hence not the default.
+    method: Literal["stepwise", "draft"] = "stepwise"
     # Models with a refiner (model.refine_band > 0): redraw the decoded mask's boundary band at full
     # resolution; false gives the token-only mask (upsampled nearest), to compare both on one checkpoint.
     refine: bool = True
@@ -66,6 +75,8 @@ class DecodingOptions:
         check_range(self, 0, None, "temperature", "top_k")
         check_range(self, 0, 1, "top_p", low_open=True)
         check_range(self, 1, None, "max_len")
+        if self.method not in ("draft", "stepwise"):
+            raise ValueError(f"method must be 'draft' or 'stepwise', got {self.method!r}")
 
     def length_for(self, max_seq_len: int) -> int:
         """The tokens a sequence may take at most: ``max_len``, within 1 .. ``max_seq_len`` (ValueError above)."""
@@ -163,7 +174,9 @@ def sample(model, encoded, options: DecodingOptions, generator: torch.Generator 
     logprobs = torch.zeros(batch, steps * per_step, device=device)
     done, truncated = torch.zeros(batch, dtype=torch.bool, device=device), torch.zeros(batch, dtype=torch.bool)
     live = torch.arange(batch, device=device)  # the rows still generating, as encoded, cache and grammar hold them
+    passes = torch.zeros(batch, dtype=torch.long)
     for step in range(steps):
+        passes[live.cpu()] += (~done[live]).long().cpu()  # a decoder pass for each row that has not ended
         first = step * per_step + 1  # the column of the step's first token
         states, ended = model.next_states(tokens[live], step, encoded, cache), done[live]
         for k in range(per_step):
@@ -184,7 +197,7 @@ def sample(model, encoded, options: DecodingOptions, generator: torch.Generator 
     if grammar is not None:
         truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
     return Generation(tokens[:, 1 : written + 1].cpu(), logprobs[:, :written].cpu(),
-                      None if grammar is None else truncated)  # without a grammar: the rows without EOS
+                      None if grammar is None else truncated, passes)  # without a grammar: the rows without EOS
 
 
 def candidates(grammar: Grammar | None, encoded) -> tuple | None:

@@ -57,6 +57,20 @@ class KVCache:
     k: torch.Tensor  # (B, H, max_len, D/H)
     v: torch.Tensor
 
+    def write_rows(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D/H) of positions pos[b] .. pos[b]+T-1, each row at its own ``pos`` (B,) ->
+        (the cached keys and values up to the furthest position written, the (B, 1, T, P) bool mask of the
+        ones each query may see: its own row's positions up to its own). Entries past a row's position are
+        left over from drafts it rejected; the mask hides them until they are written again."""
+        index = pos[:, None] + torch.arange(k.shape[2], device=pos.device)  # (B, T)
+        slots = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+        self.k.scatter_(2, slots, k)
+        self.v.scatter_(2, slots, v)
+        seen = int(index.max()) + 1
+        mask = torch.arange(seen, device=pos.device) <= index[:, :, None]  # (B, T, P)
+        return self.k[:, :, :seen], self.v[:, :, :seen], mask[:, None]
+
 
 class Attention(nn.Module):
     """Multi-head attention; self-attention (optionally causal, with a KV cache) or cross-attention."""
@@ -84,14 +98,19 @@ class Attention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         causal: bool = False,
         cache: KVCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """x (B, T, D) attends to ``context`` (B, S, D), to precomputed ``kv``, or to itself. With a
-        ``cache`` (self-attention only) x holds positions pos .. pos+T-1 and attends to the cached past."""
+        ``cache`` (self-attention only) x holds positions pos .. pos+T-1 and attends to the cached past;
+        ``pos`` may be a (B,) tensor, each row at its own position (draft verification, models/draft.py)."""
         batch, length, dim = x.shape
         q = self.split_heads(self.q(x))  # (B, H, T, D/H)
         k, v = kv if kv is not None else self.keys_values(x if context is None else context)
-        if cache is not None:
+        mask = None
+        if cache is not None and isinstance(pos, torch.Tensor):
+            k, v, mask = cache.write_rows(k, v, pos)
+            causal = False  # the mask is causal by each row's positions
+        elif cache is not None:
             cache.k[:, :, pos : pos + length] = k
             cache.v[:, :, pos : pos + length] = v
             k, v = cache.k[:, :, : pos + length], cache.v[:, :, : pos + length]
@@ -99,7 +118,7 @@ class Attention(nn.Module):
             if causal and pos:
                 raise ValueError("a cached multi-token step must start at position 0")
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D/H)
         y = y.transpose(1, 2).reshape(batch, length, dim)  # (B, T, D)
         return self.resid_dropout(self.proj(y))

@@ -24,6 +24,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 
 from .config import ModelConfig
 from .decode import decode_generation
+from .draft import verify
 from .generate import DecodingOptions, Generation, sample
 from .layers import eval_mode
 from .protocol import Prediction
@@ -44,8 +45,8 @@ class Encoded:
 
     def select(self, rows: torch.Tensor) -> Encoded:
         """The images ``rows`` (R,) indexes, in its order."""
-        pick = [None if t is None else t[rows] for t in (self.memory, self.table, self.cells)]
-        return Encoded(pick[0], self.table if self.table.ndim == 2 else pick[1], pick[2])
+        table = self.table if self.table.ndim == 2 else self.table[rows]  # a shared table serves every row
+        return Encoded(self.memory[rows], table, None if self.cells is None else self.cells[rows])
 
     def repeat(self, copies: int) -> Encoded:
         """Each image ``copies`` times, adjacent: one per token row when an image writes several sequences."""
@@ -221,7 +222,18 @@ class Pix2Seq(nn.Module):
         options.length_for(self.config.max_seq_len)
         with eval_mode(self):
             encoded = self.encode(images) if encoded is None else encoded
+            if self.drafts(options):
+                return verify(self, encoded, self.cell_head.draft(encoded.cells), options)
             return sample(self, encoded.repeat(len(self.tokenizer.prompts)), options, generator)
+
+    def drafts(self, options: DecodingOptions) -> bool:
+        """Whether generation with ``options`` verifies drafts (models/draft.py): greedy decoding under the
+        grammar with the cache, ``method`` "draft", a per-cell head to draft with, one token a step and one
+        sequence an image of a semantic tokenizer; otherwise it is step by step (the same tokens)."""
+        o = options
+        greedy = o.method == "draft" and o.temperature == 0 and o.constrained and o.use_cache
+        image = self.tokenizer.task == "semantic" and len(self.tokenizer.prompts) == 1
+        return greedy and image and self.cell_head is not None and self.run_step is None
 
     @property
     def tokens_per_step(self) -> int:
@@ -253,6 +265,12 @@ class Pix2Seq(nn.Module):
         if cache is None:
             return self.decoder(embedded, encoded.memory)[:, -1:]
         return self.decoder(embedded, cache=cache, pos=step)
+
+    def window_states(self, inputs: torch.Tensor, pos: torch.Tensor, encoded: Encoded, cache: DecoderCache
+                      ) -> torch.Tensor:
+        """Decoder states (R, T, D) after each of ``inputs`` (R, T), row r's at positions pos[r] .. pos[r]+T-1,
+        in one decoder pass through the ``cache`` (which then holds them): draft verification."""
+        return self.decoder(self.decoder.rows_of(encoded.table, inputs), cache=cache, pos=pos)
 
     def next_logits(self, states: torch.Tensor, written: torch.Tensor, encoded: Encoded, columns: tuple | None
                     ) -> torch.Tensor:

@@ -42,6 +42,8 @@ class Prediction:
     score_maps: per patch a float32 map of the mask's shape: token models, the score of the run that
         paints each pixel (NaN where none does); dense models, the softmax probability of the pixel's
         class; video models: None (their runs paint a volume or time-as-class map, not the frames).
+    passes: (B,) int64, the sequential decoder passes each patch took (its rows decode side by side: the
+        most of them); dense models: 0.
     """
 
     masks: list
@@ -51,6 +53,7 @@ class Prediction:
     truncated: np.ndarray
     run_scores: list[np.ndarray]
     score_maps: list[np.ndarray | None]
+    passes: np.ndarray
 
     def refined(self, masks: list[np.ndarray]) -> Prediction:
         """This prediction with ``masks`` at the patch's resolution in place of the grid's; the score maps

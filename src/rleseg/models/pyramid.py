@@ -6,7 +6,8 @@
   table that point at cells: start rows and, with tokenizer extent "end", run-end rows (:class:`EndPointer`).
   Choosing a start is then a dot product between the decoder state and the image at each cell.
 - :class:`CellHead` (``aux_dense_weight > 0``): a per-cell classifier of the pyramid, trained with an
-  auxiliary cross-entropy against the target's mask; its label map is a draft of the mask.
+  auxiliary cross-entropy against the target's mask; its label map is the draft that greedy decoding
+  verifies (models/draft.py).
 
 Shapes: B = batch, S = mask cells, D = width, P = pointer rows of the table, C = classes.
 """
@@ -124,6 +125,11 @@ class CellHead(nn.Module):
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
         return self.classify(cells)
+
+    def draft(self, cells: torch.Tensor) -> np.ndarray:
+        """The head's label map (B, h, w) int64 on the mask grid: a draft of the mask (models/draft.py)."""
+        labels = self(cells).argmax(-1).cpu().numpy().reshape(len(cells), *self.tokenizer.grid)
+        return labels.transpose(0, 2, 1) if self.tokenizer.order == "F" else labels
 
     def loss(self, cells: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each cell against the masks of ``target_tokens`` (an image's rows joined: its flat

@@ -124,18 +124,27 @@ class Decoder(nn.Module):
         shape = (batch, self.heads, max_len, dim // self.heads)
         return DecoderCache(
             [layer.cross_attn.keys_values(memory) for layer in self.layers],
-            [KVCache(memory.new_empty(shape), memory.new_empty(shape)) for _ in self.layers],
+            # zeros, not empty: draft verification reads entries a row has not written (masked out, and 0 * NaN
+            # of uninitialised memory would still be NaN)
+            [KVCache(memory.new_zeros(shape), memory.new_zeros(shape)) for _ in self.layers],
         )
 
     def forward(self, inputs: torch.Tensor, memory: torch.Tensor | None = None, cache: DecoderCache | None = None,
-                pos: int = 0, rows: int = 1) -> torch.Tensor:
+                pos: int | torch.Tensor = 0, rows: int = 1) -> torch.Tensor:
         """The final, normalised states (R, T, D) of embedded ``inputs`` (R, T, D) at positions pos .. pos+T-1.
-        Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached past.
+        Reads ``memory`` or, with a ``cache`` (which holds the memory's keys and values), the cached past;
+        with a cache ``pos`` may be a (R,) tensor, each row at its own position (positions past max_seq_len
+        take the last one's code: draft verification pads short drafts there and reads nothing they give).
         ``rows``: token rows per image (an image's adjacent), which read its memory without copies of it."""
-        length = inputs.shape[1]
-        if pos + length > self.pos_embedding.shape[0]:
-            raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {self.pos_embedding.shape[0]}")
-        x = self.dropout(inputs + self.pos_embedding[pos : pos + length])  # (R, T, D)
+        length, limit = inputs.shape[1], self.pos_embedding.shape[0]
+        if isinstance(pos, torch.Tensor):
+            index = (pos[:, None] + torch.arange(length, device=pos.device)).clamp(max=limit - 1)
+            positions = self.pos_embedding[index]  # (R, T, D)
+        elif pos + length > limit:
+            raise ValueError(f"sequence of {pos + length} positions exceeds max_seq_len {limit}")
+        else:
+            positions = self.pos_embedding[pos : pos + length]
+        x = self.dropout(inputs + positions)  # (R, T, D)
         for i, layer in enumerate(self.layers):
             if cache is None:
                 keys_values = layer.cross_attn.keys_values(memory)  # once per image, then shared by its rows

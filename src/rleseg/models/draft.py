@@ -1,0 +1,132 @@
+"""Exact draft-and-verify greedy decoding: a mask in a few decoder passes, token for token the greedy output.
+
+A draft is a label map on the mask grid (the per-cell head's, pyramid.py :class:`CellHead`). Each pass
+proposes, for every sequence, the runs of its draft from where the sequence stands (its next run's first
+free cell, or the run it is writing), in the model's own tokens (:func:`continuation`); one teacher-forced
+decoder pass over the last token and the K proposed ones (through the KV cache, each row at its own
+position) gives the model's own greedy choice under the grammar at every one of those positions. The
+proposed tokens are taken while they are that choice, then the model's own token where they first differ
+(or after the last one); the grammar advances over exactly those tokens. So every token is the one
+step-by-step greedy decoding would write, with the same log-probability; only the number of decoder passes
+changes (``Generation.passes``).
+
+Shapes: R = rows still decoding, K = tokens proposed in a pass, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rleseg.tokens import EOS, PAD, MaskTokenizer
+
+from .generate import DecodingOptions, Generation, allowed_tokens, candidates
+
+# Tokens proposed per row and pass at most. More cut few passes (stardist, 32 patches: 736 passes at 4, 592 at 16)
+# but the decoder reads K + 1 positions a pass: 4 was the fastest on the dev CPU (docs/results.md).
+MAX_DRAFT = 4
+REACH = 3  # a run the sequence starts this many cells or fewer before the draft's next one continues as that run
+
+
+def continuation(tokenizer: MaskTokenizer, draft: np.ndarray, cell: int, written: int, chose_end: bool = True
+                 ) -> np.ndarray:
+    """The tokens that continue a sequence from the runs of ``draft`` (h, w): with ``written`` 0, its runs
+    from cell ``cell`` (flat, in scan order) on; with ``written`` > 0, the rest of the run the sequence
+    writes from ``cell`` (its first ``written`` tokens are written) and the runs after it. EOS last.
+
+    Where the sequence and the draft disagree on a boundary, the draft is read as the sequence now stands:
+    a sequence whose last run ended by its choice (``chose_end``; not cut at ``max_run``) where the draft's
+    run goes on skips the rest of that run, and a run that the sequence starts up to ``REACH`` cells before
+    the draft's next one takes that run's class from there (further away: no proposal, empty)."""
+    flat = draft.ravel(order=tokenizer.order).copy()
+    if chose_end and 0 < cell < flat.size and not written and flat[cell] and flat[cell] == flat[cell - 1]:
+        other = np.flatnonzero(flat[cell:] != flat[cell])
+        flat[cell : cell + (other[0] if other.size else flat.size)] = 0
+    if written:
+        ahead = np.flatnonzero(flat[cell : cell + REACH])
+        if not ahead.size:
+            return np.zeros(0, np.int64)
+        flat[cell : cell + ahead[0]] = flat[cell + ahead[0]]
+    flat[:cell] = 0
+    return tokenizer.encode(flat.reshape(draft.shape, order=tokenizer.order))[written:]
+
+
+def advance_rows(grammar, tokens: np.ndarray, rows: np.ndarray) -> None:
+    """``grammar.advance(tokens)`` for the rows ``rows`` (R,) bool marks; the others keep their state."""
+    kept = {name: getattr(grammar, name)[~rows].copy() for name in grammar.row_state}
+    grammar.advance(tokens)
+    for name, values in kept.items():
+        getattr(grammar, name)[~rows] = values
+
+
+def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.ndarray
+              ) -> tuple[torch.Tensor, np.ndarray]:
+    """Each row's proposal from its draft (R, h, w) and grammar state, at most ``room`` (R,) tokens ->
+    ((R, K) int64 padded with PAD, (R,) lengths). A proposal stops where the pass's own last token ends a
+    run, so that the next pass starts at a run boundary, where a draft is read best."""
+    fmt = grammar.run_format
+    per_run, two_d = fmt.tokens_per_run, fmt.slots[0] == "coord"
+    rows = []
+    for draft, slot, start, free, limit in zip(drafts, grammar.slot, grammar.start, grammar.free, room, strict=True):
+        if two_d and slot == 1:  # a 2-D start half written: its cell is not known yet
+            rows.append(np.zeros(0, np.int64))
+            continue
+        chose_end = free - start < fmt.max_run  # a run cut at max_run goes on in the next one
+        tokens = continuation(tokenizer, draft, int(start) if slot else int(free), int(slot), bool(chose_end))
+        whole = min(int(limit), MAX_DRAFT)
+        whole -= (slot + whole + 1) % per_run  # the pass's own token then closes a run
+        rows.append(tokens[: max(whole, 0)] if len(tokens) > whole else tokens)
+    lengths = np.array([len(r) for r in rows], np.int64)
+    out = np.full((len(rows), int(lengths.max(initial=0))), PAD, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out), lengths
+
+
+def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Generation:
+    """Greedy decoding under the grammar of ``model`` (a one-sequence-per-image token model) over its
+    :class:`~rleseg.models.pix2seq.Encoded` images, drafted by ``drafts`` (B, h, w) label maps on the mask
+    grid; see the module doc. Any draft gives the same tokens; a good one, fewer passes."""
+    tokenizer, max_len = model.tokenizer, options.length_for(model.config.max_seq_len)
+    batch, device = len(encoded.memory), encoded.memory.device
+    grammar = tokenizer.grammar(batch)
+    cache = model.new_cache(encoded, max_len + MAX_DRAFT + 1)  # short drafts pad past max_len: never read
+    tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # first + generated
+    tokens[:, 0] = model.first_tokens(batch, device)
+    logprobs = torch.zeros(batch, max_len, device=device)
+    written = torch.zeros(batch, dtype=torch.long, device=device)
+    passes = torch.zeros(batch, dtype=torch.long)
+    truncated = torch.zeros(batch, dtype=torch.bool)
+    live = torch.arange(batch, device=device)
+    while len(live):
+        at = written[live]
+        proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar,
+                                      (max_len - 1 - at).cpu().numpy())
+        inputs = torch.cat([tokens[live, at][:, None], proposed.to(device)], dim=1)  # (R, K + 1)
+        states = model.window_states(inputs, at, encoded, cache)  # (R, K + 1, D)
+        taking, none = torch.ones(len(live), dtype=torch.bool, device=device), inputs[:, :0]
+        for i in range(inputs.shape[1]):  # scored position by position, as far as some row still takes
+            ended = ~taking | (written[live] >= max_len)
+            logits = model.next_logits(states[:, i : i + 1], none, encoded, candidates(grammar, encoded))  # (R, V)
+            allowed = allowed_tokens(grammar, ended, logits.shape[-1], (max_len - written[live]).cpu().numpy())
+            chosen = logits.masked_fill(~allowed, float("-inf"))
+            own = chosen.argmax(-1)
+            rows = live[taking]
+            tokens[rows, written[rows] + 1] = own[taking]
+            logprobs[rows, written[rows]] = torch.log_softmax(chosen, -1).gather(1, own[:, None])[taking, 0]
+            written[rows] += 1
+            advance_rows(grammar, own.cpu().numpy(), taking.cpu().numpy())
+            taking &= (own != EOS) & torch.from_numpy(i < lengths).to(device)
+            if i < proposed.shape[1]:
+                taking &= own == proposed[:, i].to(device)
+            if not bool(taking.any()):
+                break
+        passes[live.cpu()] += 1
+        over = torch.from_numpy(grammar.done).to(device) | (written[live] >= max_len)
+        if bool(over.any()):
+            truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+            keep = (~over).nonzero().squeeze(1)
+            grammar.select(keep.cpu().numpy())
+            live, encoded, cache = live[keep], encoded.select(keep), cache.select(keep)
+    width = int(written.max())
+    return Generation(tokens[:, 1 : width + 1].cpu(), logprobs[:, :width].cpu(), truncated, passes)
