@@ -129,8 +129,9 @@ def test_the_sizes_are_checked_before_the_model_is_built(checkpoint, tmp_path, m
 
     monkeypatch.setattr(checkpoints, "create_model", never)
     path = edited(checkpoint, tmp_path / "big.safetensors", tokenizer={"mask_size": [16000, 16000]})
-    with pytest.raises(ValueError, match=r"at least 8,448,003,269 values \(8,448,001,221 token embedding \+ 2,048 "
-                                         r"positions\), 33.8 GB as float32, more than the [0-9,]+-byte file"):
+    with pytest.raises(ValueError, match=r"at least 8,448,027,845 values \(8,448,001,221 token embedding \+ 2,048 "
+                                         r"positions \+ 24,576 transformer layers\), 33.8 GB as float32, more than "
+                                         r"the [0-9,]+-byte file"):
         load_checkpoint(path)
 
 

@@ -34,10 +34,26 @@ def work(tmp_path_factory):
     return root
 
 
+def _default_signals() -> None:
+    """In the child, before it runs: SIGINT and SIGTERM as a terminal's Ctrl-C finds them. A suite started
+    from a shell that ignores SIGINT (a background job: `make test &`) would hand the ignored signal down,
+    and rleseg rightly leaves a signal it was started ignoring ignored (nohup)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ignoring_sigint():
+    """This process ignores SIGINT, as one started in the background does, for the length of a test."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt(argv: list[str], out, sig: int) -> subprocess.CompletedProcess:
     """Start ``python -m rleseg.cli argv``, send ``sig`` once it writes into its temporary output folder."""
     process = subprocess.Popen([sys.executable, "-m", "rleseg.cli", *argv, "--out", str(out), "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     deadline = time.monotonic() + 240
     while not list(out.parent.glob(f".{out.name}.*.partial")):
         assert process.poll() is None, process.communicate()
@@ -51,7 +67,8 @@ def interrupt(argv: list[str], out, sig: int) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_a_signal_stops_the_command_and_leaves_nothing(work, tmp_path, command, sig):
+def test_a_signal_stops_the_command_and_leaves_nothing(work, tmp_path, command, sig, ignoring_sigint):
+    """Run with SIGINT ignored here, as under `make test &`: the children still get the default handlers."""
     ckpt = str(work / "model.safetensors")
     argv = ([command, ckpt, str(work / "images")] if command == "predict" else
             [command, ckpt, "--images", str(work / "images"), "--masks", str(work / "masks")])

@@ -64,7 +64,8 @@ def test_evaluate_writes_every_output(checkpoint, data, tmp_path, mode):
     out = tmp_path / "eval"
     assert evaluate_folder(checkpoint, data, out, "--mode", mode, "--stride", 48, "--pictures", 2) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"metrics.json", "metrics.md", "per_image.csv", "confusion.png", "pictures", "tokens_im0.png"}
+    assert names == {"metrics.json", "metrics.md", "per_image.csv", "confusion.png", "pictures", "tokens_im0.png",
+                     "rleseg-output.json"}
     assert len(list((out / "pictures").iterdir())) == 2
     assert not [p for p in tmp_path.iterdir() if p.name != "eval"]  # no temporary folder left
     metrics = json.loads((out / "metrics.json").read_text())
@@ -262,7 +263,12 @@ def test_existing_output_is_kept_without_overwrite(capsys, tmp_path):
     argv = ["evaluate", "--pred-dir", tmp_path / "gt", "--gt-dir", tmp_path / "gt", "--num-classes", 2, "--out", out]
     assert run(*argv) == 2 and "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert run(*argv, "--overwrite") == 0 and (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+    assert run(*argv, "--overwrite") == 2 and "not an output folder of rleseg" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"  # --overwrite replaces only what rleseg wrote
+    (out / "keep.txt").unlink()
+    assert run(*argv) == 0 and (out / "metrics.json").is_file()
+    (out / "metrics.json").write_text("stale")
+    assert run(*argv, "--overwrite") == 0 and (out / "metrics.json").read_text() != "stale"
 
 
 # ----------------------------------------------------------------------------- the output folder

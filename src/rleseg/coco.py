@@ -26,6 +26,7 @@ models the softmax probability of the pixel's class. Predictions without scores 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,6 @@ class CocoOutput:
             files["panoptic.json"] = {"images": self.images, "categories": categories, "annotations": self.panoptic}
         for file, data in files.items():
             (self.folder / file).write_text(json.dumps(data) + "\n")
+        if self.results == []:  # pycocotools' loadRes fails on an empty list (it reads the first entry)
+            print("rleseg: warning: predictions.json is empty: the model found no segment in any image; "
+                  "pycocotools' COCO.loadRes cannot read an empty results list", file=sys.stderr)

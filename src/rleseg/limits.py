@@ -33,6 +33,8 @@ def check_memory(what: str, nbytes: float) -> None:
 
 
 def _size(nbytes: float) -> str:
+    if nbytes >= 1e21:  # a million PB and more (a mistyped scale of 1e300): the exponent is what matters
+        return f"{nbytes:.1e} B"
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if nbytes < 1000 or unit == "PB":
             return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"

@@ -48,9 +48,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .atomic import atomic_folder, check_output_folder
+from .atomic import check_output_folder, output_folder
 from .coco import CocoOutput
-from .imageio import IMAGE_SUFFIXES, Normalization, frames_shape, read_frames
+from .imageio import IMAGE_SUFFIXES, Normalization, check_pixels, frames_shape, read_frames
 from .inference import Predictor, as_image
 from .progress import progress as progress_bar
 from .visualize import overlay, palette, with_legend
@@ -92,12 +92,29 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
         else:
             raise ValueError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
                              f"({', '.join(VIDEO_SUFFIXES)}) nor a folder")
-    names = [name for s in sources if s.kind in ("image", "folder") for name in _names(s)]
-    names += [s.path.stem for s in sources if s.kind in ("stack", "video")]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise ValueError(f"two inputs give the output name {duplicate!r}; rename one or predict them separately")
+    _check_unique_names(sources)
     return sources
+
+
+def _check_unique_names(sources: list[Source]) -> None:
+    """ValueError naming two inputs that would write the same output: two images of one name (x.png and
+    x.tif, or a/x.png and b/x.png), or two inputs whose frames go into one folder (a folder ``s`` and a
+    stack or video ``s.tif``), where one's files would replace or mix with the other's."""
+    owners: dict[str, tuple[int, Path]] = {}
+    for index, source in enumerate(sources):
+        if source.kind == "image":
+            claims = [(source.path.stem, source.path)]
+        else:  # a folder of outputs of its own, and within it one name per frame
+            folder = source.path.name if source.kind == "folder" else source.path.stem
+            claims = [(f"{folder}/", source.path)] + [(f"{folder}/{f.stem}", f) for f in source.files]
+        for name, path in claims:
+            other_index, other = owners.setdefault(name, (index, path))
+            if other == path and other_index != index:
+                raise ValueError(f"{path}: given twice as an input; give each input once")
+            if other != path:
+                what = f"the folder labels/{name}" if name.endswith("/") else f"labels/{name}.png"
+                raise ValueError(f"{path} and {other} would both write {what}; rename one, or predict them into "
+                                 "separate --out folders")
 
 
 def _names(source: Source) -> list[str]:
@@ -110,7 +127,7 @@ def _names(source: Source) -> list[str]:
 
 def _tiff_frames(path: Path) -> int:
     """The frames of a TIFF file (its header only); 1 for other images."""
-    return frames_shape(path)[0] if path.suffix.lower() in (".tif", ".tiff") else 1
+    return frames_shape(path, image=True)[0] if path.suffix.lower() in (".tif", ".tiff") else 1
 
 
 def _require_av():
@@ -121,14 +138,21 @@ def _require_av():
     return av
 
 
-def video_frames(path: Path) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 RGB frames of a video file, in order."""
+def video_frames(path: Path, whole: bool = False) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames of a video file, in order. Each frame's size is checked against the pixel
+    limit (:func:`rleseg.imageio.check_pixels`) from the stream's header, before any is decoded, and when
+    the caller holds the ``whole`` video, the frames so far (times their size) are, as a TIFF stack's are."""
     av = _require_av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path}: holds no video stream")
-            for frame in container.decode(video=0):
+            stream = container.streams.video[0]
+            check_pixels(path, (stream.height, stream.width))
+            for index, frame in enumerate(container.decode(video=0)):
+                check_pixels(path, (frame.height, frame.width))  # a stream may change size midway
+                if whole:
+                    check_pixels(path, (index + 1, frame.height, frame.width))
                 yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as error:
         raise ValueError(f"{path}: cannot read the video ({error})") from None
@@ -215,9 +239,9 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
     total = sum(len(s.files) if s.kind == "folder" else s.frames for s in sources if s.kind != "video")
     frames = [_frame_count(s.path) for s in sources if s.kind == "video"]
     total = None if None in frames else total + sum(frames)
-    counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated"), 0)
+    counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated", "passes"), 0)
     started = time.perf_counter()
-    with atomic_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, "predict") as tmp:
         coco = coco_output(tmp, predictor, coco_json)
         stream = predictor.run_with(iter_inputs(sources, predictor.normalization))
         for pred, (name, origin, image) in progress_bar(stream, desc="predict", unit="image", enabled=progress,
@@ -245,9 +269,10 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
         if source.kind == "image":
             raise ValueError(f"{source.path}: a single image, but this checkpoint is a video model (windows of "
                              f"{predictor.frames} frames); give a video file, a TIFF stack or a folder of frames")
-    counts = dict.fromkeys(("images", "videos", "windows", "patches", "tokens", "invalid_runs", "truncated"), 0)
+    counts = dict.fromkeys(("images", "videos", "windows", "patches", "tokens", "invalid_runs", "truncated", "passes"),
+                           0)
     started = time.perf_counter()
-    with atomic_folder(out, overwrite) as tmp:
+    with output_folder(out, overwrite, "predict") as tmp:
         coco = coco_output(tmp, predictor, coco_json)
         for source in progress_bar(sources, desc="predict", unit="input", enabled=progress):
             norm = predictor.normalization
@@ -259,7 +284,8 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
                 frames, fps, sequence = list(read_frames(source.path, norm)), FOLDER_FPS, source.path.stem
                 names, origins = _names(source), [f"{source.path}#{i}" for i in range(source.frames)]
             else:
-                frames, fps = [as_image(frame, norm) for frame in video_frames(source.path)], _frame_rate(source.path)
+                frames = [as_image(frame, norm) for frame in video_frames(source.path, whole=True)]
+                fps = _frame_rate(source.path)
                 sequence = source.path.stem
                 names = [f"{sequence}/frame_{i:06d}" for i in range(len(frames))]
                 origins = [f"{source.path}#{i}" for i in range(len(frames))]

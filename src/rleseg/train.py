@@ -4,7 +4,9 @@ Single process or DDP under torchrun (gloo on CPU, NCCL on GPU); only rank 0 wri
 top to bottom: build, resume if asked, then step / log / validate / checkpoint until the schedule or the
 wall-clock budget ends, or a signal asks to stop (a checkpoint is written first). Where the run stands
 is one :class:`~rleseg.training_state.TrainingState` that only the loop changes; the helpers below take
-plain values and return new ones.
+plain values and return new ones. (A little over 400 lines: the loop and the helpers it calls, kept
+beside it so that a step can be followed in one file; DDP is distributed.py's, what a run prints
+training_output.py's.)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from .training_state import (
     end_segment,
     load_latest_checkpoint,
     resume_changes,
+    run_lock,
     save_best,
     save_run_checkpoint,
     start_segment,
@@ -125,6 +128,19 @@ def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: b
         raise ValueError("resume continues the run in run_dir and overwrite replaces it: choose one")
     env = setup_distributed(device)
     run_dir = Path(run_dir or config.output.dir)
+    # One process trains in a run folder at a time (training_state.run_lock); the main one holds it.
+    with run_lock(run_dir) if env.main else contextlib.nullcontext():
+        try:
+            return _train(config, run_dir, resume, overwrite, stop_at_step, env, show_progress)
+        except OSError as error:  # a full disk while writing a log or picture names no file: name the run
+            if error.errno is None or error.filename is not None:
+                raise
+            raise OSError(f"{run_dir}: {error.strerror} (while training this run)") from None
+
+
+def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: bool, stop_at_step: int | None,
+           env: Distributed, show_progress: bool) -> TrainResult:
+    """:func:`train` in ``run_dir``, which this process holds (``env``: its distributed setup)."""
     if not resume and not overwrite:
         check_no_run(run_dir)
     validate_config(config)  # a config built in Python gets the checks load_config gives a YAML file

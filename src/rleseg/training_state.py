@@ -1,11 +1,13 @@
-"""Everything an exact resume needs, and the run folder's checkpoints that hold it.
+"""Everything an exact resume needs, and the run folder's checkpoints that hold it. Over 400 lines on purpose:
+the run folder's format (checkpoints, their markers and checksums, the lock, leftovers) is written and read
+here and nowhere else.
 
     RUN_DIR/config.yaml                                  the config of what ran (written atomically)
     RUN_DIR/history.json                                 the run's segments: one per call that trained
     RUN_DIR/checkpoints/step_000500/model.safetensors    the model (rleseg.models format, self-describing)
                                     trainer.safetensors  optimizer and RNG tensors
                                     trainer.json         TrainingState, RNG states, optimizer skeleton, fp16 loss scale
-                                    complete             the sizes of the three files above, written last
+                                    complete             the sizes and SHA-256 of the three files above, written last
     RUN_DIR/best.safetensors                             the model of the best evaluation so far
 
 A resumed run may change the keys of :data:`RESUMABLE` (:func:`resume_changes`); config.yaml then holds
@@ -14,18 +16,26 @@ say what every step ran with. Every model file of a run stores the class names a
 
 Stored as safetensors (tensors) + JSON (everything else), never pickle. A checkpoint folder is assembled
 under a temporary name (starting with a dot) and renamed into place; readers look only at ``step_[0-9]*``.
-A checkpoint counts only when complete: its ``complete`` marker lists its files with their sizes, and they
-load. Folders of rleseg 0.1.0, which wrote no marker, count when their files load. Resuming skips a
-damaged newest checkpoint with a warning (moving it aside as ``damaged_step_N``, where nothing reads it)
-and continues from the newest complete one. The newest ``keep_last`` are kept; an old one is renamed to a
-temporary name before it is deleted, so a kill while pruning leaves no partial ``step_*`` folder. What a
-kill leaves (temporary names) is removed when the run resumes.
+A checkpoint counts only when complete: its ``complete`` marker lists its files with their sizes and
+SHA-256 sums, they match, and they load. Folders of rleseg 0.1.0, which wrote no marker, count when their
+files load. Resuming skips a damaged newest checkpoint with a warning (moving it aside as
+``damaged_step_N``, where nothing reads it) and continues from the newest complete one. The newest
+``keep_last`` are kept; an old one is renamed to a temporary name before it is deleted, so a kill while
+pruning leaves no partial ``step_*`` folder. What a kill leaves (temporary names) is removed when the run
+resumes.
+
+One process at a time trains in a run folder: :func:`run_lock` holds an exclusive lock (``flock``) on the
+folder for the life of the run, and writes who holds it to ``.rleseg-lock`` (pid and start time, removed
+when the lock is released; a kill leaves a stale file, which the next holder overwrites). A second start
+is refused with one line naming that process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -33,6 +43,7 @@ import random
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +51,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .atomic import atomic_folder, write_json
 from .models import renamed_weights, save_checkpoint
+from .models.checkpoint import write_safetensors
 
 MARKER = "complete"
 CHECKPOINT_FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
@@ -139,12 +151,17 @@ def save_run_checkpoint(
     rng_tensors, rng_info = _rng_state()
     info = {"optimizer": opt_skeleton, "rng": rng_info, **dataclasses.asdict(state),
             "loss_scale": None if scaler is None else scaler.state_dict()}
-    with atomic_folder(final, overwrite=True) as tmp:
-        save_checkpoint(model, tmp / "model.safetensors", extra={**(extra or {}), "step": state.step})
-        _fault("checkpoint-write", state.step)
-        save_file({**opt_tensors, **rng_tensors}, str(tmp / "trainer.safetensors"))
-        (tmp / "trainer.json").write_text(json.dumps(info))
-        (tmp / MARKER).write_text(json.dumps({name: (tmp / name).stat().st_size for name in CHECKPOINT_FILES}))
+    try:
+        with atomic_folder(final, overwrite=True) as tmp:  # a failed write leaves nothing of it
+            save_checkpoint(model, tmp / "model.safetensors", extra={**(extra or {}), "step": state.step})
+            _fault("checkpoint-write", state.step)
+            write_safetensors({**opt_tensors, **rng_tensors}, tmp / "trainer.safetensors", None,
+                              final / "trainer.safetensors")
+            (tmp / "trainer.json").write_text(json.dumps(info))
+            (tmp / MARKER).write_text(json.dumps({name: _fingerprint(tmp / name) for name in CHECKPOINT_FILES}))
+    except OSError as error:  # a full disk: one line; the checkpoints before this one are untouched
+        raise OSError(f"{final}: cannot write the checkpoint ({error.strerror or error}); the run's earlier "
+                      f"checkpoints are kept: make room and continue with 'rleseg train --resume {run_dir}'") from None
     for old in _step_folders(run_dir)[: -max(1, keep_last)]:
         doomed = old.with_name(f".pruned-{old.name}-{os.getpid()}")
         os.replace(old, doomed)  # out of the step_* namespace at once; the slow delete comes after
@@ -231,19 +248,34 @@ def load_latest_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: tor
                      "afresh with --overwrite")
 
 
+def _fingerprint(path: Path) -> dict[str, int | str]:
+    """What the ``complete`` marker records of a checkpoint file: its size and SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def _check_complete(folder: Path) -> None:
-    """DamagedCheckpoint unless ``folder``'s files have the sizes its marker lists (a folder without a marker,
-    as rleseg 0.1.0 wrote them, is judged by loading it)."""
+    """DamagedCheckpoint unless ``folder``'s files have the sizes and SHA-256 sums its marker lists, so that
+    bytes changed in place count as damage as a cut-short file does (markers of rleseg 0.1.x hold sizes
+    only; a folder without a marker, as rleseg 0.1.0 wrote them, is judged by loading it)."""
     marker = folder / MARKER
     if not marker.exists():
         return
     try:
-        sizes = json.loads(marker.read_text())
-        wrong = [name for name, size in sizes.items() if (folder / name).stat().st_size != size]
-    except (OSError, ValueError, AttributeError) as error:
+        listed = json.loads(marker.read_text())
+        wrong = [name for name, expected in listed.items()
+                 if (folder / name).stat().st_size != (expected if isinstance(expected, int) else expected["size"])]
+        changed = [name for name, expected in listed.items() if name not in wrong and not isinstance(expected, int)
+                   and _fingerprint(folder / name)["sha256"] != expected["sha256"]]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
         raise DamagedCheckpoint(f"{folder}: incomplete checkpoint ({error})") from None
-    if wrong:
-        raise DamagedCheckpoint(f"{folder}: incomplete checkpoint ({', '.join(wrong)} cut short or changed)")
+    if wrong or changed:
+        what = [f"{', '.join(wrong)} cut short or changed in size"] if wrong else []
+        what += [f"{', '.join(changed)} changed (SHA-256 differs from its marker)"] if changed else []
+        raise DamagedCheckpoint(f"{folder}: incomplete checkpoint ({'; '.join(what)})")
 
 
 def _set_aside(folder: Path) -> None:
@@ -267,6 +299,40 @@ def remove_leftovers(run_dir: Path) -> None:
     leftovers = [*checkpoints.glob(".*"), *run_dir.glob(".*.tmp*"), *(run_dir / "pictures").glob(".*.tmp*")]
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+LOCK_NOTE = ".rleseg-lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder ``run_dir`` (made if missing, and removed again if it is left empty) for one
+    process; ValueError naming the holder when another process holds it."""
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = (run_dir / LOCK_NOTE).read_text().strip() or "another process"
+            except OSError:  # it is being written or removed this instant
+                holder = "another process"
+            raise ValueError(f"{run_dir}: another rleseg process is training in this run folder ({holder}); "
+                             "wait for it to end, or choose another folder") from None
+        note = run_dir / LOCK_NOTE
+        try:
+            note.write_text(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            yield
+        finally:
+            note.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # only when empty: a start that failed before writing anything
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_no_run(run_dir: Path) -> None:
@@ -311,7 +377,11 @@ def save_best(run_dir: Path, model: torch.nn.Module, extra: dict) -> Path:
     """best.safetensors; ``extra`` holds the step, the score and ``class_names``/``class_colours`` (what
     :func:`rleseg.models.checkpoint_classes` reads back)."""
     path = Path(run_dir) / "best.safetensors"
-    save_checkpoint(model, path, extra=extra)
+    try:
+        save_checkpoint(model, path, extra=extra)
+    except OSError as error:  # a full disk: the previous best model is kept (atomic write)
+        raise OSError(f"{path}: cannot write the best model ({error.strerror or error}); the previous one is "
+                      "kept") from None
     return path
 
 
@@ -356,11 +426,16 @@ def resume_changes(run_dir: Path, stored: dict, requested: dict) -> dict[str, li
 
 def read_history(run_dir: Path) -> list[dict]:
     """The segments of history.json (none for a run of an rleseg that kept none, or an unreadable file)."""
+    return _segments(Path(run_dir) / HISTORY) or []
+
+
+def _segments(path: Path) -> list[dict] | None:
+    """The segments of the history file ``path``; None when it is missing or unreadable."""
     try:
-        segments = json.loads((Path(run_dir) / HISTORY).read_text())["segments"]
+        segments = json.loads(path.read_text())["segments"]
     except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return segments if isinstance(segments, list) else []
+        return None
+    return segments if isinstance(segments, list) else None
 
 
 def start_segment(run_dir: Path, step: int, changes: dict[str, list], init_from: str | None = None) -> None:
@@ -370,7 +445,17 @@ def start_segment(run_dir: Path, step: int, changes: dict[str, list], init_from:
     segment = {"start_step": step, "end_step": None, "ended": None, "changes": changes}
     if init_from is not None:
         segment["init_from"] = init_from
-    write_json(Path(run_dir) / HISTORY, {"segments": [*read_history(run_dir), segment]})
+    path = Path(run_dir) / HISTORY
+    segments = _segments(path)
+    if segments is None and path.exists():  # a history that cannot be read is kept, not written over
+        for k in itertools.count():
+            kept = path.with_name(f"{HISTORY}.damaged" + (f".{k}" if k else ""))
+            if not kept.exists():
+                break
+        os.replace(path, kept)
+        print(f"rleseg: warning: {path}: not a readable run history (expected {{\"segments\": [...]}}); kept as "
+              f"{kept}, and a new history starts at step {step}", file=sys.stderr)
+    write_json(path, {"segments": [*(segments or []), segment]})
 
 
 def end_segment(run_dir: Path, step: int, ended: str) -> None:

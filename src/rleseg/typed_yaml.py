@@ -41,9 +41,10 @@ MAX_BYTES = 2**20
 MAX_VALUES = 100_000
 
 
-def load_yaml(path: str | Path) -> dict:
-    """The mapping a YAML file holds ({} for an empty file); ConfigError naming the file, on one line, for
-    a file that cannot be read, is not UTF-8 text, is not YAML or is no mapping."""
+def load_yaml(path: str | Path, empty: bool = False) -> dict:
+    """The mapping a YAML file holds; ConfigError naming the file, on one line, for a file that cannot be
+    read, is not UTF-8 text, is not YAML, is empty (unless ``empty``: {} then), names a key twice in one
+    mapping or is no mapping."""
     path = Path(path)
     try:
         with path.open("rb") as file:
@@ -58,23 +59,46 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not a YAML text file: byte 0x{raw[error.start]:02x} at offset {error.start} "
                           "is not UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, _UniqueKeyLoader)
         values = _count_values(data, {})
     except yaml.reader.ReaderError as error:  # a control character: most likely a binary file
         raise ConfigError(f"{path} is not a YAML text file: control character #x{error.character:04x} at "
                           f"character {error.position}") from None
+    except _DuplicateKey as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {_one_line(error)}") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a config") from None
-    if data is None:
+    if data is None and empty:
         return {}
+    if data is None:  # nothing but comments, or nothing: all defaults would run, which nobody means by a file
+        raise ConfigError(f"{path} is empty; expected a YAML mapping of config sections (model:, data:, train: ...)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     if values > MAX_VALUES:
         raise ConfigError(f"{path} expands to more than {MAX_VALUES:,} values (YAML aliases?); a config holds a few "
                           "hundred")
     return data
+
+
+class _DuplicateKey(ValueError):
+    """A mapping of a YAML file that names a key twice (YAML forbids it; PyYAML would keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, but a key given twice in one mapping is an error, not the last one winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one mapping "
+                                    f"(first on line {seen[key] + 1}); give each key once")
+            if isinstance(key, str | int | float | bool):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _one_line(error: yaml.YAMLError) -> str:

@@ -4,6 +4,7 @@ each ``_run_*``, so that the tokenizer's commands start fast)."""
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if not source.is_file():
             raise UserError(f"{args.resume}: not a run folder (no config.yaml)")
         with user_errors():
-            if not load_yaml(source):  # an empty file would resume under the default config
+            if not load_yaml(source, empty=True):  # an empty file would resume under the default config
                 raise UserError(f"{source} is empty, so the run's settings are unknown: restore it, or start "
                                 f"afresh with 'rleseg train CONFIG --out {args.resume} --overwrite'")
     elif args.config is None:
@@ -131,10 +132,15 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="sample without the token grammar (malformed runs are dropped and counted)")
     parser.add_argument("--max-len", type=positive_int, default=None, metavar="N",
                         help="tokens generated at most per patch (default: the model's max_seq_len)")
+    parser.add_argument("--decoding", choices=("stepwise", "draft"), default="stepwise",
+                        help="greedy decoding: stepwise (a decoder pass per token) or draft (verify the per-cell "
+                        "head's draft of the mask, several tokens a pass, where the model has that head); the same "
+                        "tokens (default: stepwise)")
     parser.add_argument("--token-only", action="store_true",
                         help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
                         "without the boundary refinement")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling at temperature > 0")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="random seed for sampling at temperature > 0")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,8 +150,8 @@ def _inference_options(args: argparse.Namespace) -> dict:
     """The flat options of ``InferenceOptions.from_fields``."""
     return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
             "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
-            "refine": not args.token_only, "precision": args.precision, "panoptic_join": args.panoptic_join,
-            "join_iou": args.join_iou}
+            "refine": not args.token_only, "method": args.decoding, "precision": args.precision,
+            "panoptic_join": args.panoptic_join, "join_iou": args.join_iou}
 
 
 def add_evaluate(subparsers) -> None:
@@ -252,8 +258,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     from ..predict import predict_command, summary_line
 
     with user_errors():
-        if not args.scale > 0:
-            raise UserError(f"--scale must be > 0, got {args.scale}")
+        if not 0 < args.scale < math.inf:
+            raise UserError(f"--scale must be a finite number > 0, got {args.scale}")
         predictor = load(args.checkpoint, args.device, scale=args.scale, **_inference_options(args))
         summary = predict_command(predictor, args.inputs, args.out, coco_json=args.coco_json,
                                   overlays=not args.no_overlays, overwrite=args.overwrite,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import read_image
+from ..imageio import image_shape, read_image
 from ..tokens import MaskTokenizer
 from .dataset import PatchDataset, default_patch
 from .patches import PatchConfig
@@ -45,6 +45,15 @@ def _load_json(path: Path) -> dict:
         if key not in data:
             raise ValueError(f"{path}: no {key!r} list; expected a COCO panoptic annotation file")
     return data
+
+
+def _inside(annotation_file: Path, name: object) -> str:
+    """``name``, a file name the annotation file lists, when it names a file inside its folder; ValueError
+    for an absolute path or one with ``..``, which would read files outside the data."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{annotation_file}: file_name {name!r} leaves its folder; expected a name relative to "
+                         "the image or panoptic folder, without '..'")
+    return name
 
 
 class CocoPanopticDataset(PatchDataset):
@@ -79,7 +88,8 @@ class CocoPanopticDataset(PatchDataset):
                 raise ValueError(
                     f"{annotation_file}: annotation {ann['file_name']} refers to unknown image {ann['image_id']}"
                 )
-            for path in (self.image_dir / image["file_name"], self.panoptic_dir / ann["file_name"]):
+            for folder, name in ((self.image_dir, image["file_name"]), (self.panoptic_dir, ann["file_name"])):
+                path = folder / _inside(annotation_file, name)
                 if not path.exists():
                     raise ValueError(f"{path}: not found; expected the file {annotation_file.name} lists")
             unknown = [
@@ -126,6 +136,7 @@ class CocoPanopticDataset(PatchDataset):
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
+    image_shape(path)  # the header's pixels against the limit, before any is read
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))

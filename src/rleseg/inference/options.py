@@ -4,6 +4,7 @@ autocast of :func:`~rleseg.inference.predict_batch`, and the model's :class:`~rl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -48,8 +49,9 @@ class InferenceOptions:
             raise ValueError(f"mode must be 'patches' or 'whole', got {self.mode!r}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be a positive number of pixels, got {self.stride}")
-        if self.scale <= 0 or self.batch_size < 1:
-            raise ValueError(f"scale must be > 0 and batch_size >= 1, got {self.scale}, {self.batch_size}")
+        if not 0 < self.scale < math.inf or self.batch_size < 1:
+            raise ValueError(f"scale must be a finite number > 0 and batch_size >= 1, got {self.scale}, "
+                             f"{self.batch_size}")
         if self.panoptic_join not in PANOPTIC_JOINS:
             raise ValueError(f"panoptic_join must be one of {', '.join(PANOPTIC_JOINS)}, got {self.panoptic_join!r}")
         if not 0 <= self.join_iou < 1:

@@ -79,6 +79,7 @@ class ImagePrediction:
     generated_runs: int = 0  # runs the sequences stand for (tokens / tokens per run)
     invalid_runs: int = 0  # of those, runs the lenient decoder dropped (0 with constrained decoding)
     truncated: int = 0  # sequences cut by max_len (see rleseg.models.Prediction.truncated)
+    passes: int = 0  # sequential decoder passes of its patches, summed (see rleseg.models.Prediction.passes)
     # (H, W) float32 per-pixel score (rleseg.inference.batch: the probability of the run that paints the pixel,
     # NaN where none does; dense models: the softmax probability of the pixel's class), taken from the patch
     # that gave the pixel its stitched label; None for video models.
@@ -93,7 +94,7 @@ class ImagePrediction:
     def counts(self) -> dict[str, int]:
         """What generation did, as the reports and summaries total it."""
         return {"patches": len(self.boxes), "tokens": self.num_tokens, "generated_runs": self.generated_runs,
-                "invalid_runs": self.invalid_runs, "truncated": self.truncated}
+                "invalid_runs": self.invalid_runs, "truncated": self.truncated, "passes": self.passes}
 
 
 @dataclass
@@ -108,12 +109,14 @@ class VideoPrediction:
     generated_runs: int = 0
     invalid_runs: int = 0
     truncated: int = 0
+    passes: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
         """What generation did over all windows, as the reports and summaries total it."""
         return {"windows": len(self.starts), "patches": self.patches, "tokens": self.tokens,
-                "generated_runs": self.generated_runs, "invalid_runs": self.invalid_runs, "truncated": self.truncated}
+                "generated_runs": self.generated_runs, "invalid_runs": self.invalid_runs, "truncated": self.truncated,
+                "passes": self.passes}
 
 
 def load(checkpoint: str | Path, device: str | torch.device | None = None, **options: Any) -> Predictor:
@@ -329,6 +332,9 @@ class Predictor:
         # Images (H, W, 3) or video windows (N, H, W, 3): the spatial axes are -3 and -2 in both.
         shape = image.shape[-3:-1]
         scale = self.scale_for(shape)
+        # The stitching maps alone, in floats: a scale of 1e300 is refused here, before sizes become integers.
+        check_memory(f"predicting a {shape[0]}x{shape[1]} image at scale {scale:g}",
+                     STITCH_BYTES * (shape[0] * scale) * (shape[1] * scale))
         height, width = scaled_shape(shape, scale)
         check_memory(f"predicting a {shape[0]}x{shape[1]} image at scale {scale:g} ({height:,}x{width:,} pixels "
                      "resized)", self.memory_needed(shape))
@@ -342,11 +348,11 @@ class Predictor:
         out = predict_batch(self.model, images.to(self.device), self.options, self.generator)
         for b, (job, k) in enumerate(batch):
             job.results[k] = (out.masks[b], out.tokens[b], out.runs[b], bool(out.truncated[b]), out.run_scores[b],
-                              out.score_maps[b])
+                              out.score_maps[b], int(out.passes[b]))
             job.crops[k] = None  # the pixels are no longer needed
 
     def _finish(self, job: _Job) -> tuple[ImagePrediction, Any]:
-        masks, tokens, runs, truncated, run_scores, score_maps = zip(*job.results, strict=True)
+        masks, tokens, runs, truncated, run_scores, score_maps, passes = zip(*job.results, strict=True)
         config = self.patch_config(job.scale)
         instances = None
         if self.panoptic:
@@ -373,6 +379,7 @@ class Predictor:
             generated_runs=int(generated),
             invalid_runs=int(generated - kept),
             truncated=sum(truncated),
+            passes=sum(passes),
             scores=scores,
             run_scores=list(run_scores),
         )
@@ -387,7 +394,7 @@ class _Job:
     scale: float
     boxes: np.ndarray  # (K, 4) patches in the resized image
     crops: list  # per patch: its pixels until generated, then None
-    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated, run scores, score map) once generated
+    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated, run scores, score map, passes)
     payload: Any
 
     @property

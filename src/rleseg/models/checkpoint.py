@@ -10,24 +10,29 @@ leaves a half-written checkpoint under the final name.
 
 The metadata is read as untrusted input: the config is type-checked (its ``backbone_kwargs`` against
 the backbone's allow-list), the tokenizer rebuilt and checked against its stored vocabulary, and the
-model's largest tables (token embedding and positions, or the dense classifier) sized from the config
-before anything is built: a config that claims more values than the file can hold (an edited tokenizer
-claiming a 100000x100000 mask) is refused with the sizes instead of exhausting memory. Every error is a
-ValueError whose message starts with the checkpoint's path.
+model sized from the config before anything is built (its largest tables, token embedding and positions
+or the dense classifier, and its transformer layers): a config that claims more values than the file can
+hold (an edited tokenizer claiming a 100000x100000 mask, a million decoder layers), more layers than the
+file has tensors, or a model above :mod:`rleseg.limits`' memory limit is refused with the sizes instead of
+exhausting memory. Every error is a ValueError whose message starts with the checkpoint's path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from rleseg.atomic import atomic_path
+from rleseg.limits import check_memory
 from rleseg.tokens import MaskTokenizer, from_dict
 
 from .dense import MIN_WIDTH, DenseConfig
@@ -69,22 +74,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device; None means cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device; expected e.g. cpu, cuda or cuda:1") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available here")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
     """Write ``model`` (weights + config + tokenizer) and the JSON-serialisable ``extra`` to ``path``."""
     path = Path(path)
@@ -97,17 +86,28 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = Non
         "extra": json.dumps(extra or {}),
     }
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        write_safetensors(state, tmp, metadata, path)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], tmp: Path, metadata: dict | None, path: Path) -> None:
+    """safetensors' ``save_file`` of ``tensors`` to ``tmp``; its write errors (a full disk) become the OSError
+    of the system's error, naming ``path`` (the file being written) as its file name."""
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except SafetensorError as err:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        raise (OSError(int(code[1]), os.strerror(int(code[1])), str(path)) if code
+               else OSError(errno.EIO, str(err), str(path))) from None
 
 
 def read_checkpoint_info(path: str | Path) -> tuple[AnyModelConfig, dict]:
     """(config, extra) of a checkpoint, without reading its weights."""
     path = Path(path)
-    metadata = _open(path)[1]
-    config = _config(path, metadata)[0]
+    handle, metadata = _open(path)
+    config = _config(path, metadata, len(handle.keys()))[0]
     try:
         extra = json.loads(metadata.get("extra", "{}"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: checkpoint extra is not valid JSON ({err})") from None
     if not isinstance(extra, dict):
         raise ValueError(f"{path}: checkpoint extra must be a JSON object, got {type(extra).__name__}")
@@ -168,7 +168,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     """The model saved at ``path`` (tokenizer rebuilt from the file), on ``device``, in eval mode."""
     path = Path(path)
     handle, metadata = _open(path)
-    config, tokenizer = _config(path, metadata)
+    config, tokenizer = _config(path, metadata, len(handle.keys()))
     model = create_model(dataclasses.replace(config, pretrained=False), tokenizer)  # the weights come from the file
     with handle as f:
         state = renamed_weights({name: f.get_tensor(name) for name in f.keys()})
@@ -202,12 +202,20 @@ def _open(path: Path):
     return handle, metadata
 
 
-def _config(path: Path, metadata: dict) -> tuple[AnyModelConfig, MaskTokenizer]:
-    """The checkpoint's config and tokenizer, checked (see the module doc)."""
+def _config(path: Path, metadata: dict, tensors: int) -> tuple[AnyModelConfig, MaskTokenizer]:
+    """The checkpoint's config and tokenizer, checked (see the module doc); ``tensors``: how many the file
+    holds."""
+    try:
+        return _checked_config(path, metadata, tensors)
+    except RecursionError:  # JSON nested thousands of levels deep, in the config or the tokenizer within it
+        raise ValueError(f"{path}: checkpoint config is nested too deeply to be a model's config") from None
+
+
+def _checked_config(path: Path, metadata: dict, tensors: int) -> tuple[AnyModelConfig, MaskTokenizer]:
     try:
         fields = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: checkpoint config is missing or not valid JSON ({err})") from err
+        raise ValueError(f"{path}: checkpoint config is missing or not valid JSON ({err})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: checkpoint config must be a JSON object, got {type(fields).__name__}")
     try:
@@ -220,23 +228,30 @@ def _config(path: Path, metadata: dict) -> tuple[AnyModelConfig, MaskTokenizer]:
         tokenizer = from_dict(config.tokenizer)
     except (ValueError, TypeError) as err:  # the constructors' own checks, or a value of the wrong type
         raise ValueError(f"{path}: the tokenizer in its config is not valid: {err}") from None
-    _check_claimed_size(path, config, tokenizer)
+    _check_claimed_size(path, config, tokenizer, tensors)
     return config, tokenizer
 
 
-def _check_claimed_size(path: Path, config: AnyModelConfig, tokenizer: MaskTokenizer) -> None:
-    """Refuse a config whose model would hold more values than the file can: every weight is in the file,
-    and no stored value takes less than a byte. Counted are the tables that grow with the tokenizer and
-    the sequence length (token embedding and output bias, positions) or, for the dense model, the
-    classifier (a bias and at least MIN_WIDTH weights per class), so the count is a lower bound."""
+# Each transformer layer holds at least its attention's in- and out-projection and its MLP's two weights.
+LAYER_TENSORS = 4
+
+
+def _check_claimed_size(path: Path, config: AnyModelConfig, tokenizer: MaskTokenizer, tensors: int) -> None:
+    """Refuse a config whose model would hold more values than the file can (every weight is in the file,
+    and no stored value takes less than a byte), more transformer layers than the file has tensors for, or
+    more memory than :func:`rleseg.limits.check_memory` allows. Counted are the tables that grow with the
+    tokenizer and the sequence length (token embedding and output bias, positions) and the transformer
+    layers (attention projections, 4 dim x dim, and the MLP, 2 dim x mlp_dim, each) or, for the dense model,
+    the classifier (a bias and at least MIN_WIDTH weights per class), so the count is a lower bound."""
     if isinstance(config, DenseConfig):
         tables = {"classifier": (MIN_WIDTH + 1) * tokenizer.num_classes}
         claim = f"{tokenizer.num_classes:,} classes ({tokenizer!r})"
     else:
-        vocab = tokenizer.vocab.size
-        tables = {"token embedding": vocab * (config.dim + 1), "positions": config.max_seq_len * config.dim}
-        claim = (f"a vocabulary of {vocab:,} tokens ({tokenizer!r}), max_seq_len {config.max_seq_len:,} and "
-                 f"dim {config.dim:,}")
+        vocab, layers = tokenizer.vocab.size, config.encoder_layers + config.decoder_layers
+        tables = {"token embedding": vocab * (config.dim + 1), "positions": config.max_seq_len * config.dim,
+                  "transformer layers": layers * (4 * config.dim * config.dim + 2 * config.dim * config.mlp_dim)}
+        claim = (f"a vocabulary of {vocab:,} tokens ({tokenizer!r}), max_seq_len {config.max_seq_len:,}, "
+                 f"dim {config.dim:,}, mlp_dim {config.mlp_dim:,} and {layers:,} transformer layers")
     values, size = sum(tables.values()), path.stat().st_size
     if values > size:
         parts = " + ".join(f"{count:,} {name}" for name, count in tables.items())
@@ -245,3 +260,8 @@ def _check_claimed_size(path: Path, config: AnyModelConfig, tokenizer: MaskToken
             f"{values * 4 / 1e9:,.1f} GB as float32, more than the {size:,}-byte file can hold; the config "
             "does not belong to these weights"
         )
+    if not isinstance(config, DenseConfig) and layers * LAYER_TENSORS > tensors:
+        raise ValueError(f"{path}: its config claims {config.encoder_layers:,} encoder and {config.decoder_layers:,} "
+                         f"decoder layers, at least {layers * LAYER_TENSORS:,} tensors, but the file holds "
+                         f"{tensors:,}; the config does not belong to these weights")
+    check_memory(f"{path}: the model its config describes ({claim})", values * 4)

@@ -25,7 +25,7 @@ import numpy as np
 from rleseg.tokens import downsample_mask, upsample_mask
 from rleseg.tokens.video import DEFAULT_MAX_VOCAB, VideoTokenizer, video_vocab_size
 
-from ..imageio import MASK_SUFFIXES, MaskError, read_label_map
+from ..imageio import MASK_SUFFIXES, MaskError, frames_shape, read_label_map
 from .core import (
     Accumulator,
     Fidelity,
@@ -104,6 +104,7 @@ def read_video(path: str | Path) -> np.ndarray:
         return read_label_map(path)[None]
     if not path.is_file():
         raise MaskError(f"{path}: no such file")
+    frames_shape(path)  # the header's pixels against the limit, before any is read
     try:
         import tifffile
 
