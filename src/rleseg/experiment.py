@@ -175,13 +175,12 @@ def memory_parts(config: ExperimentConfig, model_config, tokenizer) -> list[tupl
     gradients and AdamW moments (16 bytes a weight; the start geometry adds 4 a token), the float32 logits
     of a batch with their gradient and the loss's softmax (12 bytes a logit). Backbone and attention come
     on top."""
-    from .models import DenseConfig
 
     batch, side, classes = config.train.batch_size, config.data.patch.patch_size, config.data.num_classes
     frames = tokenizer.frames if tokenizer.task == "video" else 1
     patches = f"train.batch_size {batch}{f' x {frames} frames' if frames > 1 else ''}"
     parts = [(f"a batch of {patches} patches of data.patch.patch_size {side}", 20 * batch * frames * side**2)]
-    if isinstance(model_config, DenseConfig):
+    if model_config.max_seq_len is None:  # the dense model: logits per pixel, no tokens
         return [*parts, (f"the logits of a batch ({patches} x data.num_classes {classes:,} x {side}x{side} pixels)",
                          12 * batch * frames * classes * side**2)]
     vocab, dim, length = tokenizer.vocab.size, model_config.dim, model_config.max_seq_len

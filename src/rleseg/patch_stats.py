@@ -13,7 +13,6 @@ import numpy as np
 
 from .data.loading import sequence_rows
 from .experiment import ExperimentConfig, build_datasets, build_model_config, build_tokenizer
-from .models import DenseConfig
 from .progress import progress
 
 
@@ -50,8 +49,7 @@ def patch_lengths(config: ExperimentConfig, epochs: int = 1, show_progress: bool
         items = progress(range(len(train)), desc=f"patches (epoch {epoch + 1}/{epochs})", unit="patch",
                          enabled=show_progress, terminal_only=True, leave=False)
         lengths += token_lengths(train, items)
-    model = build_model_config(config)
-    return summarise(lengths, epochs, None if isinstance(model, DenseConfig) else model.max_seq_len)
+    return summarise(lengths, epochs, build_model_config(config).max_seq_len)  # None for the dense model
 
 
 def token_lengths(dataset, items: Iterable[int]) -> list[int]:

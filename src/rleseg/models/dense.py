@@ -15,6 +15,7 @@ h x w = a feature map.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ class DenseConfig:
     dropout: float = 0.1  # before the classifier
     label_smoothing: float = 0.0  # of the pixel cross-entropy
     tokenizer: dict | None = None  # the (semantic) tokenizer's to_dict(): the task, as the token model stores it
+    max_seq_len: ClassVar[None] = None  # no tokens: what a token model's config says of its sequences
 
     def __post_init__(self) -> None:
         check_range(self, 1, None, "image_size", "width")
