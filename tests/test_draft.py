@@ -115,3 +115,26 @@ def test_a_new_cache_holds_zeros():
     with torch.no_grad():
         cache = model.new_cache(model.encode(variant_images(model.tokenizer)), 20)
     assert all(torch.equal(t, torch.zeros_like(t)) for layer in cache.layers for t in (layer.k, layer.v))
+
+
+def test_predict_counts_the_passes_and_writes_the_same_labels(tmp_path):
+    from rleseg.inference import load
+    from rleseg.models import save_checkpoint
+    from rleseg.predict import predict_command
+
+    save_checkpoint(drafted_model(Tokenizer((16, 16), 3, extent="end")), tmp_path / "model.safetensors")
+    from PIL import Image
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 130, 3)).astype(np.uint8)).save(image)
+    summaries, labels = {}, {}
+    for method in ("stepwise", "draft"):
+        predictor = load(tmp_path / "model.safetensors", "cpu", method=method)
+        summaries[method] = predict_command(predictor, [image], tmp_path / method, progress=False)
+        labels[method] = sorted((tmp_path / method / "labels").iterdir())
+    stepwise, drafted = summaries["stepwise"], summaries["draft"]
+    assert stepwise["passes"] == stepwise["tokens"] > 0  # a pass per token, EOS included
+    # the noisy model's draft hardly agrees with it (test_any_draft_gives... shows right drafts cutting passes)
+    assert drafted["tokens"] == stepwise["tokens"] and 0 < drafted["passes"] <= stepwise["passes"]
+    assert drafted["options"]["decoding"]["method"] == "draft"
+    assert [p.read_bytes() for p in labels["draft"]] == [p.read_bytes() for p in labels["stepwise"]]

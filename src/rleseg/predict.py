@@ -257,7 +257,7 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
                 Image.fromarray(picture).save(tmp / "overlays" / f"{name}.png")
             coco.add(name, origin, pred.labels, pred.instances, pred.scores)
             counts["images"] += 1
-            for key in ("patches", "tokens", "invalid_runs", "truncated"):
+            for key in ("patches", "tokens", "invalid_runs", "truncated", "passes"):
                 counts[key] += pred.counts[key]
         coco.write()
         return _write_summary(tmp, predictor, counts, started, {})
@@ -307,7 +307,7 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
                 write_video(tmp / "overlays" / f"{sequence}.mp4", pictures, fps)
             counts["images"] += len(frames)
             counts["videos"] += 1
-            for key in ("windows", "patches", "tokens", "invalid_runs", "truncated"):
+            for key in ("windows", "patches", "tokens", "invalid_runs", "truncated", "passes"):
                 counts[key] += pred.counts[key]
         coco.write()
         stride = predictor.frames if window_stride is None else window_stride
