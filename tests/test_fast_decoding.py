@@ -43,13 +43,17 @@ def test_candidates_cover_every_allowed_token(variant):
                 break
 
 
-def test_rows_in_a_shuffled_order_are_scored_whole():
+def test_rows_at_different_slots_are_scored_by_the_union_of_their_candidates():
     grammar = Tokenizer((6, 10), 3, extent="end").grammar(2)
     grammar.advance(np.array([EOS, 30]))  # row 0 ends, row 1 writes a start
     grammar.select(np.array([1, 1]))  # both rows now at the end slot
     assert grammar.candidates()[1].shape == (2, 2 * grammar.run_format.max_run)
-    grammar.slot[0] = 0  # rows at different slots of a run: nothing to restrict
-    assert grammar.candidates() is None
+    grammar.slot[0] = 0  # rows at different slots of a run (draft verification): each slot's range, and ends
+    spans, ids = grammar.candidates()
+    start = grammar.run_format.vocab["start"]
+    assert (start.first, start.stop) in spans and (ids[0] == EOS).all() and (ids[1] != EOS).all()
+    allowed = grammar.allowed(20)
+    assert not (allowed & ~covered((spans, ids), allowed.shape[1], 2)).any()
 
 
 @pytest.fixture(autouse=True)

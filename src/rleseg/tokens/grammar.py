@@ -104,22 +104,25 @@ class ImageGrammar:
         return out
 
     def candidates(self) -> tuple[list[tuple[int, int]], np.ndarray | None] | None:
-        """See the module docstring. The live rows write the same slot of a run (every run has
-        ``tokens_per_run`` tokens and EOS comes only between runs): its range, or for a run's end the
-        ``max_run`` cells from each row's start (per class with "end_class"), a fraction of the range."""
-        live = ~self.done
-        slots = self.slot[live]
-        if slots.size and (slots != slots[0]).any():  # rows set by select() in any order: score everything
-            return None
+        """See the module docstring. Each live row writes one slot of a run (EOS comes only between runs):
+        that slot's range, or for a run's end the ``max_run`` cells from the row's start (per class with
+        "end_class"), a fraction of the range. Rows in different slots (draft verification, rows set by
+        select()) get the ranges of all their slots, and the end cells of the rows writing an end."""
         fmt = self.run_format
-        name = fmt.slots[int(slots[0]) if slots.size else 0]
-        span = fmt.vocab[name]
-        if name not in ("end", "end_class"):
-            return [(PAD, EOS + 1), (span.first, span.stop)], None
-        cells = fmt.num_pixels
-        window = np.minimum(self.start[:, None] + np.arange(fmt.max_run), cells - 1)  # (B, L) possible ends
-        blocks = np.arange(span.size // cells)[None, :, None] * cells  # (1, kinds, 1)
-        return [(PAD, EOS + 1)], span.first + (blocks + window[:, None]).reshape(len(window), -1)
+        slots = np.unique(self.slot[~self.done]) if (~self.done).any() else np.zeros(1, np.int64)
+        spans, ids = [(PAD, EOS + 1)], None
+        for slot in slots:
+            name = fmt.slots[int(slot)]
+            span = fmt.vocab[name]
+            if name not in ("end", "end_class"):
+                spans.append((span.first, span.stop))
+                continue
+            cells = fmt.num_pixels
+            window = np.minimum(self.start[:, None] + np.arange(fmt.max_run), cells - 1)  # (B, L) possible ends
+            blocks = np.arange(span.size // cells)[None, :, None] * cells  # (1, kinds, 1)
+            ids = span.first + (blocks + window[:, None]).reshape(len(window), -1)
+            ids[self.slot != slot] = EOS  # rows writing another slot: their ranges are among the spans
+        return spans, ids
 
     def advance(self, tokens: np.ndarray) -> None:
         tokens, live = finish(self, tokens)
