@@ -109,7 +109,8 @@ def main() -> None:
                     gen = torch.Generator().manual_seed(0)
                     start = time.perf_counter()
                     outs[cache, constrained] = model.generate(
-                        images, max_len=length, top_p=0.4, constrained=constrained, use_cache=cache, generator=gen
+                        images, max_len=length, temperature=1.0, top_p=0.4, constrained=constrained, use_cache=cache,
+                        generator=gen
                     )
                     best[cache, constrained] = min(best[cache, constrained], time.perf_counter() - start)
             for (cache, constrained), seconds in best.items():

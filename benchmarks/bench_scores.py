@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from rleseg.data.patches import PatchConfig, sliding_windows
-from rleseg.inference.batch import run_scores
 from rleseg.inference.stitch import stitch_patches_of_image, stitch_score_maps
+from rleseg.models.decode import run_scores
 from rleseg.tokens import Tokenizer
 
 

@@ -37,8 +37,7 @@ from rleseg.data.loading import collate
 from rleseg.demo import subsampling_ceiling
 from rleseg.evaluate import evaluate_checkpoint
 from rleseg.experiment import build_datasets, build_tokenizer, load_config
-from rleseg.inference import resolve_checkpoint
-from rleseg.models import load_checkpoint
+from rleseg.models import load_checkpoint, resolve_checkpoint
 from rleseg.tokens import EOS
 from side_by_side import foreground, run_one
 
