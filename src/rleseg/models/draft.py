@@ -2,11 +2,13 @@
 
 A draft is a label map on the mask grid (the per-cell head's, pyramid.py :class:`CellHead`). Each pass
 proposes, for every sequence, the runs of its draft from where the sequence stands (its next run's first
-free cell, or the run it is writing), in the model's own tokens (:func:`continuation`); one teacher-forced
-decoder pass over the last token and the K proposed ones (through the KV cache, each row at its own
-position) gives the model's own greedy choice under the grammar at every one of those positions. The
-proposed tokens are taken while they are that choice, then the model's own token where they first differ
-(or after the last one); the grammar advances over exactly those tokens. So every token is the one
+free cell, or the run it is writing), in the model's own tokens (:func:`continuation`). The grammar is
+replayed over the proposals (:func:`replay`: the tokens allowed after every proposed prefix); one
+teacher-forced decoder pass over the last token and the K proposed ones (through the KV cache, each row at
+its own position) gives the model's own greedy choice under the grammar at every one of those positions.
+The proposed tokens are taken while they are that choice, then the model's own token where they first
+differ (or after the last one); each row's grammar goes back to its state after the tokens taken
+(:func:`restore`) and takes its own token. So every token is the one
 step-by-step greedy decoding would write, with the same log-probability; only the number of decoder passes
 changes (``Generation.passes``).
 
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rleseg.tokens import EOS, PAD, MaskTokenizer
 
-from .generate import DecodingOptions, Generation, allowed_tokens, candidates
+from .generate import DecodingOptions, Generation
 
 # Tokens proposed per row and pass at most. More cut few passes (stardist, 32 patches: 736 passes at 4, 592 at 16)
 # but the decoder reads K + 1 positions a pass: 4 was the fastest on the dev CPU (docs/results.md).
@@ -83,6 +86,27 @@ def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.nd
     return torch.from_numpy(out), lengths
 
 
+def replay(grammar, proposed: np.ndarray, lengths: np.ndarray, remaining: np.ndarray
+           ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """Feed the proposals (R, K) to ``grammar`` (lengths (R,); ``remaining`` (R,) tokens of budget) ->
+    ((R, K + 1, V) the tokens allowed after each proposed prefix, the grammar's row state there). Past a
+    row's proposal it takes the first token allowed (its outputs there are not read)."""
+    allowed, states = [], []
+    for i in range(proposed.shape[1] + 1):
+        allowed.append(grammar.allowed(remaining - i))
+        states.append({name: getattr(grammar, name).copy() for name in grammar.row_state})
+        if i < proposed.shape[1]:
+            grammar.advance(np.where(i < lengths, proposed[:, i], allowed[-1].argmax(1)))
+    return np.stack(allowed, axis=1), states
+
+
+def restore(grammar, states: list[dict[str, np.ndarray]], taken: np.ndarray) -> None:
+    """Each row of ``grammar`` back to its state after ``taken`` (R,) of its proposed tokens."""
+    rows = np.arange(len(taken))
+    for name in grammar.row_state:
+        setattr(grammar, name, np.stack([s[name] for s in states])[taken, rows])
+
+
 def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Generation:
     """Greedy decoding under the grammar of ``model`` (a one-sequence-per-image token model) over its
     :class:`~rleseg.models.pix2seq.Encoded` images, drafted by ``drafts`` (B, h, w) label maps on the mask
@@ -103,24 +127,26 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
         proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar,
                                       (max_len - 1 - at).cpu().numpy())
         inputs = torch.cat([tokens[live, at][:, None], proposed.to(device)], dim=1)  # (R, K + 1)
+        allowed, states_at = replay(grammar, proposed.numpy(), lengths, (max_len - at).cpu().numpy())
         states = model.window_states(inputs, at, encoded, cache)  # (R, K + 1, D)
-        taking, none = torch.ones(len(live), dtype=torch.bool, device=device), inputs[:, :0]
-        for i in range(inputs.shape[1]):  # scored position by position, as far as some row still takes
-            ended = ~taking | (written[live] >= max_len)
-            logits = model.next_logits(states[:, i : i + 1], none, encoded, candidates(grammar, encoded))  # (R, V)
-            allowed = allowed_tokens(grammar, ended, logits.shape[-1], (max_len - written[live]).cpu().numpy())
-            chosen = logits.masked_fill(~allowed, float("-inf"))
-            own = chosen.argmax(-1)
-            rows = live[taking]
-            tokens[rows, written[rows] + 1] = own[taking]
-            logprobs[rows, written[rows]] = torch.log_softmax(chosen, -1).gather(1, own[:, None])[taking, 0]
-            written[rows] += 1
-            advance_rows(grammar, own.cpu().numpy(), taking.cpu().numpy())
-            taking &= (own != EOS) & torch.from_numpy(i < lengths).to(device)
-            if i < proposed.shape[1]:
-                taking &= own == proposed[:, i].to(device)
-            if not bool(taking.any()):
-                break
+        logits = model.decoder.logits(states, encoded.table).float()  # (R, K + 1, V)
+        chosen = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
+        own = chosen.argmax(-1)  # (R, K + 1): the model's greedy choice after each proposed prefix
+        kept = own[:, :-1] == proposed.to(device)
+        kept &= torch.arange(kept.shape[1], device=device) < torch.from_numpy(lengths).to(device)[:, None]
+        taken = kept.long().cumprod(1).sum(1)  # (R,) proposals taken: the longest prefix the model agrees with
+        last = F.pad(proposed.to(device), (1, 0), value=PAD).gather(1, taken[:, None])[:, 0]  # PAD: none taken
+        ended = last == EOS  # a proposal never goes on past its EOS
+        count = taken + (~ended).long()  # the model's own token after them, unless they ended in EOS
+        lp = torch.log_softmax(chosen, -1).gather(2, own[..., None])[..., 0]  # (R, K + 1)
+        column = torch.arange(own.shape[1], device=device)
+        write = column < count[:, None]  # (R, K + 1)
+        rows = live[:, None].expand_as(own)[write]
+        places = (at[:, None] + column)[write]
+        tokens[rows, places + 1], logprobs[rows, places] = own[write], lp[write]
+        written[live] += count
+        restore(grammar, states_at, taken.cpu().numpy())
+        advance_rows(grammar, own.gather(1, taken[:, None])[:, 0].cpu().numpy(), (~ended).cpu().numpy())
         passes[live.cpu()] += 1
         over = torch.from_numpy(grammar.done).to(device) | (written[live] >= max_len)
         if bool(over.any()):
