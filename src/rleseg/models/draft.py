@@ -128,8 +128,7 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
                                       (max_len - 1 - at).cpu().numpy())
         inputs = torch.cat([tokens[live, at][:, None], proposed.to(device)], dim=1)  # (R, K + 1)
         allowed, states_at = replay(grammar, proposed.numpy(), lengths, (max_len - at).cpu().numpy())
-        states = model.window_states(inputs, at, encoded, cache)  # (R, K + 1, D)
-        logits = model.decoder.logits(states, encoded.table).float()  # (R, K + 1, V)
+        logits = model.window_logits(inputs, at, encoded, cache)  # (R, K + 1, V)
         chosen = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
         own = chosen.argmax(-1)  # (R, K + 1): the model's greedy choice after each proposed prefix
         kept = own[:, :-1] == proposed.to(device)

@@ -266,11 +266,12 @@ class Pix2Seq(nn.Module):
             return self.decoder(embedded, encoded.memory)[:, -1:]
         return self.decoder(embedded, cache=cache, pos=step)
 
-    def window_states(self, inputs: torch.Tensor, pos: torch.Tensor, encoded: Encoded, cache: DecoderCache
+    def window_logits(self, inputs: torch.Tensor, pos: torch.Tensor, encoded: Encoded, cache: DecoderCache
                       ) -> torch.Tensor:
-        """Decoder states (R, T, D) after each of ``inputs`` (R, T), row r's at positions pos[r] .. pos[r]+T-1,
-        in one decoder pass through the ``cache`` (which then holds them): draft verification."""
-        return self.decoder(self.decoder.rows_of(encoded.table, inputs), cache=cache, pos=pos)
+        """Logits (R, T, V) float32 of the token after each of ``inputs`` (R, T), row r's at positions pos[r]
+        .. pos[r]+T-1, in one decoder pass through the ``cache`` (which then holds them): draft verification."""
+        states = self.decoder(self.decoder.rows_of(encoded.table, inputs), cache=cache, pos=pos)
+        return self.decoder.logits(states, encoded.table).float()
 
     def next_logits(self, states: torch.Tensor, written: torch.Tensor, encoded: Encoded, columns: tuple | None
                     ) -> torch.Tensor:
