@@ -107,6 +107,16 @@ def restore(grammar, states: list[dict[str, np.ndarray]], taken: np.ndarray) -> 
         setattr(grammar, name, np.stack([s[name] for s in states])[taken, rows])
 
 
+def agreed(own: torch.Tensor, proposed: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's choices (R, K + 1) after each proposed prefix, the proposals (R, K) and their lengths (R,)
+    -> ((R,) how many proposed tokens the model takes: the longest prefix it agrees with; (R,) bool, whether
+    those end in EOS, after which it takes nothing more)."""
+    kept = (own[:, :-1] == proposed) & (torch.arange(proposed.shape[1], device=own.device) < lengths[:, None])
+    taken = kept.long().cumprod(1).sum(1)
+    last = F.pad(proposed, (1, 0), value=PAD).gather(1, taken[:, None])[:, 0]  # PAD where none is taken
+    return taken, last == EOS
+
+
 def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Generation:
     """Greedy decoding under the grammar of ``model`` (a one-sequence-per-image token model) over its
     :class:`~rleseg.models.pix2seq.Encoded` images, drafted by ``drafts`` (B, h, w) label maps on the mask
@@ -131,11 +141,7 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
         logits = model.window_logits(inputs, at, encoded, cache)  # (R, K + 1, V)
         chosen = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
         own = chosen.argmax(-1)  # (R, K + 1): the model's greedy choice after each proposed prefix
-        kept = own[:, :-1] == proposed.to(device)
-        kept &= torch.arange(kept.shape[1], device=device) < torch.from_numpy(lengths).to(device)[:, None]
-        taken = kept.long().cumprod(1).sum(1)  # (R,) proposals taken: the longest prefix the model agrees with
-        last = F.pad(proposed.to(device), (1, 0), value=PAD).gather(1, taken[:, None])[:, 0]  # PAD: none taken
-        ended = last == EOS  # a proposal never goes on past its EOS
+        taken, ended = agreed(own, proposed.to(device), torch.from_numpy(lengths).to(device))
         count = taken + (~ended).long()  # the model's own token after them, unless they ended in EOS
         lp = torch.log_softmax(chosen, -1).gather(2, own[..., None])[..., 0]  # (R, K + 1)
         column = torch.arange(own.shape[1], device=device)
