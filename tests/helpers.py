@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -316,3 +317,22 @@ def assert_rows_as_decoded_alone(model, images: torch.Tensor, together, max_len:
         assert (together.tokens[mine, width:] == PAD).all()
         torch.testing.assert_close(together.logprobs[mine, :width], alone.logprobs, atol=1e-4, rtol=1e-4)
         assert torch.equal(together.truncated[mine], alone.truncated)
+
+
+# A one-decoder-layer micro model and a run folder's config.yaml for it: what the evaluate and predict tests
+# load as a run (tests/test_evaluate.py, tests/test_nothing_lost.py).
+RUN_MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
+             "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
+
+
+def write_run_config(run_dir, *overrides: str) -> None:
+    """``run_dir``/config.yaml as ``rleseg train`` writes it: synthetic data of 3 classes, 64-pixel patches at
+    factor 4, the RUN_MODEL micro model, then ``overrides``."""
+    from rleseg.experiment import config_to_dict, load_config
+
+    config = load_config(None, [
+        "data.dataset=synthetic", "data.num_classes=3", "data.patch.patch_size=64", "data.patch.factor=4",
+        "model.preset=tiny", *(f"model.{key}={value}" for key, value in RUN_MODEL.items() if key != "image_size"),
+        *overrides,
+    ])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from helpers import RUN_MODEL, write_run_config
 from rleseg.cli import main
 from rleseg.experiment import config_to_dict, load_config
 from rleseg.inference import Predictor, predict_batch
@@ -20,13 +21,11 @@ from rleseg.tokens import Tokenizer
 from rleseg.tokens.panoptic import PanopticTokenizer
 
 SIZES = [(64, 64), (100, 150), (40, 70)]  # larger and smaller than the 64 px patch
-MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
-         "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
 
 
 def make_checkpoint(path, tokenizer):
     torch.manual_seed(0)
-    save_checkpoint(create_model(ModelConfig(**MODEL), tokenizer), path)
+    save_checkpoint(create_model(ModelConfig(**RUN_MODEL), tokenizer), path)
     return path
 
 
@@ -152,13 +151,8 @@ def test_pred_dir_scoring_does_not_import_torch(tmp_path):
 def run_folder(tmp_path_factory):
     """A run folder as ``rleseg train`` leaves it: config.yaml and best.safetensors (untrained here)."""
     run_dir = tmp_path_factory.mktemp("run")
-    config = load_config(None, [
-        "data.dataset=synthetic", "data.num_classes=3", "data.patch.patch_size=64", "data.patch.factor=4",
-        "data.val_options={length: 3}", "data.train_options={length: 3}", "tokenizer.task=panoptic",
-        "tokenizer.thing_classes=[1]", "model.preset=tiny",
-        *(f"model.{key}={value}" for key, value in MODEL.items() if key != "image_size"),
-    ])
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_run_config(run_dir, "data.val_options={length: 3}", "data.train_options={length: 3}",
+                     "tokenizer.task=panoptic", "tokenizer.thing_classes=[1]")
     make_checkpoint(run_dir / "best.safetensors", PanopticTokenizer((16, 16), 3, thing_classes=[1]))
     return run_dir
 

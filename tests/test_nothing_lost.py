@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from helpers import RUN_MODEL, write_run_config
 from rleseg import imageio
 from rleseg import load as rleseg_load
 from rleseg.atomic import OUTPUT_MANIFEST
@@ -52,22 +53,15 @@ from rleseg.typed_yaml import ConfigError
 from test_data_layouts import _coco
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-MODEL = {"backbone": "test_resnet", "image_size": 64, "dim": 32, "heads": 4, "mlp_dim": 64, "encoder_layers": 1,
-         "decoder_layers": 1, "max_seq_len": 48, "dropout": 0.0, "drop_path": 0.0}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder as ``rleseg train`` leaves it: config.yaml, best.safetensors, a checkpoint folder."""
     run = tmp_path_factory.mktemp("run")
-    config = load_config(None, [
-        "data.dataset=synthetic", "data.num_classes=3", "data.patch.patch_size=64", "data.patch.factor=4",
-        "data.val_options={length: 2}", "data.train_options={length: 2}", "model.preset=tiny",
-        *(f"model.{key}={value}" for key, value in MODEL.items() if key != "image_size"),
-    ])
-    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_run_config(run, "data.val_options={length: 2}", "data.train_options={length: 2}")
     torch.manual_seed(0)
-    save_checkpoint(create_model(ModelConfig(**MODEL), Tokenizer((16, 16), 3)), run / "best.safetensors")
+    save_checkpoint(create_model(ModelConfig(**RUN_MODEL), Tokenizer((16, 16), 3)), run / "best.safetensors")
     step = run / "checkpoints" / "step_0000002"
     step.mkdir(parents=True)
     (step / "model.safetensors").write_bytes((run / "best.safetensors").read_bytes())
@@ -230,7 +224,7 @@ def test_checkpoint_headers_are_sized_before_anything_is_built(run_dir, tmp_path
     for read in (read_checkpoint_info, load_checkpoint):
         with pytest.raises(ValueError, match=f"^{deep}: checkpoint config is nested too deeply"):
             read(deep)
-    model = create_model(ModelConfig(**MODEL), Tokenizer((16, 16), 3))
+    model = create_model(ModelConfig(**RUN_MODEL), Tokenizer((16, 16), 3))
     with pytest.raises(ValueError, match="config is nested too deeply"):
         load_weights_into(model, deep)
     deep_extra = tmp_path / "deep_extra.safetensors"
@@ -308,7 +302,7 @@ def test_a_second_train_into_a_held_run_folder_is_refused_as_a_program(tmp_path)
 # ----------------------------------------------------------------------------- 5. checksums
 def test_bytes_changed_in_place_make_a_checkpoint_damaged(tmp_path, capsys):
     torch.manual_seed(0)
-    model = create_model(ModelConfig(**MODEL), Tokenizer((16, 16), 3))
+    model = create_model(ModelConfig(**RUN_MODEL), Tokenizer((16, 16), 3))
     optimizer = torch.optim.AdamW(model.parameters())
     for step in (1, 2):
         save_run_checkpoint(tmp_path, model, optimizer, TrainingState(step=step), keep_last=3)
