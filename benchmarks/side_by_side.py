@@ -60,8 +60,8 @@ def run_one(name: str, label: str, overrides: list[str], minutes: float, out: Pa
                                   progress=False)
     record["eval_seconds"] = time.perf_counter() - started
     record["eval_dir"] = str(evaluation)
-    record["evaluation"] = {k: results[k] for k in ("class_names", "num_images", "semantic", "generation",
-                                                    "settings")}
+    record["evaluation"] = {k: results.get(k, {}) for k in ("class_names", "num_images", "semantic", "generation",
+                                                            "settings")}  # dense runs: no generation
     return record
 
 
@@ -78,7 +78,7 @@ def markdown(records: list[dict]) -> str:
              "fg IoU pooled | fg Dice per image | boundary F pooled | invalid runs | truncated |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        gen = r["evaluation"]["generation"]
+        gen = {"invalid_runs": "-", "truncated": "-", **r["evaluation"]["generation"]}  # dense: no tokens
         lines.append(f"| {r['dataset']} | {r['run']} | {r['steps']} | {r['images_seen']} | {r['train_minutes']:.2f} | "
                      f"{r['load_before'][0]:.2f}-{r['load_after'][0]:.2f} | {r['evaluation']['num_images']} | "
                      f"{_f(foreground(r, 'pooled', 'dice'))} | {_f(foreground(r, 'pooled', 'iou'))} | "

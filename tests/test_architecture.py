@@ -15,11 +15,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rleseg"
 # docs/architecture.md's table: the top-level module or package -> its layer.
 LAYERS = {
     "tokens": 0, "metrics": 0, "imageio": 0, "typed_yaml": 0, "atomic": 0, "progress": 0, "limits": 0, "device": 0,
-    "models": 1, "data": 1, "stats": 1, "visualize": 1, "coco": 1,
+    "models": 1, "data": 1, "stats": 1, "visualize": 1, "coco": 1, "label_files": 1,
     "inference": 2,
     "engine": 3, "training_state": 3, "experiment": 3, "distributed": 3,
     "train": 4, "training_output": 4, "evaluate": 4, "report": 4,
-    "predict": 4, "demo": 4, "config_reference": 4, "patch_stats": 4,
+    "predict": 4, "demo": 4, "config_reference": 4, "patch_stats": 4, "export": 4, "napari_plugin": 4,
+    "init": 4,
     "cli": 5,
 }
 

@@ -146,7 +146,10 @@ def test_stats_table(capsys, masks):
                          StatsOptions(factors=(1, 2, 4), tolerance=1))
     first = direct.rows[0]
     assert (first.scheme, first.starts, first.factor) == ("lac", "1d", 1)
-    assert f"max_seq_len >= p99 = {first.p99} (factor 1)" in out
+    assert f"p99 of a whole mask, e.g. lac/1d: {first.p99} (factor 1)" in out
+    # Whole masks are not what a model writes: the one max_seq_len recommendation is stats --config's.
+    assert "not of the training patches" in out and "'rleseg stats --config CONFIG' measures the patches" in out
+    assert "choose max_seq_len" not in out.lower()
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| scheme"))
     table = lines[header: header + 2 + len(direct.rows)]
@@ -194,7 +197,7 @@ def test_examples(capsys, tmp_path):
     assert len(list(EXAMPLES.glob("*.png"))) >= 3
     data = json.loads((tmp_path / "stats.json").read_text())
     assert data["num_images"] == len(list(EXAMPLES.glob("*.png")))
-    assert "max_seq_len >= p99" in out
+    assert "p99 of a whole mask" in out and "rleseg stats --config CONFIG" in out
 
 
 def test_examples_are_small_label_masks():

@@ -1,9 +1,10 @@
-"""The patch pipeline: windows, crops, augmentation alignment, resizing."""
+"""The patch pipeline: windows, crops, augmentation alignment, resizing, the share of empty patches kept."""
 
 import numpy as np
 import pytest
 
 from rleseg.data import (
+    ArrayDataset,
     Augmentation,
     PatchConfig,
     crop,
@@ -13,7 +14,7 @@ from rleseg.data import (
     window_starts,
 )
 from rleseg.data.patches import random_window_starts
-from rleseg.tokens import downsample_mask, upsample_mask
+from rleseg.tokens import Tokenizer, downsample_mask, upsample_mask
 
 PALETTE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=np.float32)
 
@@ -102,3 +103,42 @@ def test_resize_nearest_and_bilinear():
     ramp = np.tile(np.linspace(0, 1, 30, dtype=np.float32), (20, 1))[..., None]
     out = resize(ramp, (10, 15), -3, linear=True)
     assert out.shape == (10, 15, 1) and np.all(np.diff(out[0, :, 0]) > 0)
+
+
+def _half_empty(empty_keep: float) -> ArrayDataset:
+    """Ten 32x64 images, class 1 on the left half, background and ignored pixels on the right: at 16-pixel
+    patches 4 of each image's 8 windows are empty."""
+    masks = np.zeros((10, 32, 64), np.int64)
+    masks[:, :, :32] = 1
+    masks[:, :8, 48:] = 255  # ignored pixels are not foreground
+    images = np.random.default_rng(0).random((10, 32, 64, 3)).astype(np.float32)
+    patch = PatchConfig(patch_size=16, factor=4, empty_keep=empty_keep)
+    return ArrayDataset(images, masks, Tokenizer((4, 4), 2), patch)
+
+
+def _epochs(dataset: ArrayDataset, epochs: int) -> tuple[np.ndarray, list[int]]:
+    """(whether each sample of ``epochs`` epochs is empty, the item each came from); every sample must be the
+    patch of the item it names (no augmentation here, so its mask is the crop at its box)."""
+    empty, items = [], []
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        for item in range(len(dataset)):
+            sample = dataset[item]
+            y0, x0, y1, x1 = sample["box"].tolist()
+            np.testing.assert_array_equal(sample["mask"], dataset.masks[sample["image_index"], y0:y1, x0:x1])
+            small = sample["mask_small"].numpy()
+            empty.append(not ((small != 0) & (small != 255)).any())
+            items.append(int(sample["index"]))
+    return np.array(empty), items
+
+
+def test_empty_keep_sets_the_share_of_empty_training_patches():
+    empty, items = _epochs(_half_empty(1.0), 1)  # the default: every patch is its own item's, empty or not
+    assert empty.mean() == 0.5 and items == list(range(80))
+    assert not _epochs(_half_empty(0.0), 2)[0].any()  # 0: an empty patch is always replaced
+    # 0.1 keeps an empty patch for every ten of the paper's list of patches: 0.1 * 40 / (0.1 * 40 + 40) = 9%.
+    empty, items = _epochs(_half_empty(0.1), 5)
+    assert 0.05 < empty.mean() < 0.14
+    assert _epochs(_half_empty(0.1), 5)[1] == items  # the replacements depend on (seed, epoch, item) only
+    with pytest.raises(ValueError, match="empty_keep must be >= 0 and <= 1"):
+        PatchConfig(empty_keep=1.5)

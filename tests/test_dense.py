@@ -229,10 +229,11 @@ def test_experiment_config_selects_the_dense_model():
 
 
 def test_a_token_config_switches_to_the_dense_model():
-    """``--set model.architecture=dense`` on a token config: its token-only keys are checked, then left out."""
+    """``--set model.architecture=dense`` on a token config: its token-only keys are left out (tests/test_dense_runs.py
+    says which); keys given with the switch are checked as a token model's first."""
     token = load_config("stardist-tiny")
     dense = load_config("stardist-tiny", ["model.architecture=dense"])
-    assert "max_seq_len" in dense.model
+    assert "max_seq_len" in token.model and "max_seq_len" not in dense.model
     assert isinstance(build_model(dense, tokenizer()), DenseModel)
     assert build_model(dense, tokenizer()).config == replace(
         DENSE_PRESETS["tiny"], image_size=token.data.patch.patch_size, tokenizer=tokenizer().to_dict()
@@ -249,7 +250,7 @@ def test_a_dense_experiment_trains_through_the_token_models_loop(tmp_path):
     from rleseg.train import train
 
     config = load_config(None, [
-        "model.architecture=dense", "model.backbone=test_resnet", "model.dim=16", "model.max_seq_len=64",
+        "model.architecture=dense", "model.backbone=test_resnet", "model.dim=16",
         "data.patch.patch_size=64", "data.patch.factor=4", "data.train_options={length: 8}",
         "data.val_options={length: 4}", "train.batch_size=4", "train.steps=2", "train.warmup_steps=1",
         "eval.max_samples=4", "eval.batch_size=4", "output.tensorboard=false", f"output.dir={tmp_path / 'run'}",

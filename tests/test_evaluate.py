@@ -318,3 +318,67 @@ def test_evaluate_into_its_own_run_folder_as_a_program(run_folder, tmp_path):
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"rleseg: error: {run_dir}: the output folder")
     assert tree(run_dir) == before
+
+
+# ----------------------------------------------------------------------------- what the reports say
+def test_per_image_mean_dice_leaves_out_background_as_the_headline_does(tmp_path):
+    gt = np.zeros((20, 20), np.uint8)
+    gt[2:10, 2:10], gt[12:18, 5:15] = 1, 2
+    pred = gt.copy()
+    pred[2:10, 2:6] = 0  # half of class 1 missed; background almost perfect, class 2 perfect
+    write_maps(tmp_path / "gt", {"a": gt})
+    write_maps(tmp_path / "pred", {"a": pred})
+    assert run("evaluate", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", 3,
+               "--out", tmp_path / "out") == 0
+    row = next(csv.DictReader((tmp_path / "out" / "per_image.csv").open()))
+    assert "mean_dice" not in row and "mean_iou" not in row  # the old names, which counted background
+    foreground = [float(row["dice_1"]), float(row["dice_2"])]
+    assert float(row["mean_dice_without_background"]) == pytest.approx(np.mean(foreground), abs=1e-6)
+    assert float(row["mean_dice_without_background"]) < np.mean([float(row["dice_0"]), *foreground])
+    headline = json.loads((tmp_path / "out" / "metrics.json").read_text())["semantic"]["per_image"]
+    assert float(row["mean_dice_without_background"]) == pytest.approx(headline["mean_without_background"]["dice"],
+                                                                       abs=1e-6)  # one image: the same figure
+    assert float(row["mean_iou_without_background"]) == pytest.approx(headline["mean_without_background"]["iou"],
+                                                                      abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def refining_checkpoint(tmp_path_factory):
+    """An untrained token model with a refiner: the refiner's last layer starts at zero, so it changes nothing."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(**RUN_MODEL, refine_band=1), Tokenizer((16, 16), 3))
+    path = tmp_path_factory.mktemp("refining") / "model.safetensors"
+    save_checkpoint(model, path)
+    return path
+
+
+def test_evaluate_says_that_a_refiner_changed_nothing(refining_checkpoint, data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate_folder(refining_checkpoint, data, out, "--pictures", 0) == 0
+    printed = capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    patches = metrics["generation"]["patches"]
+    assert metrics["settings"]["refined"] is True
+    assert metrics["refinement"] == {"changed_pixels": 0, "patch_pixels": patches * 64 * 64, "changed_share": 0.0}
+    assert f"The refiner changed 0 of {patches * 64 * 64:,} patch pixels (0.00%)" in printed.out
+    assert "rleseg: warning: the refiner changed (almost) nothing" in printed.err
+    assert "## Boundary refinement" in (out / "metrics.md").read_text()
+    assert evaluate_folder(refining_checkpoint, data, tmp_path / "tokens", "--pictures", 0, "--token-only") == 0
+    token_only = json.loads((tmp_path / "tokens" / "metrics.json").read_text())
+    assert token_only["settings"]["refined"] is False and "refinement" not in token_only
+    assert "refiner" not in capsys.readouterr().err
+
+
+def test_the_refined_share_counts_the_pixels_the_refiner_changed(refining_checkpoint):
+    """Counted against the same model's token-only masks, predicted independently."""
+    from rleseg.inference import InferenceOptions
+    from rleseg.models import load_checkpoint
+
+    model = load_checkpoint(refining_checkpoint)
+    with torch.no_grad():
+        model.refiner.head[-1].bias.copy_(torch.tensor([0.0, 0.0, 10.0]))  # class 2 wherever it may redraw
+    image = np.random.default_rng(0).random((64, 128, 3)).astype(np.float32)  # two whole patches, no overlap
+    refined = next(Predictor(model).run([image]))
+    token_only = next(Predictor(model, InferenceOptions.from_fields(refine=False)).run([image]))
+    assert token_only.redrawn is None
+    assert refined.redrawn == int((refined.labels != token_only.labels).sum()) > 0

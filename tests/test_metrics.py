@@ -420,3 +420,34 @@ def test_all_reduce_over_two_gloo_ranks(tmp_path):
     single = SegmentationMeter(3)
     single.update(pred, gt)
     assert _close(json.loads(result.read_text()), single.compute())
+
+
+def _matched_objects(pred_ids: np.ndarray, gt_ids: np.ndarray) -> int:
+    """Pairs of a predicted and a true object with IoU > 0.5, by brute force over every pair."""
+    matched = 0
+    for g in np.unique(gt_ids[gt_ids > 0]):
+        for p in np.unique(pred_ids[pred_ids > 0]):
+            a, b = gt_ids == g, pred_ids == p
+            matched += (a & b).sum() / (a | b).sum() > 0.5
+    return int(matched)
+
+
+def test_object_counts_and_f1_at_half_iou_match_a_brute_force_matching():
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        gt_ids, pred_ids = (np.zeros((2, 24, 24), np.int64) for _ in range(2))
+        for ids, count in ((gt_ids, 6), (pred_ids, 7)):
+            for k in range(1, count + 1):  # boxes near the true ones: some match, some split, some miss
+                image, (y, x), (h, w) = rng.integers(2), rng.integers(0, 18, 2), rng.integers(3, 8, 2)
+                ids[image, y : y + h, x : x + w] = k
+        objects = panoptic_quality(((pred_ids > 0).astype(int), pred_ids), ((gt_ids > 0).astype(int), gt_ids), 2,
+                                   thing_classes=[1])["objects"]
+        true = sum(len(np.unique(g[g > 0])) for g in gt_ids)
+        predicted = sum(len(np.unique(p[p > 0])) for p in pred_ids)
+        matched = sum(_matched_objects(p, g) for p, g in zip(pred_ids, gt_ids, strict=True))
+        assert (objects["true"], objects["predicted"], objects["matched"]) == (true, predicted, matched)
+        assert objects["f1"] == pytest.approx(2 * matched / (true + predicted))
+        assert objects["precision"] == pytest.approx(matched / predicted)
+        assert objects["recall"] == pytest.approx(matched / true)
+    empty = panoptic_quality((np.zeros((4, 4), int),) * 2, (np.zeros((4, 4), int),) * 2, 2, [1])["objects"]
+    assert empty == {"true": 0, "predicted": 0, "matched": 0, "precision": None, "recall": None, "f1": None}

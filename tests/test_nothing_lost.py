@@ -331,7 +331,7 @@ TINY_RUN = [
     "model.preset=tiny", "model.dim=32", "model.heads=2", "model.mlp_dim=64", "model.max_seq_len=160",
     "model.encoder_layers=1", "model.decoder_layers=1", "data.patch.patch_size=64", "data.patch.factor=4",
     "data.train_options={length: 8}", "data.val_options={length: 2}", "train.batch_size=4", "train.steps=1",
-    "eval.max_samples=2", "eval.batch_size=2", "output.tensorboard=false", "output.pictures=0",
+    "train.warmup_steps=1", "eval.max_samples=2", "eval.batch_size=2", "output.tensorboard=false", "output.pictures=0",
 ]
 
 

@@ -26,7 +26,7 @@ def test_patch_lengths_count_every_training_patch_as_training_tokenizes_it():
 
 
 def test_dense_models_have_no_max_seq_len():
-    config = load_config("synthetic-tiny", [*OVERRIDES, "model.architecture=dense"])
+    config = load_config("synthetic-tiny", [OVERRIDES[0], "model.architecture=dense"])  # no max_seq_len: no tokens
     result = patch_lengths(config, show_progress=False)
     assert result.max_seq_len is None and result.cut == 0.0 and "dense model" in result.recommendation()
 

@@ -6,11 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 import rleseg
 from helpers import noisy_checkpoint
 from rleseg.cli import main
+from rleseg.label_files import save_instances
 from rleseg.tokens import Tokenizer
 from rleseg.tokens.formats import coco_rles_to_instance_map, coco_rles_to_label_map
 from rleseg.tokens.panoptic import PanopticTokenizer
@@ -239,3 +241,14 @@ def test_panoptic_join_options_from_the_command_line(panoptic_checkpoint, tmp_pa
     capsys.readouterr()  # the warnings of the runs above
     expect_user_error(capsys, ("predict", panoptic_checkpoint, tmp_path / "scene.png", "--out", tmp_path / "bad",
                                "--join-iou", 1), tmp_path / "bad", "join_iou must lie in [0, 1)")
+
+
+def test_instance_maps_are_16_bit_pngs_and_32_bit_tiffs_past_65535(tmp_path):
+    ids = np.array([[0, 1, 2], [65535, 3, 0]])
+    written = save_instances(tmp_path / "few.png", ids)
+    assert written == tmp_path / "few.png" and Image.open(written).mode == "I;16"
+    assert np.array_equal(np.array(Image.open(written)), ids)
+    ids[0, 0] = 70000  # a label tool's ids need not be consecutive: 65536 and past need 32 bits
+    written = save_instances(tmp_path / "many.png", ids)
+    assert written == tmp_path / "many.tif" and not (tmp_path / "many.png").exists()
+    assert tifffile.imread(written).dtype == np.uint32 and np.array_equal(tifffile.imread(written), ids)

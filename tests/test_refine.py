@@ -13,8 +13,8 @@ from rleseg.engine import LossOf, TrainConfig, train_step
 from rleseg.inference import InferenceOptions, Predictor, predict_batch
 from rleseg.models import create_model, load_checkpoint, save_checkpoint
 from rleseg.models.pyramid import on_grid
-from rleseg.models.refine import Refiner, boundary_band, jitter_boundaries, upsample_nearest
-from rleseg.tokens import PanopticTokenizer, Tokenizer, downsample_mask, upsample_mask
+from rleseg.models.refine import Refiner, boundary_band, jitter_boundaries, refine_instances, upsample_nearest
+from rleseg.tokens import PanopticTokenizer, Tokenizer, VideoTokenizer, downsample_mask, upsample_mask
 
 
 def discs(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
@@ -192,14 +192,14 @@ def test_models_without_a_refiner_are_unchanged(tmp_path):
     assert predict_batch(model, torch.rand(1, 3, 64, 64)).masks[0].shape == (16, 16)
 
 
-def test_a_refiner_needs_the_masks_and_a_semantic_image_tokenizer():
+def test_a_refiner_needs_the_masks_and_an_image_tokenizer():
     model = create_model(micro_config(refine_band=1), Tokenizer((16, 16), 2))
     assert model.target_keys == ("tokens", "mask", "mask_small") and model.refines
     targets = padded(model.tokenizer, [np.zeros((16, 16), np.uint8)])
     with pytest.raises(ValueError, match="mask and mask_small"):
         model.loss(torch.rand(1, 3, 64, 64), targets)
-    with pytest.raises(ValueError, match="semantic image tokenizer"):
-        create_model(micro_config(refine_band=1), PanopticTokenizer((16, 16), 3, [1, 2]))
+    with pytest.raises(ValueError, match="semantic or panoptic image tokenizer"):
+        create_model(micro_config(refine_band=1), VideoTokenizer(2, (16, 16), 3))
     with pytest.raises(ValueError, match="refine_band"):
         micro_config(refine_band=-1)
     with pytest.raises(ValueError, match="refine_jitter"):
@@ -242,3 +242,75 @@ def test_refine_batch_trains_the_refiner_on_the_first_images_only():
     changed = masks.clone()
     changed[2] = 1 - changed[2]  # the third image's masks do not reach the refiner
     torch.testing.assert_close(model.loss(images, targets, changed, grids), expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- panoptic masks
+def two_touching_instances() -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded classes and ids on a 6 x 8 grid: instances 1 and 2 of class 1 side by side, stuff class 2 in
+    the last row; (1, 6, 8) each."""
+    semantic = torch.zeros(1, 6, 8, dtype=torch.long)
+    ids = torch.zeros_like(semantic)
+    semantic[0, 1:4, 1:4], ids[0, 1:4, 1:4] = 1, 1
+    semantic[0, 1:4, 4:7], ids[0, 1:4, 4:7] = 1, 2
+    semantic[0, 5] = 2
+    return semantic, ids
+
+
+def test_redrawn_pixels_take_the_nearest_instance_of_their_class_and_only_they_change():
+    coarse, ids = two_touching_instances()
+    factor = 4
+    refined = upsample_nearest(coarse, factor)
+    refined[0, 16:18, 14:18] = 1  # below the contact of 1 and 2, into the background: the nearer instance's
+    refined[0, 4:6, 4:6] = 0  # the top-left corner of instance 1 redrawn as background
+    refined[0, 20, 0] = 1  # a thing pixel next to no instance (stuff below, background above): kept as decoded
+    refined[0, 19, 9] = 2  # background redrawn as stuff: no instance
+    semantic, instances = refine_instances(coarse, ids, refined, [1], band=1)
+    up_ids = upsample_nearest(ids, factor)
+    changed = refined != upsample_nearest(coarse, factor)
+    assert torch.equal(instances[~changed], up_ids[~changed])  # only redrawn pixels change
+    assert set(instances.unique().tolist()) == {0, 1, 2}  # every decoded instance keeps its id
+    assert (instances[0, 16:18, 14:16] == 1).all() and (instances[0, 16:18, 16:18] == 2).all()
+    assert (instances[0, 4:6, 4:6] == 0).all() and instances[0, 19, 9] == 0 and semantic[0, 19, 9] == 2
+    assert semantic[0, 20, 0] == 2 and instances[0, 20, 0] == 0  # the decoded stuff pixel stays
+    assert torch.equal(semantic[0, :20], refined[0, :20])
+    assert ((instances > 0) == (semantic == 1)).all()  # every thing pixel has an instance, nothing else does
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 2))
+def test_refined_instances_keep_decoded_ids_and_change_band_pixels_only(seed, band):
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(upsample_mask(rng.integers(0, 3, (4, 4)), 2).astype(np.int64))[None]  # (1, 8, 8)
+    ids = torch.where(coarse == 1, 1 + torch.arange(64).view(1, 8, 8), 0)  # every cell of class 1 an instance
+    refiner = noisy_refiner(band, classes=3)
+    images, cells = torch.rand(1, 3, 32, 32), torch.randn(1, 8, 8, 8)
+    refined = refiner.labels(images, cells, coarse)
+    semantic, instances = refine_instances(coarse, ids, refined, [1], band)
+    outside = ~refiner.band_pixels(coarse, 4)
+    assert torch.equal(instances[outside], upsample_nearest(ids, 4)[outside])
+    assert set(ids.unique().tolist()) <= set(instances.unique().tolist())
+    assert ((instances > 0) == (semantic == 1)).all()
+
+
+def test_a_panoptic_model_refines_its_instances_and_stays_reachable_token_only():
+    tokenizer = PanopticTokenizer((16, 16), 2, [1])
+    torch.manual_seed(0)
+    model = create_model(micro_config(refine_band=1), tokenizer).eval()
+    assert model.refines and model.target_keys == ("tokens", "mask", "mask_small")
+    with torch.no_grad():  # a decoder that writes runs, and a refiner that redraws some of their pixels
+        for part in (model.decoder, model.refiner):
+            for param in part.parameters():
+                param.add_(torch.randn_like(param) * 0.5)
+    images = torch.rand(4, 3, 64, 64)
+    refined = predict_batch(model, images)
+    token_only = predict_batch(model, images, InferenceOptions.from_fields(refine=False))
+    assert token_only.masks[0][0].shape == (16, 16) and refined.masks[0][0].shape == (64, 64)
+    assert refined.redrawn.sum() > 0
+    for (sem, inst), (coarse_sem, coarse_inst) in zip(refined.masks, token_only.masks, strict=True):
+        kept = sem == upsample_mask(coarse_sem, 4)
+        np.testing.assert_array_equal(inst[kept], upsample_mask(coarse_inst, 4)[kept])
+        assert set(np.unique(coarse_inst)) - {0} <= set(np.unique(inst))
+        assert ((inst > 0) == (sem == 1)).all()
+    labels, instances = Predictor(model, InferenceOptions()).predict(images[0].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(labels, refined.masks[0][0])
+    assert len(np.unique(instances)) == len(np.unique(refined.masks[0][1]))

@@ -3,6 +3,7 @@ history.json say what ran), the settings a resume may and may not change, starti
 run's weights (model.init_from), and the class names and colours every checkpoint carries to predict's and
 evaluate's legends."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -104,11 +105,19 @@ def test_extending_a_finished_run_from_the_cli_continues_its_schedule(run, capsy
 
 
 def test_extending_before_the_end_trains_as_a_run_planned_for_the_new_length(tmp_path):
-    straight = train(_config(tmp_path / "a", "train.steps=8"))
-    first = train(_config(tmp_path / "b", "train.steps=6"), stop_at_step=3)
-    second = train(_config(tmp_path / "b", "train.steps=8"), resume=True)
+    straight = train(_config(tmp_path / "a", "train.steps=8", "output.log_every=1"))
+    first = train(_config(tmp_path / "b", "train.steps=6", "output.log_every=1"), stop_at_step=3)
+    # A kill after steps 4 and 5 were logged, before their checkpoint: rows the resumed run trains again.
+    with (tmp_path / "b" / "metrics.csv").open("a") as log:
+        log.write("4,9.9,1.0,0.1,1.0,1.0,0,,\n5,10.9,1.0,0.1,1.0,1.0,0,,\n6,11")
+    second = train(_config(tmp_path / "b", "train.steps=8", "output.log_every=1"), resume=True)
     assert second.step == 8 and len(second.losses) == 5
     assert first.losses + second.losses == pytest.approx(straight.losses, abs=0, rel=0)
+    # metrics.csv lists every step once, with the losses the steps had: the resumed run's, not the killed one's.
+    rows = list(csv.DictReader((tmp_path / "b" / "metrics.csv").open()))
+    assert [int(row["step"]) for row in rows] == list(range(1, 9))
+    assert [float(row["loss"]) for row in rows] == pytest.approx(straight.losses)
+    assert [row["val_dice"] != "" for row in rows] == [False] * 7 + [True]  # the final validation, on step 8's row
 
 
 def test_extending_from_the_api_trains_the_new_steps(run):
@@ -163,6 +172,21 @@ def test_a_run_ended_by_its_budget_goes_on_with_a_new_one(tmp_path, capsys):
     assert read_history(run)[-1]["changes"] == {"train.minutes": [0.0005, None], "train.steps": [40, ended.step + 2]}
 
 
+def test_more_steps_for_a_run_whose_budget_is_spent_are_refused_naming_train_minutes(tmp_path, capsys):
+    run = tmp_path / "run"
+    ended = train(_config(run, "train.minutes=0.0005", "train.steps=40"))  # the first step ends it
+    capsys.readouterr()
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--set", f"train.steps={ended.step + 5}", "--no-progress"]) == 2
+    line = _error_line(capsys)
+    assert f"0.0005-minute budget (train.minutes) ended it at step {ended.step}" in line
+    assert f"train.steps {ended.step + 5} alone trains no step" in line and "--set train.minutes=null" in line
+    assert _snapshot(run) == before  # nothing trained, nothing written
+    assert main(["train", "--resume", str(run), "--set", f"train.steps={ended.step + 1}", "--set",
+                 "train.minutes=null", "--no-progress"]) == 0  # what the line says to do trains on
+    assert json.loads((run / "metrics.json").read_text())["step"] == ended.step + 1
+
+
 def test_fewer_steps_than_done_are_refused(run, capsys):
     assert main(["train", "--resume", str(run), "--set", "train.steps=3"]) == 2
     assert "train.steps 3 is fewer than the 4 steps the run has done" in _error_line(capsys)
@@ -174,13 +198,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("source", ["folder", "file"])
-def test_init_from_starts_a_new_run_from_the_weights(finished, tmp_path, source):
+def test_init_from_starts_a_new_run_from_the_weights(finished, tmp_path, capsys, source):
     path = finished if source == "folder" else finished / "checkpoints" / "step_0000002" / "model.safetensors"
     checkpoint = finished / "best.safetensors" if source == "folder" else path
     # A learning rate so small that one step leaves the weights where they started.
     config = _config(tmp_path / "new", f"model.init_from={path}", "train.steps=1", "train.lr=1e-12",
                      "train.warmup_steps=0")
     result = train(config)
+    assert f"  weights     from {checkpoint} (model.init_from)" in capsys.readouterr().out  # the start summary
     started_from = _weights(checkpoint)
     fresh = dict(build_model(config, build_tokenizer(config)).named_parameters())
     trained = dict(result.model.named_parameters())  # the weights; BatchNorm statistics move in any step

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import rleseg
-from helpers import micro_config
+from helpers import micro_config, noisy_checkpoint
 from rleseg import imageio
 from rleseg.cli import main
 from rleseg.data import FolderDataset, VideoFolderDataset, build_dataset
@@ -21,6 +21,7 @@ from rleseg.experiment import build_datasets, build_tokenizer, load_config
 from rleseg.imageio import (
     MaskError,
     Normalization,
+    StackLayout,
     frames_shape,
     image_shape,
     read_frames,
@@ -30,8 +31,10 @@ from rleseg.imageio import (
     to_unit_float,
 )
 from rleseg.inference import Predictor, as_image, stored_normalization
+from rleseg.label_files import save_label_stack
 from rleseg.models import VideoModelConfig, create_model, read_checkpoint_info, save_checkpoint
 from rleseg.tokens import Tokenizer, VideoTokenizer
+from rleseg.tokens.panoptic import PanopticTokenizer
 from rleseg.train import train
 
 
@@ -310,3 +313,70 @@ def test_a_video_model_takes_a_stack_as_one_sequence(tmp_path):
     expected = predictor.predict_video(read_frames(tmp_path / "cells.tif"))
     written = np.stack([np.array(Image.open(out / "labels" / "cells" / f"frame_{i:06d}.png")) for i in range(5)])
     assert np.array_equal(written, expected)
+    assert np.array_equal(tifffile.imread(out / "labels" / "cells.tif"), written)  # and one stack of them
+
+
+# ----------------------------------------------------------------------------- stacks out as they came in
+HYPER = (2, 3, 40, 48)  # T x Z x Y x X
+
+
+def _write_stack(path, flavour):
+    """A 16-bit T x Z stack as ImageJ or OME write it (with pixel sizes), or 6 plain pages (tifffile's QYX)."""
+    stack = (np.random.default_rng(4).random(HYPER) * 4000).astype(np.uint16)
+    if flavour == "imagej":
+        tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.3, 1 / 0.3),
+                         metadata={"axes": "TZYX", "spacing": 2.5, "unit": "um", "finterval": 4.0})
+    elif flavour == "ome":
+        tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TZYX", "PhysicalSizeX": 0.3, "PhysicalSizeZ": 2.5})
+    else:
+        tifffile.imwrite(path, stack.reshape(6, *HYPER[2:]), photometric="minisblack")
+
+
+def _frame_pngs(folder, count):
+    return np.stack([np.array(Image.open(folder / f"frame_{i:06d}.png")) for i in range(count)])
+
+
+@pytest.mark.parametrize("flavour", ["imagej", "ome", "tiff"])
+def test_a_stack_gives_one_label_tiff_of_its_shape_axes_and_pixel_sizes(tmp_path, flavour):
+    checkpoint = noisy_checkpoint(tmp_path / "model.safetensors", Tokenizer((16, 16), 3))
+    _write_stack(tmp_path / "cells.tif", flavour)
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tmp_path / "cells.tif"), "--out", str(out), "--no-progress",
+                 "--no-overlays", "--temperature", "1", "--seed", "0"]) == 0  # sampled: labels that vary
+    pngs = _frame_pngs(out / "labels" / "cells", 6)
+    assert len(np.unique(pngs)) > 1  # varied labels: the frame order below is checkable
+    with tifffile.TiffFile(out / "labels" / "cells.tif") as tif:
+        series = tif.series[0]
+        shape, axes = (HYPER, "TZYX") if flavour != "tiff" else ((6, *HYPER[2:]), "QYX")
+        assert tuple(series.shape) == shape and series.axes == axes and series.dtype == np.uint8
+        assert np.array_equal(series.asarray().reshape(pngs.shape), pngs)  # frames in reading order
+        assert (tif.is_imagej, tif.is_ome) == (flavour == "imagej", flavour == "ome")
+        if flavour == "imagej":
+            meta = tif.imagej_metadata
+            assert (meta["spacing"], meta["unit"], meta["finterval"]) == (2.5, "um", 4.0)
+            assert np.allclose(tif.pages[0].resolution, (1 / 0.3, 1 / 0.3))
+        if flavour == "ome":
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+            assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeZ"]) == (0.3, 2.5)
+
+
+def test_a_panoptic_stack_gives_a_stack_of_instance_ids(tmp_path):
+    checkpoint = noisy_checkpoint(tmp_path / "model.safetensors", PanopticTokenizer((16, 16), 3, thing_classes=[1]))
+    _write_stack(tmp_path / "cells.tif", "imagej")
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tmp_path / "cells.tif"), "--out", str(out), "--no-progress",
+                 "--no-overlays", "--temperature", "1", "--seed", "0"]) == 0
+    instances = tifffile.imread(out / "instances" / "cells.tif")
+    assert instances.shape == HYPER and instances.dtype == np.uint16 and instances.max() > 0
+    assert np.array_equal(instances.reshape(6, *HYPER[2:]), _frame_pngs(out / "instances" / "cells", 6))
+    labels = tifffile.imread(out / "labels" / "cells.tif")
+    assert (labels[instances > 0] == 1).all()  # class and instance of a pixel agree
+
+
+def test_ids_past_16_bits_of_an_imagej_stack_go_to_ome_tiff(tmp_path):
+    ids = np.arange(2 * 3 * 4 * 5, dtype=np.uint32).reshape(6, 4, 5) * 2000  # up to 118000
+    layout = StackLayout((2, 3, 4, 5), "TZYX", "imagej", {"spacing": 2.5})
+    save_label_stack(tmp_path / "ids.tif", ids, layout)
+    with tifffile.TiffFile(tmp_path / "ids.tif") as tif:
+        assert tif.is_ome and not tif.is_imagej and tif.series[0].axes == "TZYX"
+        assert np.array_equal(tif.series[0].asarray(), ids.reshape(2, 3, 4, 5))

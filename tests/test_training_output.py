@@ -2,6 +2,7 @@
 elsewhere, the validation pictures, the --seed/--device/--no-progress flags, and one metrics.json layout
 for in-training validation and ``rleseg evaluate``."""
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_the_end_summary_gives_the_final_scores_and_the_files(run):
     end = out.split("validation at step 4")[1]
     assert f"Dice {dice:.3f} pooled" in end
     written = end.split(f"written to {folder}: ")[1]
-    for name in ("checkpoints/step_0000004 (last)", "best.safetensors", "metrics.json",
+    for name in ("checkpoints/step_0000004 (last)", "best.safetensors", "metrics.json", "metrics.csv",
                  "pictures/step_0000004.png", "pictures/tokens_step_0000004.png"):
         assert name in written and (folder / name.split(" ")[0]).exists(), name
 
@@ -137,6 +138,25 @@ def test_off_a_terminal_training_and_validation_print_plain_lines(run):
     assert all(" lr " in line and "step/s" in line for line in lines if line.startswith("train:"))
     validations = [line for line in lines if line.startswith("validate:")]
     assert [line.split(",")[0] for line in validations] == [f"validate: {patches}/{patches} (100%) patch"] * 2
+
+
+def test_metrics_csv_is_the_training_log_with_each_validation_on_its_row(run):
+    from rleseg.engine import learning_rate
+
+    folder, config, _, err, _ = run
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert list(rows[0]) == ["step", "elapsed_s", "loss", "lr", "grad_norm", "images_per_s", "truncated", "val_dice",
+                             "val_iou"]
+    assert [int(row["step"]) for row in rows] == [2, 4]  # output.log_every 2, validations at 2 and 4: one row each
+    assert [float(row["lr"]) for row in rows] == pytest.approx([learning_rate(s - 1, 4, config.train) for s in (2, 4)])
+    assert all(float(row["loss"]) > 0 and float(row["images_per_s"]) > 0 for row in rows)
+    assert float(rows[0]["elapsed_s"]) < float(rows[1]["elapsed_s"])
+    lines = (folder / "eval_log.jsonl").read_text().splitlines()
+    logged = [json.loads(line)[config.eval.best_metric] for line in lines]
+    assert [float(row["val_dice"]) for row in rows] == pytest.approx(logged)
+    final = json.loads((folder / "metrics.json").read_text())["semantic"]["pooled"]["mean_without_background"]
+    assert float(rows[-1]["val_iou"]) == pytest.approx(final["iou"])
+    assert "warning" not in err  # warm-up 2 of 4 steps, no refiner: nothing to warn about
 
 
 # ----------------------------------------------------------------------------- one metrics.json layout

@@ -99,8 +99,12 @@ def reference_markdown() -> str:
     lines += ["### video token model (`tokenizer.task: video`), besides the token model's keys", ""]
     lines += _table("model.", VideoModelConfig, skip=video)
     lines += ["### dense model (`architecture: dense`)", "",
-              "Token-model keys in the same section are checked and then left out, so that "
-              "`--set model.architecture=dense` works on any token config.", ""]
+              "A dense model writes no tokens, so a dense config that sets a token-model setting to other than "
+              "its default (a model key of the token model's only, at other than its preset's value; "
+              "`tokenizer.scheme`, `starts`, `extent`, `bands`, `order`, `max_run`; `eval.decoding.*`) is "
+              "refused, naming the key. `--set model.architecture=dense` on a token config leaves that config's "
+              "token settings out, so it works on any token config. A run folder's config.yaml that an older "
+              "rleseg wrote with them still resumes and evaluates.", ""]
     lines += _table("model.", DenseConfig, skip=("tokenizer",))
     sections = [("tokenizer", TokenizerConfig), ("data", DataConfig)]
     for name, cls in sections:

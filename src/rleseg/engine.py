@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .inference import InferenceOptions, autocast, predict_batch
-from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
+from .metrics import PanopticMeter, RefinementMeter, SegmentationMeter, VideoMeter
 from .models import DecodingOptions
 from .progress import progress
 from .tokens import upsample_mask
@@ -29,7 +29,10 @@ from .typed_yaml import check_range
 @dataclass
 class TrainConfig:
     steps: int = 2000  # optimizer steps of the schedule
-    # Wall-clock budget in minutes (> 0): the schedule is shortened to end within it. null: no budget.
+    # Wall-clock budget in minutes (> 0): the schedule is shortened to end within it. null: no budget. The
+    # warm-up stays warmup_steps steps: a run warns at its start when, at the pace of its first steps, the
+    # budget would end it inside the warm-up (and at its end when it did). A larger train.steps on --resume
+    # of a run whose budget is spent needs more train.minutes too (refused otherwise).
     minutes: float | None = None
     batch_size: int = 16  # per process
     accumulate: int = 1  # micro-batches per optimizer step
@@ -37,7 +40,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warm-up to lr; a run that ends inside it warns (it never trained at lr)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.05  # the schedule decays to lr times this
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
@@ -178,7 +181,8 @@ def train_step(
 
 
 class PatchScores:
-    """The metrics a validation fills: semantic scores always (per frame for video), PQ for panoptic."""
+    """The metrics a validation fills: semantic scores always (per frame for video), PQ for panoptic, and
+    what a boundary refiner changed (``refinement``, for models that refine)."""
 
     def __init__(self, task: str, num_classes: int, ignore_index: int, boundary_tolerance: int,
                  thing_classes: list[int] = (), stuff_classes: list[int] = ()):
@@ -190,6 +194,7 @@ class PatchScores:
         if task == "panoptic":
             self.panoptic = PanopticMeter(num_classes, list(thing_classes), list(stuff_classes),
                                           ignore_index=ignore_index)
+        self.refinement = RefinementMeter()
 
     def update(self, predictions: list, batch: dict) -> np.ndarray:
         """Score decoded predictions of one batch at full patch resolution; returns the semantic
@@ -206,7 +211,7 @@ class PatchScores:
         return full
 
     def all_reduce(self) -> None:
-        for meter in (self.semantic, self.panoptic):
+        for meter in (self.semantic, self.panoptic, self.refinement):
             if meter is not None:
                 meter.all_reduce()
 
@@ -214,6 +219,9 @@ class PatchScores:
         metrics = self.semantic.compute()
         if self.panoptic is not None:
             metrics["panoptic"] = self.panoptic.compute()
+        refinement = self.refinement.compute()
+        if refinement is not None:
+            metrics["refinement"] = refinement
         return metrics
 
 
@@ -236,6 +244,8 @@ def validate(model: nn.Module, batches: Iterable[dict], scores: PatchScores, con
         for batch in batches:
             predicted = predict_batch(model, batch["image"].to(device), options)
             full = scores.update(predicted.masks, batch)
+            if predicted.redrawn is not None:
+                scores.refinement.update(predicted.redrawn, full.size)
             if on_batch is not None:
                 on_batch(batch, full, predicted.tokens)
             bar.update(len(full))

@@ -8,10 +8,16 @@ its data is refused; the files are :mod:`rleseg.report`'s):
                     SegmentationMeter.compute() (both aggregations, per class), class names, panoptic
                     PQ / SQ / RQ for panoptic models, generation counts (invalid runs, truncated sequences)
     metrics.md      the same as markdown tables
-    per_image.csv   one row per image: size, pixel accuracy, Dice / IoU per class, generation counts
+    per_image.csv   one row per image: size, pixel accuracy, mean Dice / IoU over the classes present
+                    without background (``mean_dice_without_background``, as the headline), generation
+                    counts (token models), Dice / IoU per class
     confusion.png   the confusion matrix, rows normalised (ground truth -> predicted)
     pictures/       image | ground truth | prediction panels of the first images (model evaluation)
-    tokens_<name>.png  the first patch of the first image as runs: ground-truth and generated tokens
+    tokens_<name>.png  token models: the first patch of the first image as runs, ground-truth and generated tokens
+
+A token model's metrics.json also holds ``generation`` (patches, tokens, runs, truncated sequences, passes,
+``constrained``) and, when it refines, ``refinement``: the share of the patch pixels its boundary refiner
+changed (:class:`rleseg.metrics.RefinementMeter`); a dense model's holds neither.
     panoptic/, panoptic.json  panoptic models: the predictions in COCO panoptic format (:mod:`rleseg.coco`):
                     ``panoptic/<index>_<name>.png``, the image's ``file_name`` its name in the dataset
 
@@ -38,7 +44,7 @@ import numpy as np
 from .atomic import check_output_folder, output_folder
 from .coco import CocoOutput
 from .imageio import read_label_map
-from .metrics import PanopticMeter, SegmentationMeter, VideoMeter
+from .metrics import PanopticMeter, RefinementMeter, SegmentationMeter, VideoMeter
 from .progress import progress as progress_bar
 from .report import metrics_document, safe_name, save_comparison, table_row, write_report
 from .stats import find_masks
@@ -62,6 +68,7 @@ class ImageScores:
         self.semantic = SegmentationMeter(len(class_names), ignore_index, 0, tolerance)
         self._panoptic_args = None if things is None else (len(class_names), *things, ignore_index)
         self.panoptic = None if things is None else PanopticMeter(*self._panoptic_args)
+        self.refinement = RefinementMeter()  # filled by the caller for models that refine
         self.rows: list[dict[str, Any]] = []
 
     def add(self, name: str, pred: np.ndarray, gt: np.ndarray, pred_instances: np.ndarray | None = None,
@@ -77,7 +84,9 @@ class ImageScores:
         if self.panoptic is not None and gt_instances is not None:
             image = PanopticMeter(*self._panoptic_args)
             image.update(pred, pred_instances, gt, gt_instances)
-            extra = {"pq": image.compute()["all"]["pq"], **extra}
+            computed = image.compute()
+            extra = {"pq": computed["all"]["pq"], "objects": computed["objects"]["true"],
+                     "predicted_objects": computed["objects"]["predicted"], **extra}
             self.panoptic.merge(image)
         self.rows.append(table_row({"name": name, "height": gt.shape[0], "width": gt.shape[1]}, scores, 0, extra))
 
@@ -86,6 +95,9 @@ class ImageScores:
         scores = self.semantic.compute()
         if self.panoptic is not None and any("pq" in row for row in self.rows):
             scores["panoptic"] = self.panoptic.compute()
+        refinement = self.refinement.compute()
+        if refinement is not None:
+            scores["refinement"] = refinement
         return metrics_document(task, what, self.class_names, len(self.rows), scores, num_patches, **extra)
 
 
@@ -177,8 +189,10 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str 
 
 def _evaluate_images(predictor, dataset, folder: Path, names: list[str], ignore: int | None, limit: int | None,
                      pictures: int, tolerance: int | None, progress: bool) -> tuple[dict[str, Any], list[dict]]:
-    """(results, table rows) of an image model on ``dataset``; pictures go into ``folder``."""
+    """(results, table rows) of an image model on ``dataset``; pictures go into ``folder``. Token counts, the
+    token picture and generation settings only for models that write tokens."""
     tokenizer = predictor.tokenizer
+    writes_tokens = predictor.model.max_seq_len is not None
     things = (list(tokenizer.thing_classes), list(tokenizer.stuff_classes)) if predictor.panoptic else None
     scores = ImageScores(names, ignore, tolerance, things)
     count = dataset.num_images() if limit is None else min(limit, dataset.num_images())
@@ -195,19 +209,24 @@ def _evaluate_images(predictor, dataset, folder: Path, names: list[str], ignore:
     for index, (pred, data) in enumerate(progress_bar(stream, desc="evaluate", unit="image", enabled=progress,
                                                       total=count)):
         name = str(data.get("name", index))
-        totals.update(pred.counts)
-        scores.add(name, pred.labels, np.asarray(data["mask"]), pred.instances, data.get("instances"), **pred.counts)
+        counts = pred.counts if writes_tokens else {"patches": len(pred.boxes)}
+        totals.update(counts)
+        if pred.redrawn is not None:
+            scores.refinement.update(pred.redrawn, len(pred.boxes) * predictor.patch_size**2)
+        scores.add(name, pred.labels, np.asarray(data["mask"]), pred.instances, data.get("instances"),
+                   **(counts if writes_tokens else {}))
         if index < pictures:
             save_comparison(folder, f"{index:04d}_{safe_name(name)}", data["image"], data["mask"], pred.labels, names,
                             name, predictor.class_colours)
-        if index == 0:
+        if index == 0 and writes_tokens:
             _first_tokens_picture(folder, name, data, pred, predictor, ignore)
         if panoptic is not None:
             panoptic.add(f"{index:06d}_{safe_name(name)}", name, pred.labels, pred.instances, pred.scores)
     if panoptic is not None:
         panoptic.write()
+    generation = {**totals, "constrained": predictor.options.decoding.constrained}
     results = scores.results(tokenizer.task, _what(predictor), totals["patches"],
-                             generation={**totals, "constrained": predictor.options.decoding.constrained},
+                             **({"generation": generation} if writes_tokens else {}),
                              settings=_settings(predictor, ignore, tolerance))
     return results, scores.rows
 
@@ -254,13 +273,14 @@ def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int
     o, model = predictor.options, predictor.model
     d = o.decoding
     decoding = {}
-    if model.max_seq_len is not None:  # a model that writes tokens
+    if model.max_seq_len is not None:  # a model that writes tokens; "refined": its refiner redrew the masks
         decoding = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
-                    "max_len": d.max_len or model.max_seq_len, "method": d.method}
+                    "max_len": d.max_len or model.max_seq_len, "method": d.method,
+                    "refined": predictor.stitch_factor != predictor.factor}
     return {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
             "factor": predictor.factor, "scale": o.scale, **video, **decoding, "precision": o.precision,
-            "refined": predictor.stitch_factor != predictor.factor, "panoptic_join": o.panoptic_join,
-            "join_iou": o.join_iou, "ignore_index": ignore, "boundary_tolerance": tolerance}
+            "panoptic_join": o.panoptic_join, "join_iou": o.join_iou, "ignore_index": ignore,
+            "boundary_tolerance": tolerance}
 
 
 def _dataset(path: Path, model, config, overrides, split, images, masks, mask_suffix, class_names, ignore_index,
@@ -290,7 +310,8 @@ def _dataset(path: Path, model, config, overrides, split, images, masks, mask_su
     if not config.is_file():
         raise ValueError(f"no data to evaluate on: {config} does not exist; give --config RUN/config.yaml, "
                          "--images DIR --masks DIR, or --pred-dir/--gt-dir")
-    experiment = load_config(config, list(overrides))
+    # Only the config's data counts (the model is the checkpoint's), so a dense run's token settings are kept.
+    experiment = load_config(config, list(overrides), keep_token_settings=True)
     if experiment.data.num_classes != tokenizer.num_classes:
         raise ValueError(f"{config}: data.num_classes is {experiment.data.num_classes}, the checkpoint {path} has "
                          f"{tokenizer.num_classes} classes")

@@ -140,14 +140,66 @@ def upgraded(data: dict, source: str) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (), keep_token_settings: bool = False
+                ) -> ExperimentConfig:
     """The experiment of a YAML file or bundled config name (or the defaults, for ``None``), with dotted
     overrides applied, checked by :func:`validate_config`. A file in an older layout is read in the current
-    one (:func:`upgraded`)."""
+    one (:func:`upgraded`).
+
+    A dense model (``model.architecture: dense``) writes no tokens: the overrides that turn a token config
+    into a dense one leave out the file's :func:`token_settings`, and a token setting given with the dense
+    architecture itself (in a dense file, or in the overrides) is refused, naming the key.
+    ``keep_token_settings`` keeps and accepts the file's: a run folder's config.yaml, as older rleseg wrote
+    it for dense runs, and configs read for their data only."""
     data = upgraded(load_yaml(resolve_config_path(path)), str(path)) if path is not None else {}
     config = from_dict(ExperimentConfig, apply_overrides(data, list(overrides)))
+    if config.model.get("architecture") == "dense" and not keep_token_settings:
+        switched = not isinstance(data.get("model"), dict) or data["model"].get("architecture") != "dense"
+        if switched:
+            data = _without_token_settings(data)
+            config = from_dict(ExperimentConfig, apply_overrides(data, list(overrides)))
     validate_config(config)
+    if config.model.get("architecture") == "dense":
+        kept = token_settings(from_dict(ExperimentConfig, data)) if keep_token_settings else {}
+        refused = [(key, value) for key, value in token_settings(config).items() if kept.get(key, ...) != value]
+        if refused:
+            key, value = refused[0]
+            raise ConfigError(f"{key} {value!r} is a setting of token models, and model.architecture is dense (it "
+                              "writes no tokens, so would ignore it): remove it")
     return config
+
+
+# What only a token model reads besides the model keys a dense model lacks (:func:`token_settings`).
+TOKEN_SETTINGS = {"tokenizer": ("scheme", "starts", "extent", "bands", "order", "max_run"), "eval": ("decoding",)}
+
+
+def token_settings(config: ExperimentConfig) -> dict[str, object]:
+    """``{dotted key: value}``: the token-model settings that ``config`` gives other than their defaults (model
+    keys against the preset's values, the others against the dataclasses'): what a dense model would ignore.
+    The model keys must be valid (:func:`validate_config` checks them first)."""
+    from .models import PRESETS, VideoModelConfig
+    from .models.factory import token_only_fields
+
+    model = {key: value for key, value in config.model.items() if key in token_only_fields() - {"dim"}}
+    preset = to_dict(PRESETS[config.model.get("preset", "tiny")])
+    typed, default = from_dict(VideoModelConfig, {**preset, **model}), from_dict(VideoModelConfig, preset)
+    found = {f"model.{key}": value for key, value in model.items() if getattr(typed, key) != getattr(default, key)}
+    sections = [("tokenizer", config.tokenizer, TOKEN_SETTINGS["tokenizer"]),
+                ("eval.decoding", config.eval.decoding, [f.name for f in dataclasses.fields(config.eval.decoding)])]
+    for name, section, keys in sections:
+        values, blank = vars(section), vars(type(section)())
+        found |= {f"{name}.{key}": values[key] for key in keys if values[key] != blank[key]}
+    return found
+
+
+def _without_token_settings(data: dict) -> dict:
+    """A config file's mapping without its token settings (:func:`token_settings`' keys): what is left of a
+    token config when the overrides make its model dense."""
+    from .models.factory import token_only_fields
+
+    drop = {"model": token_only_fields() - {"dim"}, **TOKEN_SETTINGS}
+    return {name: {key: value for key, value in section.items() if key not in drop.get(name, ())}
+            if isinstance(section, dict) else section for name, section in data.items()}
 
 
 def validate_config(config: ExperimentConfig) -> None:
@@ -310,10 +362,18 @@ def init_checkpoint(config: ExperimentConfig) -> Path | None:
 
 
 def build_model(config: ExperimentConfig, tokenizer: Tokenizer):
-    """The model of the ``model`` section (:func:`build_model_config`) for ``tokenizer``."""
+    """The model of the ``model`` section (:func:`build_model_config`) for ``tokenizer``, to train.
+
+    ConfigError naming ``model.pretrained`` for a frozen backbone that no weights reach (neither
+    ``pretrained`` nor ``init_from``): its random weights would stay fixed for the whole run."""
     from .models import create_model
 
-    return create_model(build_model_config(config), tokenizer)
+    model_config = build_model_config(config)
+    if model_config.freeze_backbone and not model_config.pretrained and config.model.get("init_from") is None:
+        raise ConfigError("model.pretrained is false, so model.freeze_backbone: true would keep a randomly "
+                          "initialised backbone fixed for the whole run; give model.pretrained (true: timm's "
+                          "cache, packaged, or a weights file) or model.init_from, or set model.freeze_backbone: false")
+    return create_model(model_config, tokenizer)
 
 
 def build_datasets(config: ExperimentConfig, tokenizer: Tokenizer):

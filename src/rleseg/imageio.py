@@ -9,18 +9,19 @@ Images: PNG/JPEG/BMP via Pillow, TIFF via tifffile; returned (H, W, 3) float32 i
 to 99.8th percentile, because their useful range is a small part of the dtype's. Grey images are repeated
 into three channels, alpha is dropped.
 
-TIFF stacks: a TIFF's series is read by its axes (tifffile's: T time, Z depth, C channel, Q/I pages, Y, X,
-S samples). Y x X is the image; an S axis of 3 or 4 samples is colour (RGB, RGBA); every other axis (T, Z,
-Q, ...; C in label maps, see below) makes frames, flattened in order, so a (T, Z, Y, X) stack gives T x Z
-frames and a 3-page grey stack 3 grey frames, never one RGB image. :func:`read_frames` and :func:`read_label_frames`
-read any file as frames ((N, H, W, 3) images, (N, H, W) label maps; a single image is one frame); a stack
-is normalised as one (one percentile range for all its frames), so frames of one recording keep their
-relative brightness. :func:`read_image`, :func:`read_label_map` and :func:`image_shape` take single
-images and refuse a stack of several frames with one line that says to read it as frames: taking its
-first page, or all of it as one image, would silently drop or mix data. For the same reason an image with a
-channel axis C of several channels is refused (each channel would become a frame; label maps, which have
-no channels, keep C as a frame axis), as is a TIFF of several series (pages that are not one stack), and
-an image holding NaN or infinite values.
+TIFF stacks: a TIFF's series is read by its axes (tifffile's: T time, Z depth, C channel, Q/I pages, Y, X, S
+samples). Y x X is the image; an S axis of 3 or 4 samples is colour (RGB, RGBA); every other axis (T, Z, Q,
+...; C in label maps, see below) makes frames, flattened in order, so a (T, Z, Y, X) stack gives T x Z frames
+and a 3-page grey stack 3 grey frames, never one RGB image. :func:`read_frames` and :func:`read_label_frames`
+read any file as frames ((N, H, W, 3) images, (N, H, W) label maps; a single image is one frame); a stack is
+normalised as one (one percentile range for all its frames), so frames of one recording keep their relative
+brightness; :func:`stack_layout` gives a stack's frame axes, shape and physical sizes, so that results per
+frame can be written back as one stack of its shape. :func:`read_image`, :func:`read_label_map` and
+:func:`image_shape` take single images and refuse a stack of several frames with one line that says to read it
+as frames: taking its first page, or all of it as one image, would silently drop or mix data. For the same
+reason an image with a channel axis C of several channels is refused (each channel would become a frame; label
+maps, which have no channels, keep C as a frame axis), as is a TIFF of several series (pages that are not one
+stack), and an image holding NaN or infinite values.
 
 Label maps: index PNGs (8/16-bit grey), palette PNGs (the palette indices are the labels), TIFF label
 maps (integer, or float holding whole numbers), grey saved as RGB, or RGB colour PNGs decoded through
@@ -42,7 +43,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_type_hints
 
@@ -202,6 +203,59 @@ def frames_shape(path: str | Path, image: bool = False) -> tuple[int, int, int]:
     (or, for an ``image`` rather than a label map, has a TIFF channel axis C of several channels)."""
     frames, shape, _ = _header(Path(path), image)
     return (frames, *shape)
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """How a TIFF stack's frames lie in its file, so that per-frame results go back as one stack of its shape.
+
+    ``shape``: the frame axes' sizes, then (H, W) (colour samples left out); ``axes``: their tifffile letters
+    (the image plane "YX"), so frames in :func:`read_frames` order reshape to ``shape``; ``flavour``:
+    "imagej", "ome" or "tiff"; ``metadata``: the physical sizes the flavour keeps (ImageJ: spacing, unit,
+    finterval; OME: the ``PhysicalSize*`` and ``TimeIncrement`` of its Pixels); ``resolution``: the page's
+    pixels per unit and its TIFF unit code, when set.
+    """
+
+    shape: tuple[int, ...]
+    axes: str
+    flavour: str = "tiff"
+    metadata: dict = field(default_factory=dict)
+    resolution: tuple[tuple[float, float], int] | None = None
+
+
+def stack_layout(path: str | Path) -> StackLayout:
+    """The :class:`StackLayout` of a TIFF file, from its header only; MaskError as :func:`frames_shape`."""
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = _one_series(path, tif)
+            shape = tuple(int(n) for n in series.shape)
+            _tiff_header(path, series)
+            frame_axes, spatial, _ = _axis_order(shape, series.axes)
+            page = tif.pages[0]
+            resolution = None if page.resolution == (1, 1) else (page.resolution, int(page.resolutionunit))
+            flavour, metadata = _flavour(tif)
+    except MaskError:
+        raise
+    except Exception as error:  # the readers raise many types for a bad header
+        raise _fail(path, "cannot read the TIFF header; expected a readable TIFF file", error) from error
+    axes = "".join(series.axes[i] for i in frame_axes) + "YX"
+    return StackLayout(tuple(shape[i] for i in frame_axes + spatial), axes, flavour, metadata, resolution)
+
+
+def _flavour(tif) -> tuple[str, dict]:
+    """("imagej" | "ome" | "tiff", the physical sizes that flavour's metadata holds) of an open TiffFile."""
+    if tif.is_imagej:
+        return "imagej", {k: v for k, v in (tif.imagej_metadata or {}).items() if k in ("spacing", "unit", "finterval")}
+    if tif.is_ome:
+        import tifffile
+
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+        return "ome", {k: v for k, v in pixels.items() if k.startswith(("PhysicalSize", "TimeIncrement"))}
+    return "tiff", {}
 
 
 def _single(path: Path, frames: int, axes: str | None, reader: str) -> None:
@@ -366,6 +420,12 @@ def read_frames(path: str | Path, normalization: Normalization | None = None) ->
     """(N, H, W, 3) float32 in [0, 1]: the frames of a TIFF stack (see the module doc), or one frame of any
     other image; a stack is normalised as one."""
     return _unit_rgb(_load_frames(Path(path))[0], normalization)
+
+
+def stored_frames(path: str | Path) -> np.ndarray:
+    """(N, H, W[, C]) pixels as the file stores them, type and values unchanged: what ``data.normalize``
+    starts from (``rleseg init`` reads the bit depth from it)."""
+    return _load_frames(Path(path))[0]
 
 
 def read_image(path: str | Path, normalization: Normalization | None = None) -> np.ndarray:

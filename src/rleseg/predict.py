@@ -5,7 +5,13 @@ checkpoint is refused)::
 
     labels/<name>.png        class labels: palette PNG (the index is the class; up to 256 classes),
                              16-bit grey PNG beyond
-    instances/<name>.png     panoptic models: instance ids, 16-bit grey PNG (TIFF past 65535 instances)
+    instances/<name>.png     panoptic models: instance ids (0 background, 1..N objects, as StarDist and Cellpose
+                             write), 16-bit grey PNG; a 32-bit TIFF ``<name>.tif`` past 65535 instances
+    labels/<stem>.tif        a TIFF stack's labels as one stack of its frames, shape and axes: an ImageJ
+                             hyperstack or OME-TIFF as the input was, with its pixel sizes and resolution, else
+                             tifffile's shaped TIFF (8-bit, 16-bit past 256 classes)
+    instances/<stem>.tif     panoptic models: the stack's instance ids likewise (16-bit, 32-bit past 65535; an
+                             ImageJ stack's 32-bit ids go to OME-TIFF, which ImageJ's format cannot hold)
     overlays/<name>.png      class colours over the image, a legend of the classes below (unless --no-overlays)
     predictions.json         with --coco-json: COCO results, one compressed RLE per class (semantic) or
                              per instance and stuff class (panoptic), integer ``image_id``, category id =
@@ -17,6 +23,7 @@ checkpoint is refused)::
     panoptic.json            panoptic models: COCO panoptic annotations (``segments_info`` per image, with
                              ``score``), images and categories (``isthing``)
     summary.json             images, patches, tokens, seconds, images/s, tokens/s, invalid runs, truncated
+                             (dense models: no token counts, tokens/s or decoding settings)
 
 ``<name>`` is the image's stem; images of a folder ``F`` are ``F/<stem>``; frames of a video ``V.mp4``
 are ``V/frame_000000`` ... Videos are read with PyAV (the ``video`` extra). A TIFF stack ``S.tif`` of
@@ -45,15 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from .atomic import check_output_folder, output_folder
 from .coco import CocoOutput
-from .imageio import IMAGE_SUFFIXES, Normalization, check_pixels, frames_shape, read_frames
+from .imageio import IMAGE_SUFFIXES, Normalization, check_pixels, frames_shape, read_frames, stack_layout
 from .inference import Predictor, as_image
+from .label_files import instance_dtype, save_instances, save_label_stack, save_labels
 from .progress import progress as progress_bar
-from .visualize import overlay, palette, with_legend
+from .visualize import overlay, with_legend
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -195,24 +202,15 @@ def _overlay_with_legend(predictor, image: np.ndarray, labels: np.ndarray) -> np
     return with_legend(picture, predictor.class_names, predictor.class_colours)
 
 
-def save_labels(path: Path, labels: np.ndarray, num_classes: int, colours: np.ndarray | None = None) -> None:
-    """A palette PNG (the index is the class, ``colours`` or the default palette its colours), 16-bit grey
-    beyond 256 classes."""
-    if num_classes <= 256:
-        image = Image.fromarray(labels.astype(np.uint8))
-        image.putpalette((palette(num_classes) if colours is None else np.asarray(colours, np.uint8)).tobytes())
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))
-    image.save(path)
-
-
-def save_instances(path: Path, instances: np.ndarray) -> Path:
-    if instances.max(initial=0) < 2**16:
-        Image.fromarray(instances.astype(np.uint16)).save(path)
-        return path
-    path = path.with_suffix(".tif")
-    tifffile.imwrite(path, instances.astype(np.uint32))
-    return path
+def _save_stack(folder: Path, source: Source, labels: np.ndarray, instances: np.ndarray | None,
+                num_classes: int) -> None:
+    """``labels/<stem>.tif`` (and ``instances/<stem>.tif``) of a stack from its (N, H, W) frames' maps."""
+    layout = stack_layout(source.path)
+    classes = labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
+    save_label_stack(folder / "labels" / f"{source.path.stem}.tif", classes, layout)
+    if instances is not None:
+        save_label_stack(folder / "instances" / f"{source.path.stem}.tif",
+                         instances.astype(instance_dtype(instances)), layout)
 
 
 def coco_output(folder: Path, predictor: Predictor, coco_json: bool) -> CocoOutput:
@@ -240,6 +238,9 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
     frames = [_frame_count(s.path) for s in sources if s.kind == "video"]
     total = None if None in frames else total + sum(frames)
     counts = dict.fromkeys(("images", "patches", "tokens", "invalid_runs", "truncated", "passes"), 0)
+    # A stack's frames, by output name: they come in order, their maps gathered until the last, written as one TIFF.
+    stack_of = {name: source for source in sources if source.kind == "stack" for name in _names(source)}
+    maps: list[tuple[np.ndarray, np.ndarray | None]] = []
     started = time.perf_counter()
     with output_folder(out, overwrite, "predict") as tmp:
         coco = coco_output(tmp, predictor, coco_json)
@@ -256,6 +257,12 @@ def predict_command(predictor: Predictor, inputs: list[str | Path], out: str | P
                 picture = _overlay_with_legend(predictor, image, pred.labels)
                 Image.fromarray(picture).save(tmp / "overlays" / f"{name}.png")
             coco.add(name, origin, pred.labels, pred.instances, pred.scores)
+            if name in stack_of:
+                maps.append((pred.labels, pred.instances))
+                if len(maps) == stack_of[name].frames:
+                    labels, instances = (None if m[0] is None else np.stack(m) for m in zip(*maps, strict=True))
+                    _save_stack(tmp, stack_of[name], labels, instances, predictor.num_classes)
+                    maps = []
             counts["images"] += 1
             for key in ("patches", "tokens", "invalid_runs", "truncated", "passes"):
                 counts[key] += pred.counts[key]
@@ -305,6 +312,8 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
                 coco.add(name, origin, labels)
             if overlays:
                 write_video(tmp / "overlays" / f"{sequence}.mp4", pictures, fps)
+            if source.kind == "stack":
+                _save_stack(tmp, source, pred.labels, None, predictor.num_classes)
             counts["images"] += len(frames)
             counts["videos"] += 1
             for key in ("windows", "patches", "tokens", "invalid_runs", "truncated", "passes"):
@@ -315,13 +324,21 @@ def _predict_videos(predictor: Predictor, sources: list[Source], out: str | Path
         return _write_summary(tmp, predictor, counts, started, video)
 
 
+TOKEN_COUNTS = ("tokens", "invalid_runs", "truncated", "passes")  # what a model that writes tokens counts
+
+
 def _write_summary(folder: Path, predictor: Predictor, counts: dict[str, int], started: float,
                    options: dict[str, Any]) -> dict[str, Any]:
-    """summary.json (the counts, speed and ``options`` beside the predictor's); returns the summary."""
+    """summary.json (the counts, speed and ``options`` beside the predictor's); returns the summary. A dense
+    model's has no token counts, tokens/s or decoding settings: it writes no tokens."""
     seconds = time.perf_counter() - started
-    summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds,
-               "tokens_per_s": counts["tokens"] / seconds, "device": str(predictor.device),
-               "options": {**dataclasses.asdict(predictor.options), **options}}
+    options = {**dataclasses.asdict(predictor.options), **options}
+    if predictor.model.max_seq_len is None:
+        counts = {key: value for key, value in counts.items() if key not in TOKEN_COUNTS}
+        options.pop("decoding")
+    speed = {"tokens_per_s": counts["tokens"] / seconds} if "tokens" in counts else {}
+    summary = {**counts, "seconds": round(seconds, 3), "images_per_s": counts["images"] / seconds, **speed,
+               "device": str(predictor.device), "options": options}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -348,6 +365,9 @@ def write_video(path: Path, frames: list[np.ndarray], fps: Fraction | int) -> No
 
 def summary_line(summary: dict[str, Any]) -> str:
     videos = f"{summary['videos']} videos ({summary['windows']} windows), " if "videos" in summary else ""
+    if "tokens" not in summary:  # a dense model
+        return (f"{summary['images']} images ({summary['patches']} patches) in {summary['seconds']:.1f} s: "
+                f"{summary['images_per_s']:.2f} images/s on {summary['device']}")
     return videos + (f"{summary['images']} images ({summary['patches']} patches, {summary['tokens']} tokens) in "
             f"{summary['seconds']:.1f} s: {summary['images_per_s']:.2f} images/s, {summary['tokens_per_s']:.0f} "
             f"tokens/s on {summary['device']}; invalid runs {summary['invalid_runs']}, truncated sequences "

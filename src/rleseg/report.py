@@ -29,13 +29,14 @@ def metrics_document(task: str, what: str, class_names: list[str], num_images: i
          "class_names": [C], "num_images": images scored (video: frames),
          "num_patches": patches predicted (video: windows of frames x patches), where patches were,
          "num_videos": video only, "semantic": SegmentationMeter.compute(),
-         "panoptic": PanopticMeter.compute() (panoptic), "temporal": flip rates (video), **extra}
+         "panoptic": PanopticMeter.compute() (panoptic), "temporal": flip rates (video),
+         "refinement": RefinementMeter.compute() (models that refine), **extra}
 
-    ``scores``: a meter's compute(), optionally with "panoptic", "temporal" and "num_videos" beside the
-    semantic scores (as ``PatchScores.compute`` and ``VideoMeter.compute`` give them). ``extra``: what one
-    job adds (train: step, metric, value; evaluate: source, generation, settings).
+    ``scores``: a meter's compute(), optionally with "panoptic", "temporal", "refinement" and "num_videos"
+    beside the semantic scores (as ``PatchScores.compute`` and ``VideoMeter.compute`` give them). ``extra``:
+    what one job adds (train: step, metric, value; evaluate: source, generation, settings).
     """
-    split = ("panoptic", "temporal", "num_videos")
+    split = ("panoptic", "temporal", "refinement", "num_videos")
     document = {"schema": METRICS_SCHEMA, "task": task, "what": what, "class_names": list(class_names),
                 "num_images": int(num_images)}
     if num_patches is not None:
@@ -43,22 +44,25 @@ def metrics_document(task: str, what: str, class_names: list[str], num_images: i
     if "num_videos" in scores:
         document["num_videos"] = scores["num_videos"]
     document["semantic"] = {key: value for key, value in scores.items() if key not in split}
-    document.update({key: scores[key] for key in ("panoptic", "temporal") if key in scores})
+    document.update({key: scores[key] for key in ("panoptic", "temporal", "refinement") if key in scores})
     return {**document, **extra}
 
 
 def table_row(head: dict[str, Any], scores: dict[str, np.ndarray], index: int, extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     """One row of per_image.csv / per_frame.csv: ``head`` (name, size), the image's pixel accuracy and mean
-    Dice / IoU over the classes present, ``extra`` (generation counts, PQ), then Dice and IoU per class.
+    Dice / IoU over the classes present other than background (class 0), as the headline scores count them
+    (``mean_dice_without_background``; empty where only background is present), ``extra`` (generation
+    counts, PQ), then Dice and IoU per class, background included.
 
     ``scores``: what ``SegmentationMeter.update`` / ``VideoMeter.update`` return, (n, C) arrays with NaN
     for absent classes; ``index``: the image (frame) among their n.
     """
     row = {**head, "pixel_accuracy": _number(scores["pixel_accuracy"][index])}
     for score in ("dice", "iou"):
-        present = scores[score][index][~np.isnan(scores[score][index])]
-        row[f"mean_{score}"] = _number(present.mean()) if present.size else None
+        foreground = scores[score][index][1:]
+        present = foreground[~np.isnan(foreground)]
+        row[f"mean_{score}_without_background"] = _number(present.mean()) if present.size else None
     row.update(extra or {})
     for score in ("dice", "iou"):
         row.update({f"{score}_{c}": _number(v) for c, v in enumerate(scores[score][index])})
@@ -109,6 +113,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## Panoptic quality", ""]
         lines += _table(["group", "PQ", "SQ", "RQ", "classes"],
                         [[g, pq[g]["pq"], pq[g]["sq"], pq[g]["rq"], pq[g]["n"]] for g in ("all", "things", "stuff")])
+        if "objects" in pq:  # thing objects matched at IoU > 0.5 (metrics/panoptic.py)
+            objects = pq["objects"]
+            lines += ["", *_table(["true objects", "predicted", "matched", "precision", "recall", "F1 at IoU 0.5"],
+                                  [list(objects.values())])]
         lines += [""]
     if "temporal" in results:
         temporal = results["temporal"]
@@ -121,7 +129,15 @@ def markdown(results: dict[str, Any]) -> str:
         gen = results["generation"]
         lines += ["## Generation", ""]
         lines += [*_table(list(gen), [list(gen.values())]), ""]
+    if "refinement" in results:
+        lines += ["## Boundary refinement", "", refinement_line(results["refinement"]), ""]
     return "\n".join(lines)
+
+
+def refinement_line(refinement: dict[str, Any]) -> str:
+    """"The refiner changed N of M patch pixels (x%) ...": what a report says beside "refined"."""
+    return (f"The refiner changed {refinement['changed_pixels']:,} of {refinement['patch_pixels']:,} patch pixels "
+            f"({100 * refinement['changed_share']:.2f}%) from the decoded token mask")
 
 
 def confusion_picture(confusion: np.ndarray, class_names: list[str]) -> Image.Image:

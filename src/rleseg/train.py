@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,9 +54,12 @@ from .models import load_weights_into
 from .progress import progress
 from .report import metrics_document
 from .training_output import (
+    TrainingLog,
     TruncationCount,
     ValidationPictures,
+    WarmupCheck,
     end_summary,
+    end_warnings,
     report_step,
     start_summary,
     tensorboard_writer,
@@ -177,10 +181,12 @@ def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: boo
     stream = _batches(train_set, collate, tc, config.data.num_workers, env,
                       state.epoch, state.position)
     if env.main:
-        print(start_summary(config, model, train_set, val_set, state, env.device, env.world, run_dir), flush=True)
+        print(start_summary(config, model, train_set, val_set, state, env.device, env.world, run_dir, init_from),
+              flush=True)
     bar = progress(desc="train", unit="step", enabled=env.main and show_progress, total=state.total_steps,
                    initial=state.step, every=config.output.log_every)
     losses, seen, interrupted, truncation = [], 0, False, TruncationCount(collate.max_seq_len)
+    warmup = WarmupCheck(tc.steps, tc.warmup_steps, tc.minutes)
     starting = starting_run(run_dir, overwrite) if env.main and not resume else contextlib.nullcontext()
     # The handlers go in before config.yaml is written: once it exists, a signal ends in a checkpoint.
     with StopFlag() as stop, starting, bar:  # the bar closes before an error is printed
@@ -188,6 +194,7 @@ def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: boo
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
             start_segment(run_dir, state.step, changes, None if init_from is None else str(init_from))
         writer = tensorboard_writer(run_dir, config) if env.main else None
+        log = TrainingLog.for_run(run_dir, config.tokenizer.task, model, state.step) if env.main else None
         call_started = time.perf_counter()
         started = call_started - state.elapsed  # the run's clock: earlier calls of a resumed run count
         while state.step < state.total_steps:
@@ -211,16 +218,20 @@ def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: boo
                 speed = seen / (time.perf_counter() - call_started)
                 truncated = sum(batch["num_truncated"] for batch in batches)
                 truncation.add(truncated, tc.batch_size * tc.accumulate, bar)
+                warmup.observe(state.step, state.elapsed, bar)
+                tokens = {"truncated": truncated} if collate.max_seq_len is not None else {}  # dense: no tokens
                 report_step(bar, writer, state.step, state.total_steps, config.output.log_every,
-                             {"loss": loss, "lr": lr, "grad_norm": grad_norm, "truncated": truncated,
-                              "images_per_s": speed})
+                            {"loss": loss, "lr": lr, "grad_norm": grad_norm, **tokens, "images_per_s": speed},
+                            log, state.elapsed)
             finished = state.step >= state.total_steps
             if stop_requested and not finished:
                 interrupted = True
                 break
             if config.eval.every and state.step % config.eval.every == 0 and not finished:
                 _, state.best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer,
-                                                        state.step, state.best, extra, show_progress)
+                                                        state.step, state.best, extra, show_progress, log)
+            if log is not None and not finished:  # the last step's row waits for the final validation's scores
+                log.flush()
             if env.main and state.step % config.output.save_every == 0 and not finished:
                 save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra, scaler)
         bar.close()  # before the final validation's own bar
@@ -230,7 +241,7 @@ def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: boo
     metrics = None
     if not interrupted:
         metrics, best = _validate_and_keep_best(model, val_set, config, env, run_dir, writer, state.step, state.best,
-                                                extra, show_progress)
+                                                extra, show_progress, log)
         if env.main and best != state.best:  # a resumed run must compare against this score
             state.best = best
             save_run_checkpoint(run_dir, model, optimizer, state, config.output.keep_last, extra, scaler)
@@ -239,8 +250,11 @@ def _train(config: ExperimentConfig, run_dir: Path, resume: bool, overwrite: boo
               else _what_ended(state, tc))
         end_segment(run_dir, state.step,
                     "interrupted" if interrupted else "budget" if out_of_time(state.elapsed, tc) else "schedule")
+        log.flush()
         if metrics is not None:
             print(end_summary(metrics, config, run_dir, state.step, state.best), flush=True)
+            for warning in end_warnings(config, run_dir, state.step, metrics):
+                print(f"rleseg: warning: {warning}", file=sys.stderr)
     if writer is not None:
         writer.close()
     env.barrier()
@@ -314,7 +328,8 @@ def _continued(state: TrainingState, tc: TrainConfig, changes: dict[str, list], 
     end. Chosen over decaying from the current rate, which for a finished run stays at the minimum and
     learns little, and over a warm restart at the full lr, which the warm-up was there to avoid; and it
     needs no state beyond the step: a run extended to N before it ended trains as one planned for N.
-    ``train.minutes`` stays the budget of the whole run: the time of the earlier calls counts.
+    ``train.minutes`` stays the budget of the whole run: the time of the earlier calls counts, so a larger
+    train.steps for a run whose budget is spent is refused unless train.minutes grows (or goes) too.
     """
     if tc.steps < state.step:
         raise ValueError(f"{run_dir}: train.steps {tc.steps} is fewer than the {state.step} steps the run has done; "
@@ -322,6 +337,11 @@ def _continued(state: TrainingState, tc: TrainConfig, changes: dict[str, list], 
     if "train.minutes" in changes and out_of_time(state.elapsed, tc):
         raise ValueError(f"{run_dir}: train.minutes {tc.minutes:g} is spent already (the run has trained "
                          f"{state.elapsed / 60:.1f} minutes); give more minutes, or null for no budget")
+    if "train.steps" in changes and tc.steps > state.step and out_of_time(state.elapsed, tc):
+        # More steps within a spent budget would train none; refused rather than guessing how many minutes.
+        raise ValueError(f"{run_dir}: its {tc.minutes:g}-minute budget (train.minutes) ended it at step {state.step}, "
+                         f"so train.steps {tc.steps} alone trains no step; give train.minutes too: more minutes "
+                         "(--set train.minutes=M) or no budget (--set train.minutes=null)")
     if "eval.best_metric" in changes:
         state.best = None  # a score of another metric: the next evaluation starts the comparison afresh
     state.total_steps = state.step if out_of_time(state.elapsed, tc) else tc.steps
@@ -379,13 +399,13 @@ def out_of_time(elapsed: float, tc: TrainConfig) -> bool:
 
 def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: ExperimentConfig, env: Distributed,
                             run_dir: Path, writer, step: int, best: float | None, extra: dict,
-                            show_progress: bool = True) -> tuple[dict, float | None]:
+                            show_progress: bool = True, log: TrainingLog | None = None) -> tuple[dict, float | None]:
     """Validate on disjoint shards of the validation patches (so pooled metrics stay exact under DDP).
 
     Rank 0 then writes metrics.json (:func:`rleseg.report.metrics_document`, "what": "patches"), a line of
-    eval_log.jsonl and the pictures (in ``extra``'s class names and colours, :func:`model_file_extra`), and
-    best.safetensors (with ``extra``) when the score beats ``best``. Returns (the
-    scores, ``PatchScores.compute()``; the best score so far).
+    eval_log.jsonl and of ``log`` (metrics.csv), the pictures (in ``extra``'s class names and colours,
+    :func:`model_file_extra`), and best.safetensors (with ``extra``) when the score beats ``best``. Returns
+    (the scores, ``PatchScores.compute()``; the best score so far).
     """
     ec = config.eval
     sync_buffers(model, env)
@@ -407,11 +427,13 @@ def _validate_and_keep_best(model: torch.nn.Module, val_set: Dataset, config: Ex
     write_json(run_dir / "metrics.json", metrics_document(config.tokenizer.task, "patches", config.class_names(),
                                                           images, metrics, count, step=step, metric=ec.best_metric,
                                                           value=score))
-    with (run_dir / "eval_log.jsonl").open("a") as log:
-        log.write(json.dumps({"step": step, ec.best_metric: score}) + "\n")
+    with (run_dir / "eval_log.jsonl").open("a") as eval_log:
+        eval_log.write(json.dumps({"step": step, ec.best_metric: score}) + "\n")
     pictures.save(run_dir / "pictures", step, writer)
     if writer is not None:
         writer.add_scalar(f"val/{ec.best_metric}", score, step)
+    if log is not None:
+        log.validation(step, metrics)
     if best is None or (score == score and score > best):  # a NaN score never replaces a number
         best = score
         save_best(run_dir, model, {"step": step, ec.best_metric: score, **extra})

@@ -61,8 +61,8 @@ MARKER = "complete"
 CHECKPOINT_FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
 # What a run writes into its folder; --overwrite removes these (config.yaml last, so that a removal cut
 # short still reads as a run) and nothing else the folder may hold.
-RUN_FILES = ("checkpoints", "best.safetensors", "metrics.json", "eval_log.jsonl", "pictures", "tensorboard",
-             "history.json", "config.yaml")
+RUN_FILES = ("checkpoints", "best.safetensors", "metrics.json", "metrics.csv", "eval_log.jsonl", "pictures",
+             "tensorboard", "history.json", "config.yaml")
 HISTORY = "history.json"
 # The keys a resumed run may change. How long it trains (train.train continues the schedule to the new
 # length), how it evaluates, what it writes and how it loads data leave the checkpoint's weights and

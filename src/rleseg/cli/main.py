@@ -1,8 +1,9 @@
 """The ``rleseg`` command line: the parser of every command, and the exit statuses.
 
 Each command is an ``add_<name>(subparsers)`` function (``masks.py``: tokenize, stats, examples, which never
-import torch; ``models.py``: train, demo, evaluate, predict, which import it inside their ``_run_*``) that
-declares its options and sets ``run=_run_<name>``; :func:`build_parser` lists them.
+import torch; ``models.py``: train, demo, evaluate, predict, and ``export.py``: export, which import it
+inside their ``_run_*``) that declares its options and sets ``run=_run_<name>``; :func:`build_parser` lists
+them.
 
 User errors (a missing or unreadable file, a label out of range, a bad option value) print one line,
 ``rleseg: error: ...``, and exit with status 2. They are recognised by type, never by catching every
@@ -30,6 +31,8 @@ from .. import __version__
 from ..imageio import MaskError
 from .common import EXIT_USER_ERROR, Parser, UserError
 from .config import add_config
+from .export import add_export
+from .init import add_init
 from .masks import add_examples, add_stats, add_tokenize
 from .models import add_demo, add_evaluate, add_predict, add_train
 
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rleseg", description="Segmentation by language modelling of run-length-encoded masks.")
     parser.add_argument("--version", action="version", version=f"rleseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (add_tokenize, add_stats, add_examples, add_train, add_demo, add_evaluate, add_predict, add_config):
+    commands = (add_init, add_tokenize, add_stats, add_examples, add_train, add_demo, add_evaluate, add_predict,
+                add_export, add_config)
+    for add in commands:
         add(subparsers)
     return parser
 

@@ -75,7 +75,8 @@ def _run_train(args: argparse.Namespace) -> int:
         source, run_dir = args.config, args.out
     with user_errors():
         seed = [] if args.seed is None else [f"train.seed={args.seed}"]
-        config = load_config(source, [*args.overrides, *seed])
+        # A run's own config.yaml: dense runs of older rleseg kept the token settings they ignored.
+        config = load_config(source, [*args.overrides, *seed], keep_token_settings=args.resume is not None)
         result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite,
                        device=args.device, show_progress=not args.no_progress)
     return _exit_status(result)
@@ -156,7 +157,8 @@ def _inference_options(args: argparse.Namespace) -> dict:
 
 def add_evaluate(subparsers) -> None:
     parser = add_command(subparsers, _run_evaluate)
-    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT",
+                        help="model file, run folder or model folder (rleseg export)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
     data = parser.add_argument_group("data")
     data.add_argument("--config", type=Path, default=None, metavar="YAML",
@@ -189,10 +191,10 @@ def add_evaluate(subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     """Score a checkpoint on a dataset, or prediction PNGs against ground-truth PNGs.
 
-    With CHECKPOINT (a .safetensors file or a run folder): predict every image of the data (--config / the
-    run's config.yaml, or --images/--masks) and score at full resolution. Without it: score --pred-dir label
-    maps against --gt-dir label maps paired by file stem (no torch needed). Writes metrics.json, metrics.md,
-    per_image.csv, confusion.png and pictures into --out.
+    With CHECKPOINT (a .safetensors file, a run folder or a model folder): predict every image of the data
+    (--config / the folder's config.yaml, or --images/--masks) and score at full resolution. Without it: score
+    --pred-dir label maps against --gt-dir label maps paired by file stem (no torch needed). Writes
+    metrics.json, metrics.md, per_image.csv, confusion.png and pictures into --out.
     """
     if args.checkpoint is None:
         if args.pred_dir is None or args.gt_dir is None:
@@ -228,14 +230,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         flips = results["temporal"]["pooled"]
         print(f"{results['num_videos']} videos: flip rate {format_score(flips['pred_flip_rate'])} predicted, "
               f"{format_score(flips['gt_flip_rate'])} in the ground truth")
-    generation = results.get("generation", {})  # none when scoring --pred-dir
+    generation = results.get("generation", {})  # none when scoring --pred-dir or a dense model
     _warn_if_truncated(generation.get("truncated", 0), generation.get("patches", 0), args.max_len)
+    if "refinement" in results:
+        _say_what_the_refiner_did(results["refinement"])
     return 0
+
+
+def _say_what_the_refiner_did(refinement: dict) -> None:
+    """The share of the pixels the refiner changed, and a warning when that is (almost) none of them: a
+    "refined" report must not hide a refiner that did nothing."""
+    from ..metrics.refinement import IDLE_SHARE
+    from ..report import refinement_line
+
+    print(refinement_line(refinement))
+    if refinement["changed_share"] < IDLE_SHARE:
+        print(f"rleseg: warning: the refiner changed (almost) nothing (under {100 * IDLE_SHARE:g}% of the pixels): "
+              "its model was trained too briefly for it to learn, or it has nothing to correct; --token-only "
+              "gives the same masks without it", file=sys.stderr)
 
 
 def add_predict(subparsers) -> None:
     parser = add_command(subparsers, _run_predict)
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="model file or run folder")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                        help="model file, run folder or model folder (rleseg export)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image, TIFF stack, folder or video")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (written atomically)")
     parser.add_argument("--scale", type=float, default=1.0, help="resize images by this before patching (1)")
@@ -266,7 +284,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress, window_stride=args.window_stride,
                                   checkpoint=args.checkpoint)
     print(summary_line(summary))
-    _warn_if_truncated(summary["truncated"], summary["patches"], args.max_len)
+    _warn_if_truncated(summary.get("truncated", 0), summary["patches"], args.max_len)  # dense models: no tokens
     return 0
 
 

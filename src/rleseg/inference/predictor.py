@@ -86,6 +86,9 @@ class ImagePrediction:
     # that gave the pixel its stitched label; None for video models.
     scores: np.ndarray | None = None
     run_scores: list[np.ndarray] = field(default_factory=list)  # per patch: (R,) probability of each run
+    # Pixels of its patches that the boundary refiner gave another class than the decoded mask (summed over the
+    # patches, before stitching; rleseg.models.Prediction.redrawn); None where no refiner ran.
+    redrawn: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -121,7 +124,8 @@ class VideoPrediction:
 
 
 def load(checkpoint: str | Path, device: str | torch.device | None = None, **options: Any) -> Predictor:
-    """The model of ``checkpoint`` (a ``.safetensors`` file or a run folder) as a :class:`Predictor`.
+    """The model of ``checkpoint`` (a ``.safetensors`` file, a run folder or a model folder that ``rleseg
+    export`` wrote) as a :class:`Predictor`.
 
     ``options`` are :class:`InferenceOptions` fields or :class:`~rleseg.models.DecodingOptions` ones
     (:meth:`InferenceOptions.from_fields`), e.g. ``load("runs/x", mode="whole", stride=96, temperature=1.0)``.
@@ -349,11 +353,12 @@ class Predictor:
         out = predict_batch(self.model, images.to(self.device), self.options, self.generator)
         for b, (job, k) in enumerate(batch):
             job.results[k] = (out.masks[b], out.tokens[b], out.runs[b], bool(out.truncated[b]), out.run_scores[b],
-                              out.score_maps[b], int(out.passes[b]))
+                              out.score_maps[b], int(out.passes[b]), None if out.redrawn is None else
+                              int(out.redrawn[b]))
             job.crops[k] = None  # the pixels are no longer needed
 
     def _finish(self, job: _Job) -> tuple[ImagePrediction, Any]:
-        masks, tokens, runs, truncated, run_scores, score_maps, passes = zip(*job.results, strict=True)
+        masks, tokens, runs, truncated, run_scores, score_maps, passes, redrawn = zip(*job.results, strict=True)
         config = self.patch_config(job.scale)
         instances = None
         if self.panoptic:
@@ -383,6 +388,7 @@ class Predictor:
             passes=sum(passes),
             scores=scores,
             run_scores=list(run_scores),
+            redrawn=None if None in redrawn else sum(redrawn),
         )
         return prediction, job.payload
 
@@ -395,7 +401,8 @@ class _Job:
     scale: float
     boxes: np.ndarray  # (K, 4) patches in the resized image
     crops: list  # per patch: its pixels until generated, then None
-    results: list  # per patch: (mask, tokens, (generated, kept) runs, truncated, run scores, score map, passes)
+    # per patch: (mask, tokens, (generated, kept) runs, truncated, run scores, score map, passes, redrawn pixels)
+    results: list
     payload: Any
 
     @property

@@ -13,6 +13,10 @@ to neither the things nor the stuff are *void*. Rules, as panopticapi:
 * per class: PQ = sum IoU / (TP + FP/2 + FN/2), SQ = sum IoU / TP (0 when TP = 0), RQ = TP / (TP + FP/2
   + FN/2); counts are pooled over the dataset; the ``all`` / ``things`` / ``stuff`` figures are means over
   the classes of the group with TP + FP + FN > 0.
+* objects (``objects``, thing classes pooled): the true objects (TP + FN), the predicted ones (TP + FP),
+  the matched ones (TP), and precision, recall and F1 of that matching at IoU > 0.5, the object-level
+  scores microscopy reports (StarDist's ``matching`` at threshold 0.5, up to its IoU >= 0.5 and our void
+  rule). F1 = 2 TP / (2 TP + FP + FN) is the things' RQ with the counts pooled over the classes.
 
 Not implemented: crowd regions (panopticapi ignores ``iscrowd`` ground-truth segments and discounts
 predicted pixels on them like void); map crowd pixels to ``ignore_index`` to get the void treatment.
@@ -192,7 +196,8 @@ class PanopticMeter(Meter):
 
             {"config": {...}, "num_images": int,
              "all" | "things" | "stuff": {"pq": x, "sq": x, "rq": x, "n": classes averaged},
-             "per_class": {"pq": [C], "sq": [C], "rq": [C], "tp": [C], "fp": [C], "fn": [C]}}
+             "per_class": {"pq": [C], "sq": [C], "rq": [C], "tp": [C], "fp": [C], "fn": [C]},
+             "objects": {"true": int, "predicted": int, "matched": int, "precision": x, "recall": x, "f1": x}}
 
         Per-class scores are None for void classes and for classes with TP + FP + FN = 0.
         """
@@ -217,7 +222,17 @@ class PanopticMeter(Meter):
         out["per_class"].update(
             {name: row.tolist() for name, row in zip(PQ_COUNTS, self._state["counts"], strict=True)}
         )
+        out["objects"] = object_scores(*(int(count) for count in self._state["counts"][:, self._thing].sum(1)))
         return out
+
+
+def object_scores(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    """The object counts and matching scores of pooled TP / FP / FN counts (None where undefined)."""
+    def ratio(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    return {"true": tp + fn, "predicted": tp + fp, "matched": tp, "precision": ratio(tp, tp + fp),
+            "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
 
 
 def panoptic_quality(

@@ -13,9 +13,13 @@ variant, and the dense per-pixel baseline; one ``create_model`` builds them all.
 from .backbone import Backbone, load_backbone_weights, packaged_weights
 from .checkpoint import (
     checkpoint_classes,
+    checkpoint_description,
+    is_model_folder,
     load_checkpoint,
     load_weights_into,
+    model_folder_weights,
     read_checkpoint_info,
+    read_json_object,
     renamed_weights,
     resolve_checkpoint,
     save_checkpoint,
@@ -24,6 +28,7 @@ from .config import ModelConfig
 from .dense import DenseConfig, DenseModel
 from .factory import DENSE_PRESETS, MODELS, PRESETS, AnyModelConfig, create_model
 from .generate import DecodingOptions, Generation
+from .hub import SharedModel, score_summary
 from .pix2seq import Pix2Seq
 from .protocol import Prediction, SegmentationModel, output_factor
 from .video import FUSIONS, VideoModelConfig, VideoPix2Seq
@@ -43,17 +48,23 @@ __all__ = [
     "Pix2Seq",
     "Prediction",
     "SegmentationModel",
+    "SharedModel",
     "VideoModelConfig",
     "VideoPix2Seq",
     "checkpoint_classes",
+    "checkpoint_description",
     "create_model",
+    "is_model_folder",
     "load_backbone_weights",
     "load_checkpoint",
     "load_weights_into",
+    "model_folder_weights",
     "output_factor",
     "packaged_weights",
     "read_checkpoint_info",
+    "read_json_object",
     "renamed_weights",
     "resolve_checkpoint",
     "save_checkpoint",
+    "score_summary",
 ]

@@ -8,6 +8,10 @@ tokenizer's ``to_dict()`` included) and ``extra`` (whatever the caller passes: t
 Nothing is unpickled on load. Files are written atomically (rleseg.atomic), so an interrupted save never
 leaves a half-written checkpoint under the final name.
 
+A model folder (``rleseg export --format hf``, :mod:`rleseg.models.hub`) holds such a file as
+``model.safetensors`` beside ``config.json``, which repeats its config class, config and extra for the Hugging
+Face Hub to show: :func:`resolve_checkpoint` takes the folder for its ``model.safetensors`` once the two agree.
+
 The metadata is read as untrusted input: the config is type-checked (its ``backbone_kwargs`` against
 the backbone's allow-list), the tokenizer rebuilt and checked against its stored vocabulary, and the
 model sized from the config before anything is built (its largest tables, token embedding and positions
@@ -40,6 +44,7 @@ from .factory import AnyModelConfig, config_from_dict, create_model
 
 FORMAT = "rleseg.pix2seq"
 FORMAT_VERSION = 1
+FOLDER_CONFIG, FOLDER_WEIGHTS = "config.json", "model.safetensors"  # a model folder's (Hugging Face's names)
 # Weights that moved when the model's features went into modules of their own (commit a540f6c has the old
 # names): old prefix -> new. Files of either rleseg load.
 RENAMED_WEIGHTS = {
@@ -62,16 +67,68 @@ def renamed_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model file, or a run folder (its ``best.safetensors``); ValueError naming ``path`` for neither."""
+    """A model file, a run folder (its ``best.safetensors``) or a model folder (its ``model.safetensors``,
+    :func:`model_folder_weights`); ValueError naming ``path`` for none of them."""
     path = Path(path)
     if path.is_dir():
         best = path / "best.safetensors"
-        if not best.is_file():
-            raise ValueError(f"{path}: a folder without best.safetensors; expected a run folder or a .safetensors file")
-        return best
+        if best.is_file():
+            return best
+        if (path / FOLDER_CONFIG).is_file():
+            return model_folder_weights(path)
+        raise ValueError(f"{path}: a folder without best.safetensors or {FOLDER_CONFIG}; expected a run folder, a "
+                         "model folder (rleseg export) or a .safetensors file")
     if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist")
     return path
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; ValueError naming the file otherwise."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def model_folder_weights(folder: str | Path) -> Path:
+    """The ``model.safetensors`` of a model folder, once its ``config.json`` is found to describe it: the same
+    config class, config and extra as the weights' header (which is what loads, so an edited config.json
+    would mislead whoever reads it). ValueError naming the file otherwise."""
+    folder = Path(folder)
+    weights, described = folder / FOLDER_WEIGHTS, folder / FOLDER_CONFIG
+    for needed in (weights, described):
+        if not needed.is_file():
+            raise ValueError(f"{folder}: a model folder without its {needed.name}; copy or download the whole "
+                             "folder that rleseg export wrote")
+    description = read_json_object(described)
+    header = checkpoint_description(weights)
+    differ = [key for key in ("config_class", "config", "extra") if description.get(key) != header[key]]
+    if differ:
+        raise ValueError(f"{described}: its {', '.join(differ)} differ from the header of {weights}, which is what "
+                         "loads; export the model again instead of editing config.json")
+    return weights
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` has the ``config.json`` of an rleseg model folder (its weights are not checked)."""
+    try:
+        description = json.loads((Path(folder) / FOLDER_CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(description, dict) and description.get("format") == FORMAT
+
+
+def checkpoint_description(path: str | Path) -> dict:
+    """What a model folder's ``config.json`` repeats of the checkpoint at ``path``: format and version, config
+    class, config (its fields as the header's JSON holds them) and extra; checked as :func:`read_checkpoint_info`
+    checks them."""
+    config, extra = read_checkpoint_info(path)
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config_class": type(config).__name__,
+            "config": json.loads(_open(Path(path))[1]["config"]), "extra": extra}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:

@@ -42,7 +42,8 @@ class ModelConfig:
     # Boundary refinement (models/refine.py): a small convolutional head redraws the decoded mask at the
     # patch's full resolution from the image and the pyramid, but only the pixels within this many mask
     # cells of a class boundary of the decoded mask; every other pixel is the decoded mask upsampled
-    # (nearest), so every object decision stays in the tokens. 0 = off. Semantic image tokenizers only;
+    # (nearest), so every object decision stays in the tokens. 0 = off. Semantic and panoptic image tokenizers
+    # (a redrawn pixel of a thing class joins the nearest decoded instance of its class, refine.py);
     # builds the pyramid. Inference can still give the token-only mask (InferenceOptions.refine false).
     refine_band: int = 0
     refine_weight: float = 1.0  # of the refinement's cross-entropy over the band pixels, in the training loss

@@ -8,6 +8,11 @@ format and the same interface (models/protocol.py): its ``loss`` takes the batch
 ``mask`` (``ignore_index`` kept), and ``predict`` gives the argmax of its logits at the image's own
 resolution, with no tokens.
 
+For a panoptic task, ``instances`` names the rule (models/instances.py) that turns its class map into
+instances: ``components`` (each connected region of a thing class) or ``interiors`` (a learnt boundary
+class, the interiors grown back over it); ``predict`` then gives (semantic, instances) pairs, as the token
+model does, so that validation, stitching, ``evaluate`` and ``predict`` treat both alike.
+
 Read top to bottom: config, blocks, decoder, loss, model. Shapes use B = batch, C = classes, H x W = image,
 h x w = a feature map.
 """
@@ -15,7 +20,7 @@ h x w = a feature map.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,6 +32,7 @@ from rleseg.typed_yaml import check_range
 
 from .backbone import Backbone
 from .generate import DecodingOptions
+from .instances import instance_rule
 from .layers import eval_mode
 from .protocol import Prediction
 
@@ -43,11 +49,16 @@ class DenseConfig:
     width: int = 256  # the decoder's width at the coarsest level; it halves per finer level
     dropout: float = 0.1  # before the classifier
     label_smoothing: float = 0.0  # of the pixel cross-entropy
-    tokenizer: dict | None = None  # the (semantic) tokenizer's to_dict(): the task, as the token model stores it
+    tokenizer: dict | None = None  # the (semantic or panoptic) tokenizer's to_dict(), as token models store it
+    # Panoptic tasks: how the class map becomes instances (models/instances.py): "components" (each connected
+    # region of a thing class) or "interiors" (one more class, the boundary band inside each object, learnt;
+    # the interiors grown back over it). Semantic tasks: null.
+    instances: Literal["components", "interiors"] | None = None
+    boundary_width: int = 2  # instances "interiors": the boundary band's width inside each object's edge, pixels
     max_seq_len: ClassVar[None] = None  # no tokens: what a token model's config says of its sequences
 
     def __post_init__(self) -> None:
-        check_range(self, 1, None, "image_size", "width")
+        check_range(self, 1, None, "image_size", "width", "boundary_width")
         check_range(self, 0, 1, "dropout", "label_smoothing", high_open=True)
 
 
@@ -148,29 +159,40 @@ class MultiScaleEncoder(nn.Module):
 class DenseModel(nn.Module):
     """Image -> per-pixel class logits. Build with :func:`rleseg.models.create_model` and a DenseConfig.
 
-    The number of classes comes from the tokenizer, which must be an image (semantic) tokenizer. The
+    The number of classes comes from the tokenizer, an image (semantic) tokenizer, or a panoptic one with
+    ``config.instances`` naming the rule that makes its instances (one more class for ``interiors``). The
     tokenizer is kept only so that the model describes its task like the token model does (its mask size
     is not used: predictions are at the image's resolution).
 
     Images are (B, 3, H, W) float RGB in [0, 1], H and W divisible by the backbone stride (32 for ResNets).
     """
 
-    target_keys = ("mask",)  # the batch entries loss() takes (models/protocol.py)
     max_seq_len = None  # no tokens
     grid_factor = 1  # predictions at the patch's resolution
     refines = False
 
     def __init__(self, config: DenseConfig, tokenizer: MaskTokenizer):
         super().__init__()
-        if tokenizer.task != "semantic":
-            raise ValueError(f"the dense model predicts semantic label maps; got a {tokenizer.task} tokenizer")
+        panoptic = tokenizer.task == "panoptic"
+        if tokenizer.task not in ("semantic", "panoptic") or panoptic != (config.instances is not None):
+            raise ValueError(f"model.instances {config.instances!r} with a {tokenizer.task} task: the dense model "
+                             "predicts semantic label maps (model.instances null) or panoptic ones (model.instances "
+                             "'components' or 'interiors')")
         self.config, self.tokenizer = config, tokenizer
-        self.num_classes = int(tokenizer.num_classes)
+        self.instances = instance_rule(config.instances, int(tokenizer.num_classes),
+                                       list(tokenizer.thing_classes) if panoptic else [], config.boundary_width)
+        self.num_classes = int(tokenizer.num_classes) if self.instances is None else self.instances.outputs
         self.encoder = MultiScaleEncoder(config)
         self.decoder = UNetDecoder(self.encoder.backbone.feature_channels, config.width)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Conv2d(self.decoder.out_channels, self.num_classes, 1)
         nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def target_keys(self) -> tuple[str, ...]:
+        """The batch entries loss() takes (models/protocol.py): the mask, and the instances the
+        ``interiors`` rule makes its boundary class from."""
+        return ("mask",) if self.instances is None else self.instances.target_keys
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> logits (B, C, H, W) float (bilinearly upsampled from the finest map)."""
@@ -178,15 +200,17 @@ class DenseModel(nn.Module):
         logits = self.classifier(self.dropout(x))  # (B, C, h0, w0)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, masks: torch.Tensor, *instances: torch.Tensor) -> torch.Tensor:
         """Cross-entropy + Dice (:func:`ce_dice_loss`) against masks (B, H, W) int64 at the images'
-        resolution; labels outside 0..C-1 (``ignore_index``) are left out. Returns a scalar."""
+        resolution (the instance rule's targets, made from ``instances`` (B, H, W) too for ``interiors``);
+        labels outside 0..C-1 (``ignore_index``) are left out. Returns a scalar."""
         if masks.ndim != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"masks must be (B, H, W) = {(images.shape[0], *images.shape[-2:])} like the images, "
                 f"got {tuple(masks.shape)}"
             )
-        return ce_dice_loss(self(images).float(), masks.long(), self.config.label_smoothing)
+        labels = masks.long() if self.instances is None else self.instances.targets(masks.long(), *instances)
+        return ce_dice_loss(self(images).float(), labels, self.config.label_smoothing)
 
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,9 +222,13 @@ class DenseModel(nn.Module):
     def predict(self, images: torch.Tensor, options: DecodingOptions | None = None,
                 generator: torch.Generator | None = None) -> Prediction:
         """The argmax of the logits (B, H, W), each pixel's score the softmax probability of its class; no
-        tokens. ``options`` and ``generator`` are the token models' (nothing here is sampled)."""
+        tokens. With an instance rule, (semantic, instances) pairs of (H, W) int64 maps (the rule's classes
+        made the task's). ``options`` and ``generator`` are the token models' (nothing here is sampled)."""
         probability, labels = self.predict_logits(images).softmax(1).max(1)  # (B, H, W) each
         batch = len(images)
+        masks = list(labels.cpu().numpy())
+        if self.instances is not None:
+            masks = list(zip(*(m.cpu().numpy() for m in self.instances(labels)), strict=True))
         empty, none = [np.zeros(0, np.int64)] * batch, [np.zeros(0, np.float32)] * batch
-        return Prediction(list(labels.cpu().numpy()), empty, none, np.zeros((batch, 2), np.int64),
+        return Prediction(masks, empty, none, np.zeros((batch, 2), np.int64),
                           np.zeros(batch, bool), none, list(probability.cpu().numpy()), np.zeros(batch, np.int64))

@@ -110,12 +110,17 @@ def dense_fields(fields: dict) -> dict:
     """A token model's config fields as a dense model's: ``dim`` becomes ``width`` (unless ``width`` is
     there too) and the fields only a token model has are left out. Fields neither has stay, for the
     caller to refuse."""
-    names = {f.name for f in dataclasses.fields(DenseConfig)}
-    token_only = {f.name for f in dataclasses.fields(VideoModelConfig)} - names
+    token_only = token_only_fields()
     out = {k: v for k, v in fields.items() if k not in token_only}
     if "dim" in fields:
         out.setdefault("width", fields["dim"])
     return out
+
+
+def token_only_fields() -> set[str]:
+    """The fields of a token model's config (a video model's included) that a dense model's lacks: ``dim``
+    (a dense model's ``width``) and what only tokens use (sequence length, start head, refiner, ...)."""
+    return {f.name for f in dataclasses.fields(VideoModelConfig)} - {f.name for f in dataclasses.fields(DenseConfig)}
 
 
 # ----------------------------------------------------------------------------- the start head

@@ -29,7 +29,7 @@ from .generate import DecodingOptions, Generation, sample
 from .layers import eval_mode
 from .protocol import Prediction
 from .pyramid import CellHead, PointerHead, Pyramid, on_grid
-from .refine import Refiner
+from .refine import Refiner, refine_instances
 from .run_step import RunStep, check_run_step, last_pair, run_pairs, teacher_forced_pairs
 from .transformer import Decoder, DecoderCache, Encoder
 
@@ -71,8 +71,8 @@ class Pix2Seq(nn.Module):
                              "(create_model resolves 'auto')")
         if config.run_step:
             check_run_step(tokenizer)
-        if config.refine_band > 0 and tokenizer.task != "semantic":
-            raise ValueError(f"refine_band needs a semantic image tokenizer, got task {tokenizer.task!r}")
+        if config.refine_band > 0 and tokenizer.task not in ("semantic", "panoptic"):
+            raise ValueError(f"refine_band needs a semantic or panoptic image tokenizer, got task {tokenizer.task!r}")
         self.config, self.tokenizer = config, tokenizer
         c = config
         self.encoder = self.build_encoder(config)
@@ -162,7 +162,8 @@ class Pix2Seq(nn.Module):
     def predict(self, images: torch.Tensor, options: DecodingOptions | None = None,
                 generator: torch.Generator | None = None) -> Prediction:
         """Generate (:meth:`generate`), decode (models/decode.py) and, with a refiner and ``options.refine``,
-        redraw the masks' boundary band at the patch's resolution from the pyramid computed once for both."""
+        redraw the masks' boundary band at the patch's resolution from the pyramid computed once for both
+        (panoptic masks: the redrawn pixels' instances too, :func:`~rleseg.models.refine.refine_instances`)."""
         options = options or DecodingOptions()
         with eval_mode(self):
             encoded = self.encode(images)
@@ -170,9 +171,16 @@ class Pix2Seq(nn.Module):
                                            options.constrained)
             if self.refiner is None or not options.refine:
                 return prediction
-            coarse = torch.from_numpy(np.stack(prediction.masks).astype(np.int64)).to(images.device)
+            panoptic = self.tokenizer.task == "panoptic"
+            grids = [np.stack([m[i] for m in prediction.masks]) for i in (0, 1)] if panoptic else [
+                np.stack(prediction.masks)]
+            coarse, *ids = (torch.from_numpy(g.astype(np.int64)).to(images.device) for g in grids)  # (B, h, w)
             refined = self.refiner.labels(images, on_grid(encoded.cells, self.tokenizer), coarse)
-        return prediction.refined(list(refined.cpu().numpy()))
+            if not panoptic:
+                return prediction.refined(list(refined.cpu().numpy()))
+            refined, instances = refine_instances(coarse, ids[0], refined, self.tokenizer.thing_classes,
+                                                  self.refiner.band)
+        return prediction.refined(list(zip(refined.cpu().numpy(), instances.cpu().numpy(), strict=True)))
 
     # ----------------------------------------------------------------------------- encoding and decoding
     def encode(self, images: torch.Tensor) -> Encoded:

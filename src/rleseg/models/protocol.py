@@ -44,6 +44,8 @@ class Prediction:
         class; video models: None (their runs paint a volume or time-as-class map, not the frames).
     passes: (B,) int64, the sequential decoder passes each patch took (its rows decode side by side: the
         most of them); dense models: 0.
+    redrawn: (B,) int64, the pixels of each patch that the boundary refiner gave another class than the
+        decoded mask upsampled (nearest); None where no refiner ran (dense models, ``refine`` off).
     """
 
     masks: list
@@ -54,12 +56,23 @@ class Prediction:
     run_scores: list[np.ndarray]
     score_maps: list[np.ndarray | None]
     passes: np.ndarray
+    redrawn: np.ndarray | None = None
 
-    def refined(self, masks: list[np.ndarray]) -> Prediction:
-        """This prediction with ``masks`` at the patch's resolution in place of the grid's; the score maps
-        upsampled (nearest) to match, so a redrawn pixel keeps the score of its cell."""
-        factor = masks[0].shape[-1] // self.masks[0].shape[-1]
-        return replace(self, masks=masks, score_maps=[upsample_mask(m, factor) for m in self.score_maps])
+    def refined(self, masks: list) -> Prediction:
+        """This prediction with ``masks`` (label maps, or panoptic pairs) at the patch's resolution in place
+        of the grid's; the score maps upsampled (nearest) to match, so a redrawn pixel keeps the score of its
+        cell; ``redrawn`` counts the pixels whose class the new masks changed."""
+        new, old = semantic_maps(masks), semantic_maps(self.masks)
+        factor = new[0].shape[-1] // old[0].shape[-1]
+        coarse = np.stack([upsample_mask(m, factor) for m in old])  # (B, P, P)
+        redrawn = (np.stack(new) != coarse).reshape(len(masks), -1).sum(axis=1)
+        return replace(self, masks=masks, score_maps=[upsample_mask(m, factor) for m in self.score_maps],
+                       redrawn=redrawn.astype(np.int64))
+
+
+def semantic_maps(masks: list) -> list[np.ndarray]:
+    """The class maps of ``Prediction.masks``: the first of each panoptic (semantic, instances) pair."""
+    return [m[0] if isinstance(m, tuple) else m for m in masks]
 
 
 @runtime_checkable

@@ -11,6 +11,11 @@ Training (:meth:`Refiner.training_loss`): the coarse input is the target's own m
 cells moved by one cell (:func:`jitter_boundaries`) so that the refiner learns to correct masks as
 imperfect as decoded ones; the loss is the cross-entropy of the band pixels against the full-resolution
 mask.
+
+Panoptic masks (:func:`refine_instances`): the refiner redraws the classes; a redrawn pixel of a thing class
+takes the instance of the nearest cell of that class within ``band`` cells of its own in the decoded
+instance map (one of the instances on either side of the boundary it lies on), so every decoded instance
+keeps its id and only band pixels change.
 """
 
 from __future__ import annotations
@@ -115,6 +120,43 @@ class Refiner(nn.Module):
         target = torch.where(valid, mask, torch.full_like(mask, -100))
         logits = self(images, cells, coarse).float()
         return F.cross_entropy(logits, target, ignore_index=-100, reduction="sum") / valid.sum().clamp(min=1)
+
+
+def refine_instances(coarse: torch.Tensor, instances: torch.Tensor, refined: torch.Tensor, thing_classes: list[int],
+                     band: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded classes and instance ids on the grid (B, h, w) int64 and the refined classes (B, P, P) ->
+    (classes, instances) (B, P, P) int64 at the patch's resolution.
+
+    A pixel the refiner left at its cell's class keeps its cell's instance. A redrawn pixel of a thing class
+    takes the instance of the nearest (centre to centre) cell of that class among the cells within ``band``
+    of its own; with none there it keeps its cell's class and instance. A redrawn pixel of any other class
+    has no instance (0). A decoded instance all of whose pixels were redrawn keeps its decoded pixels: what
+    is there is the tokens' decision."""
+    factor = refined.shape[-1] // coarse.shape[-1]
+    rows, cols = coarse.shape[-2:]
+    semantic, ids = upsample_nearest(coarse, factor), upsample_nearest(instances, factor)
+    b, y, x = (refined != semantic).nonzero(as_tuple=True)  # (N,) each: the redrawn pixels
+    wanted = refined[b, y, x]
+    nearest = torch.full(wanted.shape, float("inf"), device=refined.device)
+    chosen = torch.zeros_like(wanted)
+    for dy in range(-band, band + 1):
+        for dx in range(-band, band + 1):
+            ny, nx = y // factor + dy, x // factor + dx
+            inside = (ny >= 0) & (ny < rows) & (nx >= 0) & (nx < cols)
+            ny, nx = ny.clamp(0, rows - 1), nx.clamp(0, cols - 1)
+            distance = ((y + 0.5 - (ny + 0.5) * factor) ** 2 + (x + 0.5 - (nx + 0.5) * factor) ** 2).float()
+            better = inside & (coarse[b, ny, nx] == wanted) & (distance < nearest)
+            nearest = torch.where(better, distance, nearest)
+            chosen = torch.where(better, instances[b, ny, nx], chosen)
+    thing = torch.isin(wanted, torch.tensor(list(thing_classes), device=refined.device, dtype=wanted.dtype))
+    keep = thing & nearest.isinf()  # a thing pixel with no instance of its class near: the decoded pixel stays
+    decoded_semantic, decoded_ids = semantic.clone(), ids.clone()
+    semantic[b, y, x] = torch.where(keep, semantic[b, y, x], wanted)
+    ids[b, y, x] = torch.where(keep, ids[b, y, x], torch.where(thing, chosen, 0))
+    present = torch.zeros(len(ids), int(instances.max()) + 1, dtype=torch.bool, device=ids.device)  # (B, n + 1)
+    lost = present.scatter(1, decoded_ids.flatten(1), True) & ~present.scatter(1, ids.flatten(1), True)
+    erased = lost.gather(1, decoded_ids.flatten(1)).view_as(ids) & (decoded_ids > 0)
+    return torch.where(erased, decoded_semantic, semantic), torch.where(erased, decoded_ids, ids)
 
 
 def grid_factor(images: torch.Tensor, coarse: torch.Tensor) -> int:

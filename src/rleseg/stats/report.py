@@ -46,6 +46,14 @@ def format_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+# What these tables are not: a model writes the tokens of its training patches (or windows), not of whole
+# masks, so model.max_seq_len comes from `stats --config`, which cuts them as training does.
+NOT_PATCHES = ("These lengths are of whole masks, not of the training patches a model writes (data.patch."
+               "patch_size, cropped, augmented and subsampled): do not set model.max_seq_len from them; "
+               "'rleseg stats --config CONFIG' measures the patches as training sees them and gives the one "
+               "recommendation for model.max_seq_len.")
+
+
 # Instance-id masks read as label maps can have thousands of "classes"; the screen shows the first ones.
 _MAX_CLASS_ROWS = 50
 
@@ -72,10 +80,10 @@ def format_stats(result: DatasetStats, source: str) -> str:
     lines.append("")
     first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
     lines.append(
-        "Tokens per mask include EOS, not BOS. Choose max_seq_len >= p99 of the chosen row (fits >= 99% of the "
-        f"masks), e.g. {first[0].scheme}/{first[0].starts}: max_seq_len >= p99 = "
-        + ", ".join(f"{r.p99} (factor {r.factor})" for r in first) + "."
+        "Tokens per mask include EOS, not BOS; p99 of a whole mask, e.g. "
+        f"{first[0].scheme}/{first[0].starts}: " + ", ".join(f"{r.p99} (factor {r.factor})" for r in first) + "."
     )
+    lines.append(NOT_PATCHES)
     lines.append("mIoU / mBF: mean over foreground classes of the per-class mean over the images where the class "
                  "is in the ground truth or the reconstruction, scored at full resolution after nearest upsampling.")
     lines.extend(f"Note: {note}" for note in result.notes)
@@ -115,10 +123,11 @@ def format_video_stats(result: VideoStats, source: str) -> str:
             f"{row.mean:.1f}", str(row.p99), f"{row.per_frame:.1f}", "-" if row.growth is None else f"{row.growth:.3f}",
             format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]),
         "",
-        "Tokens per window include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. growth = tokens of "
+        "Tokens per window include EOS, not BOS. growth = tokens of "
         "the windows / tokens of the same frames encoded one by one (below 1: the window compresses). volume = "
         "frame-major volume with LAC, TAC = time-as-class with separate class tokens, LTAC = TAC with LAC. "
         "mIoU / mBF: per window, frames pooled, at full resolution after nearest upsampling.",
+        NOT_PATCHES.replace("whole masks", "windows of whole frames"),
     ]
     lines.extend(f"Note: {note}" for note in result.notes)
     return "\n".join(lines)
@@ -142,9 +151,10 @@ def format_panoptic_stats(result: PanopticStats, source: str) -> str:
             format_score(row.fidelity.miou), format_score(row.fidelity.mbf), format_score(row.quality.pq),
             format_score(row.quality.sq), format_score(row.quality.rq)]),
         "",
-        "Tokens per mask include EOS, not BOS; choose max_seq_len >= p99 of the chosen row. instances: per mask "
+        "Tokens per mask include EOS, not BOS. instances: per mask "
         "after subsampling and decoding. mIoU / mBF: foreground vs background; PQ / SQ / RQ: the instances "
         "(COCO panopticapi rules, background void), at full resolution after nearest upsampling.",
+        NOT_PATCHES,
     ]
     lines.extend(f"Note: {note}" for note in result.notes)
     return "\n".join(lines)
