@@ -3,7 +3,8 @@
 Only the functions here read the whole config; everything they build takes plain arguments. A YAML file
 has the sections of :class:`ExperimentConfig`; ``model`` may name a ``preset`` ("tiny", "small",
 "paper") and override any of its fields, and ``init_from`` a checkpoint or run folder whose weights the
-new run starts from (:func:`init_checkpoint`).
+new run starts from (:func:`init_checkpoint`). (A little over 400 lines: every reader of the whole config
+is here, so that no other module needs to know its shape.)
 """
 
 from __future__ import annotations
@@ -380,20 +381,33 @@ def build_datasets(config: ExperimentConfig, tokenizer: Tokenizer):
     """(train, validation) datasets. Validation patches keep size and factor but drop augmentation."""
     from .data import build_dataset
 
-    data, seed = config.data, config.train.seed
-    val_patch = dataclasses.replace(PatchConfig(), patch_size=data.patch.patch_size, factor=data.patch.factor,
-                                    downsample=data.patch.downsample, scale=data.patch.scale)
-    common = {"root": data.root, "normalization": data.normalize, **data.options}
+    data = config.data
     try:
-        # Validation draws from another seed: generated datasets would otherwise repeat the training scenes.
         train = build_dataset(
-            data.dataset, tokenizer, split=data.train_split, patch=data.patch, seed=seed,
-            **common, **data.train_options,
-        )
-        val = build_dataset(
-            data.dataset, tokenizer, split=data.val_split, patch=val_patch, seed=seed + 7919,
-            **common, **data.val_options,
+            data.dataset, tokenizer, split=data.train_split, patch=data.patch, seed=config.train.seed,
+            **_dataset_options(config), **data.train_options,
         )
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
-    return train, val
+    return train, build_plain_dataset(config, tokenizer, data.val_split, data.val_options)
+
+
+def build_plain_dataset(config: ExperimentConfig, tokenizer: Tokenizer, split: str, options: dict | None = None):
+    """The ``split`` of the config's dataset in patches of its size and factor, without augmentation (what
+    validation reads; ``options``: that split's own data options)."""
+    from .data import build_dataset
+
+    data = config.data
+    patch = dataclasses.replace(PatchConfig(), patch_size=data.patch.patch_size, factor=data.patch.factor,
+                                downsample=data.patch.downsample, scale=data.patch.scale)
+    try:
+        # Another seed than training's: generated datasets would otherwise repeat the training scenes.
+        return build_dataset(data.dataset, tokenizer, split=split, patch=patch, seed=config.train.seed + 7919,
+                             **_dataset_options(config), **(options or {}))
+    except TypeError as error:
+        raise ConfigError(f"data.options: {error}") from None
+
+
+def _dataset_options(config: ExperimentConfig) -> dict:
+    data = config.data
+    return {"root": data.root, "normalization": data.normalize, **data.options}

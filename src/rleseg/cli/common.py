@@ -24,11 +24,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_command(subparsers, run: Callable[[argparse.Namespace], int]) -> Parser:
-    """The subcommand that ``run`` runs, named after it (``_run_<name>``); ``run``'s docstring is the command's
-    help (its first line) and ``--help`` description (the rest)."""
+    """The subcommand that ``run`` runs, named after it (``_run_<name>``, "_" read as "-"); ``run``'s docstring
+    is the command's help (its first line) and ``--help`` description (the rest)."""
     summary, _, details = (run.__doc__ or "").strip().partition("\n\n")
     summary = summary.rstrip(".")
-    parser = subparsers.add_parser(run.__name__.removeprefix("_run_"), help=summary[:1].lower() + summary[1:],
+    name = run.__name__.removeprefix("_run_").replace("_", "-")
+    parser = subparsers.add_parser(name, help=summary[:1].lower() + summary[1:],
                                    description=" ".join(details.split()) or summary)
     parser.set_defaults(run=run)
     return parser

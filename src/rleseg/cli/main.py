@@ -32,6 +32,7 @@ from ..imageio import MaskError
 from .common import EXIT_USER_ERROR, Parser, UserError
 from .config import add_config
 from .export import add_export
+from .export_text import add_export_text
 from .init import add_init
 from .masks import add_examples, add_stats, add_tokenize
 from .models import add_demo, add_evaluate, add_predict, add_train
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rleseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands = (add_init, add_tokenize, add_stats, add_examples, add_train, add_demo, add_evaluate, add_predict,
-                add_export, add_config)
+                add_export, add_export_text, add_config)
     for add in commands:
         add(subparsers)
     return parser
