@@ -151,3 +151,35 @@ def test_the_grammar_over_characters_keeps_a_budget_that_can_always_be_met():
                 if char != "$":
                     assert grammar.feed(char)
             assert grammar.can_end() and grammar.needed() == 0
+
+
+def test_stats_count_the_text_form_in_a_language_models_tokens(tmp_path, capsys):
+    from PIL import Image
+    from tokenizers import Tokenizer as TextTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from rleseg.cli import main
+    from rleseg.stats import StatsOptions, folder_stats
+    from rleseg.tokens import downsample_mask
+
+    bpe = TextTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["<r 12 34 class1> <r 40 3 class2>"] * 5,
+                            trainers.BpeTrainer(vocab_size=290, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    folder, masks = tmp_path / "masks", []
+    folder.mkdir()
+    for i in range(3):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4 + i : 20, 3:17 + i], mask[22:30, 10 + i :] = 1, 2
+        Image.fromarray(mask).save(folder / f"{i}.png")
+        masks.append(mask)
+    options = StatsOptions(factors=(1, 4), schemes=("lac",), starts=("1d",), text_tokenizer=str(tmp_path))
+    rows = {row.factor: row for row in folder_stats(folder, options).rows}
+    for factor in (1, 4):
+        texts = [MaskText(Tokenizer((32 // factor,) * 2, 3)).encode(downsample_mask(m, factor)) for m in masks]
+        lengths = [len(bpe.encode(t, add_special_tokens=False).ids) for t in texts]
+        assert rows[factor].text_mean == pytest.approx(np.mean(lengths)) and rows[factor].text_p99 == max(lengths)
+    assert rows[1].text_mean > rows[4].text_mean
+    assert main(["stats", str(folder), "--text-tokenizer", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err

@@ -151,6 +151,9 @@ def add_stats(subparsers) -> None:
     parser.add_argument("--max-seq-len", type=positive_int, default=None, metavar="N",
                         help="cut sequences after N tokens, as a model of that length would, and score what "
                         "decodes (default: no cut)")
+    parser.add_argument("--text-tokenizer", default=None, metavar="PATH",
+                        help="a language model's tokenizer.json (or its folder): also count each mask's text form "
+                        "(rleseg.tokens.text) in its tokens, per configuration")
     parser.add_argument("--pattern", default="*", help="glob for mask file names (default: *)")
     parser.add_argument("--recursive", action="store_true", help="also look in subfolders")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -176,6 +179,7 @@ def _stats_options(args: argparse.Namespace) -> StatsOptions:
         factors=args.subsample, schemes=args.schemes, starts=args.starts, order=args.order,
         max_run=args.max_run, downsample_method=args.downsample_method, num_classes=args.num_classes,
         ignore_index=args.ignore_index, tolerance=args.tolerance, max_seq_len=args.max_seq_len,
+        text_tokenizer=args.text_tokenizer,
     )
 
 
@@ -186,6 +190,9 @@ def _run_stats(args: argparse.Namespace) -> int:
     vocabulary size, and mean IoU / boundary F of downsample -> encode -> decode -> upsample against the
     full-resolution masks.
     """
+    if args.text_tokenizer is not None and (args.config is not None or args.video is not None or args.panoptic):
+        raise UserError("--text-tokenizer counts the text of image masks (a MASK_DIR of label maps); it does not "
+                        "combine with --config, --video or --panoptic")
     if args.config is not None:
         return _run_patch_stats(args)
     if args.folder is None:

@@ -2,7 +2,8 @@
 
 A mode (``image.py``, ``video.py``, ``panoptic.py``) runs its pipeline on each mask (or video) and feeds an
 :class:`Accumulator`: ``begin_mask`` checks the labels, ``add_subsampling`` records the fidelity of
-subsampling alone, ``add`` records one configuration's sequence length and fidelity, and ``result``
+subsampling alone, ``add`` records one configuration's sequence length and fidelity (``add_text_length`` its
+text form's length in a language model's tokens), and ``result``
 summarises everything into a :class:`DatasetStats`.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from rleseg import metrics
 from rleseg.progress import progress
 from rleseg.tokens import upsample_mask
+from rleseg.tokens.text import MaskText
 from rleseg.tokens.tokenizer import SCHEMES, START_MODES
 
 from ..imageio import MaskError
@@ -45,6 +48,9 @@ class StatsOptions:
     # None: sequences are never cut. Otherwise the first max_seq_len tokens are kept, as a model of that
     # length would emit them, and fidelity is scored on what decodes from them.
     max_seq_len: int | None = None
+    # A language model's tokenizer (a tokenizer.json, or a folder holding one): each mask's text form
+    # (rleseg.tokens.text, class words class1 ..) is also counted in its tokens, uncut.
+    text_tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.factors or any(int(f) != f or f < 1 for f in self.factors):
@@ -94,6 +100,8 @@ class StatsRow:
     max: int
     truncated: float | None  # fraction of masks longer than max_seq_len; None when not cut
     fidelity: Fidelity
+    text_mean: float | None = None  # the text form's length in the language model's tokens (text_tokenizer)
+    text_p99: int | None = None
 
 
 def result_dict(result) -> dict:
@@ -183,9 +191,23 @@ class _FidelitySum:
 
 
 # ----------------------------------------------------------------------------- accumulation
+def load_text_tokenizer(path: str):
+    """A language model's tokenizer (``tokenizers``, no torch) from a tokenizer.json or a folder holding one."""
+    try:
+        from tokenizers import Tokenizer as TextTokenizer
+    except ImportError:
+        raise MaskError("--text-tokenizer needs the tokenizers package: pip install 'rleseg[text]'") from None
+    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+    try:
+        return TextTokenizer.from_file(str(file))
+    except Exception as error:  # tokenizers raises its own Exception for a missing or malformed file
+        raise MaskError(f"{file}: not a tokenizer.json a Hugging Face tokenizer reads ({error})") from None
+
+
 @dataclass
 class _Config:
     lengths: list[int] = field(default_factory=list)
+    text_lengths: list[int] = field(default_factory=list)
     fidelity: _FidelitySum = field(default_factory=_FidelitySum)
     sizes: set[tuple[int, int]] = field(default_factory=set)
 
@@ -204,6 +226,8 @@ class Accumulator:
         self.max_label = 0
         self.num_images = 0
         self.mask_sizes: dict[str, int] = {}
+        self.text_tokenizer = None if options.text_tokenizer is None else load_text_tokenizer(options.text_tokenizer)
+        self._texts: dict[tuple, MaskText] = {}
 
     def begin_mask(self, name: str, mask: np.ndarray) -> tuple[np.ndarray, int]:
         """Check and count one mask (..., H, W).
@@ -248,6 +272,15 @@ class Accumulator:
         config.sizes.add(tuple(int(v) for v in size))
         config.fidelity.add(*scores)
 
+    def add_text_length(self, scheme: str, starts: str, factor: int, tokenizer, tokens: np.ndarray) -> None:
+        """With a text tokenizer: the length of ``tokens``' text form in its tokens."""
+        if self.text_tokenizer is None:
+            return
+        key = (tokenizer.mask_size, tokenizer.num_classes, scheme, starts)
+        text = self._texts.get(key) or self._texts.setdefault(key, MaskText(tokenizer))
+        length = len(self.text_tokenizer.encode(text.to_text(tokens), add_special_tokens=False).ids)
+        self.configs[(scheme, starts, factor)].text_lengths.append(length)
+
     @property
     def num_classes(self) -> int:
         return self.options.num_classes or max(2, self.max_label + 1)
@@ -291,6 +324,8 @@ class Accumulator:
             max=int(lengths.max()),
             truncated=None if max_seq_len is None else float(np.mean(lengths > max_seq_len)),
             fidelity=config.fidelity.result(num_classes),
+            text_mean=float(np.mean(texts)) if (texts := config.text_lengths) else None,
+            text_p99=int(np.percentile(texts, 99, method="inverted_cdf")) if texts else None,
         )
 
 

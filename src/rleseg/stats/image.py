@@ -64,6 +64,7 @@ def _add_image(acc: Accumulator, name: str, truth: np.ndarray) -> None:
                 length, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
                 scores = shared if np.array_equal(decoded, small) else acc.score(truth, decoded, factor, num_classes)
                 acc.add(scheme, starts, factor, length, small.shape, scores)
+                acc.add_text_length(scheme, starts, factor, tokenizer, tokenizer.encode(small))
 
 
 def _vocab_size(options: StatsOptions) -> VocabSize:

@@ -73,10 +73,12 @@ def format_stats(result: DatasetStats, source: str) -> str:
         "",
     ]
     header = ["scheme", "starts", "factor", "mask", "vocab", "mean", "p50", "p95", "p99", "max", "mIoU", "mBF"]
-    lines.append(_rows_table(header, result, lambda row: [
+    text = result.rows and result.rows[0].text_mean is not None
+    lines.append(_rows_table(header + ["text mean", "text p99"] * text, result, lambda row: [
         row.scheme, row.starts, str(row.factor), "x".join(map(str, row.mask_size)), str(row.vocab_size),
         f"{row.mean:.1f}", str(row.p50), str(row.p95), str(row.p99), str(row.max),
-        format_score(row.fidelity.miou), format_score(row.fidelity.mbf)]))
+        format_score(row.fidelity.miou), format_score(row.fidelity.mbf),
+        *([f"{row.text_mean:.1f}", str(row.text_p99)] if text else [])]))
     lines.append("")
     first = [r for r in result.rows if (r.scheme, r.starts) == (result.rows[0].scheme, result.rows[0].starts)]
     lines.append(
@@ -84,6 +86,9 @@ def format_stats(result: DatasetStats, source: str) -> str:
         f"{first[0].scheme}/{first[0].starts}: " + ", ".join(f"{r.p99} (factor {r.factor})" for r in first) + "."
     )
     lines.append(NOT_PATCHES)
+    if text:
+        lines.append(f"text mean / p99: the masks as text (rleseg.tokens.text) in the tokens of {opts.text_tokenizer}, "
+                     "uncut, class words class1 ..")
     lines.append("mIoU / mBF: mean over foreground classes of the per-class mean over the images where the class "
                  "is in the ground truth or the reconstruction, scored at full resolution after nearest upsampling.")
     lines.extend(f"Note: {note}" for note in result.notes)
