@@ -15,12 +15,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rleseg"
 # docs/architecture.md's table: the top-level module or package -> its layer.
 LAYERS = {
     "tokens": 0, "metrics": 0, "imageio": 0, "typed_yaml": 0, "atomic": 0, "progress": 0, "limits": 0, "device": 0,
-    "models": 1, "data": 1, "stats": 1, "visualize": 1, "coco": 1, "label_files": 1,
+    "models": 1, "data": 1, "stats": 1, "visualize": 1, "coco": 1, "label_files": 1, "llm": 1,
+    "onnx_runtime": 1,
     "inference": 2,
     "engine": 3, "training_state": 3, "experiment": 3, "distributed": 3,
     "train": 4, "training_output": 4, "evaluate": 4, "report": 4,
     "predict": 4, "demo": 4, "config_reference": 4, "patch_stats": 4, "export": 4, "napari_plugin": 4,
-    "init": 4,
+    "export_text": 4,
+    "init": 4, "onnx_export": 4,
     "cli": 5,
 }
 
@@ -108,7 +110,8 @@ def test_no_module_takes_another_modules_private_names():
     assert not taken, "\n".join(taken)
 
 
-@pytest.mark.parametrize("module", ["rleseg.tokens", "rleseg.stats", "rleseg.metrics", "rleseg.imageio", "rleseg.cli"])
+@pytest.mark.parametrize("module", ["rleseg.tokens", "rleseg.stats", "rleseg.metrics", "rleseg.imageio", "rleseg.cli",
+                                    "rleseg.onnx_runtime"])
 def test_torch_free_layers_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} imports torch"

@@ -182,4 +182,4 @@ def test_the_command_offers_the_formats_the_exporter_has():
     from rleseg.cli.export import FORMATS as offered
     from rleseg.export import FORMATS
 
-    assert set(offered) == set(FORMATS) == {"hf"}
+    assert set(offered) == set(FORMATS) == {"hf", "onnx"}

@@ -2,7 +2,9 @@
 
 :data:`FORMATS` maps ``--format`` to its writer, so another format is one more entry. ``hf`` writes a model
 folder in Hugging Face's ``save_pretrained`` layout (:mod:`rleseg.models.hub`): the weights, config.json, a
-model card naming the data, the config and the scores, and the run's config.yaml. What the card says of the
+model card naming the data, the config and the scores, and the run's config.yaml. ``onnx`` writes the model's
+parts as ONNX files and a JSON description of them (:mod:`rleseg.onnx_export`), which onnxruntime runs
+without rleseg's torch code (:mod:`rleseg.onnx_runtime`). What the card says of the
 training comes from the source: a run folder's config.yaml and metrics.json (the in-training validation,
 when it scored the exported weights' step), a model folder's own record, and the ``rleseg evaluate``
 outputs given as ``scores`` (refused when they scored other weights).
@@ -26,6 +28,8 @@ from .models import (
     resolve_checkpoint,
     score_summary,
 )
+from .onnx_export import write_onnx_folder
+from .onnx_runtime import DESCRIPTION
 
 
 def export_model(source: str | Path, out: str | Path, format: str = "hf", scores: Sequence[str | Path] = (),
@@ -40,9 +44,10 @@ def export_model(source: str | Path, out: str | Path, format: str = "hf", scores
     metrics = [_metrics_file(Path(path)) for path in scores]
     check_output_folder(out, [weights, *metrics])
     out = Path(out)
-    if overwrite and out.is_dir() and any(out.iterdir()) and not is_model_folder(out):
-        raise ValueError(f"{out}: not a model folder that rleseg export wrote (no config.json of an rleseg model), so "
-                         "--overwrite does not replace it; choose another --out")
+    exported = is_model_folder(out) or (out / DESCRIPTION).is_file()
+    if overwrite and out.is_dir() and any(out.iterdir()) and not exported:
+        raise ValueError(f"{out}: not a model folder that rleseg export wrote (no config.json of an rleseg model, no "
+                         f"{DESCRIPTION}), so --overwrite does not replace it; choose another --out")
     with atomic_folder(out, overwrite) as tmp:
         written = FORMATS[format](weights, tmp, metrics)
     return written
@@ -59,7 +64,7 @@ def write_hf_folder(weights: Path, folder: Path, metrics: Sequence[Path]) -> dic
     return {"files": sorted(p.name for p in folder.iterdir()), "scores": training["scores"]}
 
 
-FORMATS: dict[str, Callable[[Path, Path, Sequence[Path]], dict]] = {"hf": write_hf_folder}
+FORMATS: dict[str, Callable[[Path, Path, Sequence[Path]], dict]] = {"hf": write_hf_folder, "onnx": write_onnx_folder}
 
 
 def training_record(weights: Path, extra: dict) -> dict:

@@ -8,7 +8,8 @@ from pathlib import Path
 from .common import add_command, user_errors
 
 # The formats ``rleseg.export.FORMATS`` writes, named here so that --help needs no torch.
-FORMATS = {"hf": "a model folder in Hugging Face's save_pretrained layout (weights, config.json, model card)"}
+FORMATS = {"hf": "a model folder in Hugging Face's save_pretrained layout (weights, config.json, model card)",
+           "onnx": "ONNX files of the model's parts and rleseg-onnx.json describing them, for onnxruntime"}
 
 
 def add_export(subparsers) -> None:
@@ -31,12 +32,17 @@ def _run_export(args: argparse.Namespace) -> int:
     the scores (the run's in-training validation, and rleseg evaluate outputs given with --scores), and the
     run's config.yaml. rleseg.load, rleseg predict and rleseg evaluate take the folder;
     rleseg.models.SharedModel.from_pretrained loads it and push_to_hub uploads it.
+
+    --format onnx (pip install 'rleseg[onnx]') writes the model's parts as ONNX files (dense.onnx; or
+    encoder.onnx, decoder.onnx with its key-value cache as input and output, and refiner.onnx) and
+    rleseg-onnx.json describing their inputs and outputs, the tokenizer and the image normalisation, so that
+    a program runs the model with onnxruntime alone (rleseg.onnx_runtime.load does, numpy only).
     """
     from ..export import export_model
 
     with user_errors():
         written = export_model(args.source, args.out, args.format, args.scores, args.overwrite)
     scores = ", ".join(s["what"] for s in written["scores"]) or "none recorded"
-    print(f"exported {args.source} to {args.out} ({args.format}): {', '.join(written['files'])}; scores in the "
-          f"model card: {scores}")
+    card = f"; scores in the model card: {scores}" if args.format == "hf" else ""
+    print(f"exported {args.source} to {args.out} ({args.format}): {', '.join(written['files'])}{card}")
     return 0

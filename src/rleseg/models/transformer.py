@@ -115,7 +115,8 @@ class Decoder(nn.Module):
         token row r from image r // ``rows``."""
         if table.ndim == 2:
             return F.embedding(tokens, table)
-        image = torch.arange(len(tokens), device=tokens.device) // rows
+        # shape[0], not len(): len() is a Python int, which would fix the row count of an exported (ONNX) graph
+        image = torch.arange(tokens.shape[0], device=tokens.device) // rows
         return table[image.view(-1, *[1] * (tokens.ndim - 1)), tokens]
 
     def new_cache(self, memory: torch.Tensor, max_len: int) -> DecoderCache:

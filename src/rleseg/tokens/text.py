@@ -226,21 +226,20 @@ class TextGrammar:
 
     :meth:`feed` takes a character if some valid sequence's text goes on with it; a piece is complete (its
     token goes to the grammar) when the next character cannot extend it, or at its ``>``. :meth:`can_end`
-    says whether the text may end here (the tokenizer's EOS). :meth:`copy` is cheap: the tokenizer's grammar
-    state is a few small arrays, and the tokens allowed in a state are computed once."""
+    says whether the text may end here (the tokenizer's EOS). :meth:`copy` is cheap, as a writer branches at
+    every character: copies share the tokenizer's grammar state until a piece completes in one of them (then
+    it takes its own), and the tokens allowed in a state are computed once."""
 
     def __init__(self, text: MaskText):
-        self.text, self.tokens, self.partial = text, [], ""
+        self.text, self.tokens, self.partial = text, (), ""
         self.run_chars = 0  # characters of the run (or group close) being written
         self.state = text.tokenizer.grammar(1)
+        self._owns_state = True
         self._allowed = self.state.allowed(UNBOUNDED)[0]
 
     def copy(self) -> TextGrammar:
         clone = copy.copy(self)
-        clone.state = copy.copy(self.state)
-        for name in self.state.row_state:
-            setattr(clone.state, name, getattr(self.state, name).copy())
-        clone.tokens = list(self.tokens)
+        self._owns_state = clone._owns_state = False
         return clone
 
     @property
@@ -323,7 +322,12 @@ class TextGrammar:
         return probe._viable(char)
 
     def _complete(self, token: int) -> None:
+        if not self._owns_state:
+            shared, self.state = self.state, copy.copy(self.state)
+            for name in shared.row_state:
+                setattr(self.state, name, getattr(shared, name).copy())
+            self._owns_state = True
         self.state.advance(np.array([token]))
-        self.tokens.append(token)
+        self.tokens = (*self.tokens, token)
         self.partial = ""
         self._allowed = self.state.allowed(UNBOUNDED)[0]
