@@ -12,7 +12,9 @@ on the same windows of N frames (SyntheticVideoDataset: textured shapes of 2 cla
 move and turn; training clips of N + 2 frames cut at stride 1, evaluation clips of exactly N frames from
 another seed), then decodes the evaluation windows greedily with grammar constraints:
 
-- ``image``: the plain image model and image tokenizer, one sequence per frame (N per window);
+- ``image``: the plain image model and image tokenizer, one sequence per frame (N per window); its
+  predictions are also scored after a temporal majority vote (``image+vote``: each cell takes the label most
+  frequent over frames t-1 .. t+1 of its window, ties keep its own);
 - ``static``: the image model on frame 0, writing the whole window's video sequence;
 - ``middle`` / ``late``: the video models of ``rleseg.models.video``.
 
@@ -119,25 +121,36 @@ def train(model, images: torch.Tensor, targets: torch.Tensor, args, per_frame: b
 
 def evaluate(model, images: torch.Tensor, masks: torch.Tensor, args, per_frame: bool) -> tuple[dict, np.ndarray]:
     """-> (scores, predicted masks (W, N, h, w))."""
-    meter = VideoMeter(args.classes, boundary_tolerance=None)
     generated, seconds, predictions = 0, 0.0, []
     for first in range(0, len(images), args.batch):
         batch, gt = images[first : first + args.batch], masks[first : first + args.batch]
         start = time.perf_counter()
         out = predict_batch(model, batch.flatten(0, 1) if per_frame else batch)  # greedy, constrained
         seconds += time.perf_counter() - start
-        pred = np.stack(out.masks).reshape(gt.shape)
+        predictions.append(np.stack(out.masks).reshape(gt.shape))
         generated += sum(len(tokens) for tokens in out.tokens)  # up to EOS included
-        meter.update(pred, gt.numpy())
-        predictions.append(pred)
+    predicted = np.concatenate(predictions)
+    return {**score(predicted, masks, args.classes), "generated_tokens_per_window": generated / len(images),
+            "ms_per_window": 1000 * seconds / len(images)}, predicted
+
+
+def temporal_vote(predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Per-frame predictions (W, N, h, w) -> each frame's cell the label most frequent over the frames t-1 .. t+1
+    of its window (ties keep the frame's own): the per-frame model with a temporal majority vote."""
+    onehot = np.eye(classes, dtype=np.float32)[predicted]  # (W, N, h, w, C)
+    padded = np.pad(onehot, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    counts = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:] + 0.5 * onehot
+    return counts.argmax(-1)
+
+
+def score(predicted: np.ndarray, masks: torch.Tensor, classes: int) -> dict:
+    """Dice, IoU and flip rates of predicted windows (W, N, h, w) against the truth."""
+    meter = VideoMeter(classes, boundary_tolerance=None)
+    meter.update(predicted, masks.numpy())
     scores = meter.compute()
-    frame = scores["per_image"]["mean_without_background"]
-    pooled = scores["temporal"]["pooled"]
-    return {
-        "dice": frame["dice"], "iou": frame["iou"], "flip_rate": pooled["pred_flip_rate"],
-        "flip_ratio": pooled["ratio"], "gt_flip_rate": pooled["gt_flip_rate"],
-        "generated_tokens_per_window": generated / len(images), "ms_per_window": 1000 * seconds / len(images),
-    }, np.concatenate(predictions)
+    frame, pooled = scores["per_image"]["mean_without_background"], scores["temporal"]["pooled"]
+    return {"dice": frame["dice"], "iou": frame["iou"], "flip_rate": pooled["pred_flip_rate"],
+            "flip_ratio": pooled["ratio"], "gt_flip_rate": pooled["gt_flip_rate"]}
 
 
 def save_picture(path: str, images: torch.Tensor, truth: np.ndarray, predicted: np.ndarray, classes: int) -> None:
@@ -248,6 +261,10 @@ def main() -> None:
         tokens = eval_image_len if per_frame else eval_video_len
         results[name] = {"params": params, "steps": steps, "loss": loss, "tokens_per_window": float(tokens), **scores}
         print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if per_frame:  # the same predictions with a temporal majority vote: evaluation only, no training
+            results["image+vote/pointer"] = {**results[name], **score(temporal_vote(predicted, args.classes),
+                                                                      eval_masks, args.classes)}
+            print(f"image+vote/pointer: {json.dumps(results['image+vote/pointer'])}", flush=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes} min"
