@@ -25,9 +25,9 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 
 from .generate import DecodingOptions, Generation
 
-# Tokens proposed per row and pass at most. More cut few passes (stardist, 32 patches: 736 passes at 4, 592 at 16)
-# but the decoder reads K + 1 positions a pass: 4 was the fastest on the dev CPU (docs/results.md).
-MAX_DRAFT = 4
+# Tokens proposed per row and pass at most. More cut passes (stardist at 1,000 steps, 32 patches: 672 at 4, 456 at
+# 8, 360 at 16) but the decoder reads K + 1 positions a pass: 8 was the fastest on the dev CPU (docs/results.md).
+MAX_DRAFT = 8
 REACH = 3  # a run the sequence starts this many cells or fewer before the draft's next one continues as that run
 
 
