@@ -22,16 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rleseg.experiment import build_datasets, load_config
+from bench_draft import patches
 from rleseg.models import DecodingOptions, load_checkpoint
 from rleseg.onnx_export import export_onnx
 from rleseg.onnx_runtime import load
-
-
-def patches(run_dir: Path, model, count: int) -> torch.Tensor:
-    """The run's first ``count`` validation patches (B, 3, P, P)."""
-    _, val = build_datasets(load_config(run_dir / "config.yaml"), model.tokenizer)
-    return torch.stack([val[i % len(val)]["image"] for i in range(count)])
 
 
 def torch_maps(model, images: torch.Tensor, batch: int, refine: bool) -> list[np.ndarray]:
@@ -80,7 +74,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
         model = load_checkpoint(run / "best.safetensors", "cpu").eval()
-        images = patches(run, model, args.patches)
+        images, _ = patches(run, model, args.patches)
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
             export_onnx(model, folder)

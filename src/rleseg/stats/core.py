@@ -113,12 +113,12 @@ def result_dict(result) -> dict:
     return data
 
 
-def encode_cut_decode(tokenizer, small: np.ndarray, max_seq_len: int | None) -> tuple[int, np.ndarray]:
-    """(tokens of ``small``, what decodes from them once cut after ``max_seq_len``, as a model of that length
-    would cut them)."""
+def encode_cut_decode(tokenizer, small: np.ndarray, max_seq_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the tokens of ``small``, what decodes from them once cut after ``max_seq_len``, as a model of that
+    length would cut them)."""
     tokens = tokenizer.encode(small)
     cut = tokens if max_seq_len is None else tokens[:max_seq_len]
-    return tokens.size, tokenizer.decode(cut, errors="ignore")
+    return tokens, tokenizer.decode(cut, errors="ignore")
 
 
 @dataclass

@@ -61,10 +61,10 @@ def _add_image(acc: Accumulator, name: str, truth: np.ndarray) -> None:
                 continue  # the dataset has more classes: its binary rows are dropped at the end
             for starts in opts.starts:
                 tokenizer = Tokenizer(small.shape, num_classes, scheme, starts, opts.order, opts.max_run)
-                length, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
+                tokens, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
                 scores = shared if np.array_equal(decoded, small) else acc.score(truth, decoded, factor, num_classes)
-                acc.add(scheme, starts, factor, length, small.shape, scores)
-                acc.add_text_length(scheme, starts, factor, tokenizer, tokenizer.encode(small))
+                acc.add(scheme, starts, factor, tokens.size, small.shape, scores)
+                acc.add_text_length(scheme, starts, factor, tokenizer, tokens)
 
 
 def _vocab_size(options: StatsOptions) -> VocabSize:

@@ -249,10 +249,10 @@ def _add_window(acc: Accumulator, name: str, truth: np.ndarray) -> dict[tuple[st
                     n, small.shape[1:], num_classes, temporal, scheme, starts, opts.order, opts.max_run,
                     max_vocab=sys.maxsize,
                 )
-                length, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
+                tokens, decoded = encode_cut_decode(tokenizer, small, opts.max_seq_len)
                 scores = shared if np.array_equal(decoded, small) else _score(truth, decoded, factor, num_classes, opts)
-                acc.add(encoding, starts, factor, length, small.shape[1:], scores)
-                lengths[(encoding, starts, factor)] = length
+                acc.add(encoding, starts, factor, tokens.size, small.shape[1:], scores)
+                lengths[(encoding, starts, factor)] = tokens.size
     return lengths
 
 

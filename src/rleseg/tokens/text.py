@@ -70,6 +70,9 @@ class MaskText:
         self.pieces = [self._slot_pieces(s) for s in range(len(self.slots))]
         self.group_pieces = self._group_pieces() if self.panoptic else None
         self._tables: dict = {}
+        # Read at every character a constrained writer weighs (TextGrammar.needed): computed once.
+        self._longest_run = len(BETWEEN) + sum(max(map(len, pieces)) for pieces in self.pieces)
+        self._longest_close = len(BETWEEN) + max(map(len, self.group_pieces)) if self.panoptic else 0
 
     # ----------------------------------------------------------------------------- tokens <-> text
     def to_text(self, tokens) -> str:
@@ -132,11 +135,11 @@ class MaskText:
 
     def longest_run(self) -> int:
         """Characters of the longest run, with the space before it."""
-        return len(BETWEEN) + sum(max(map(len, pieces)) for pieces in self.pieces)
+        return self._longest_run
 
     def longest_close(self) -> int:
         """Characters of the longest panoptic group close, with the space before it (0 for semantic text)."""
-        return len(BETWEEN) + max(map(len, self.group_pieces)) if self.panoptic else 0
+        return self._longest_close
 
     def alphabet(self) -> set[str]:
         """Every character the text form uses."""
