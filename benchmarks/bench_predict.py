@@ -9,9 +9,12 @@ rounds, best round kept, so that bursts of load from other jobs hit them alike.
         [--images 2] [--threads 1] [--repeat 2]
 
 ``--runs`` holds ``NAME-token`` and ``NAME-dense`` run folders (or links to them) per dataset NAME. A token
-model with a boundary refiner is timed refined and token-only. Uncached decoding is ``use_cache=False`` (the
-decoder recomputes the prefix every step); "draft" verifies drafts against the default pass per token (the
-same tokens); "decoder passes" sums each patch's sequential passes.
+model with a boundary refiner is timed refined and token-only. The default decoding verifies the per-cell head's
+drafts (models/draft.py) where the model has that head, "stepwise" writes a token (a run with the run step) a
+decoder pass; "differing tokens" counts the default's tokens that differ from stepwise's (0 expected in fp32;
+bf16 may round near-ties differently); uncached decoding is ``use_cache=False`` (the decoder recomputes the
+prefix every step); "decoder passes" sums each patch's sequential passes; "/ dense" is images/s over the dense
+head's.
 """
 
 from __future__ import annotations
@@ -30,17 +33,23 @@ from rleseg.inference import InferenceOptions, Predictor
 from rleseg.models import load_checkpoint
 
 DEFAULT = "stardist-tiny,trackastra-tiny,mni152-tiny,synthetic-tiny"
-# label -> (run, the DecodingOptions fields of the variant). Greedy everywhere; "draft" verifies the per-cell
-# head's drafts where the model has one (models/draft.py), else it is step by step as the default.
+# label -> (run, the DecodingOptions / InferenceOptions fields of the variant). Greedy everywhere. The default
+# decoding verifies the per-cell head's drafts where the model has that head (models/draft.py), else it is step
+# by step; "stepwise" is a decoder pass per token (per run with the run step); the same tokens either way.
 VARIANTS = {
-    "token cache + constrained": ("token", {}),
-    "token draft": ("token", {"method": "draft"}),
-    "token cache + constrained, token-only": ("token", {"refine": False}),
+    "token, default (draft)": ("token", {}),
+    "token, stepwise": ("token", {"method": "stepwise"}),
+    "token, default, bf16": ("token", {"precision": "bf16"}),
+    "token, stepwise, bf16": ("token", {"method": "stepwise", "precision": "bf16"}),
+    "token, default, token-only": ("token", {"refine": False}),
+    "token, stepwise, token-only": ("token", {"method": "stepwise", "refine": False}),
     "token cache, unconstrained": ("token", {"constrained": False}),
     "token no cache + constrained": ("token", {"use_cache": False}),
     "token no cache, unconstrained": ("token", {"use_cache": False, "constrained": False}),
     "dense": ("dense", {}),
 }
+# A variant's tokens are compared with these (fp32 and bf16 alike): differing tokens, position by position.
+REFERENCE = {"token, default (draft)": "token, stepwise", "token, default, bf16": "token, stepwise, bf16"}
 
 
 def validation_images(run_dir: Path, count: int) -> list[np.ndarray]:
@@ -62,7 +71,14 @@ def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
     patches = sum(len(p.boxes) for p in predictions)
     tokens = sum(p.num_tokens for p in predictions)
     return {"seconds": seconds, "images": len(images), "patches": patches, "tokens": tokens,
-            "invalid_runs": sum(p.invalid_runs for p in predictions), "passes": sum(p.passes for p in predictions)}
+            "invalid_runs": sum(p.invalid_runs for p in predictions), "passes": sum(p.passes for p in predictions),
+            "rows": [row for p in predictions for row in p.tokens]}
+
+
+def differing(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    """Tokens of ``b`` that differ from ``a`` at their position (a length difference counts as its tokens)."""
+    return sum(int((x[: min(len(x), len(y))] != y[: min(len(x), len(y))]).sum()) + abs(len(x) - len(y))
+               for x, y in zip(a, b, strict=True))
 
 
 def main() -> None:
@@ -77,9 +93,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} "
           f"thread(s); load {os.getloadavg()[0]:.2f}")
-    print("| dataset | variant | images | image size | patches | tokens | decoder passes | s | images/s | patches/s | "
-          "tokens/s | invalid runs |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| dataset | variant | images | image size | patches | tokens | decoder passes | s | images/s | / dense | "
+          "patches/s | tokens/s | invalid runs | differing tokens |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.datasets.split(","):
         images, config = validation_images(args.runs / f"{name}-token", args.images)
         patch = config.data.patch
@@ -93,12 +109,15 @@ def main() -> None:
                 if label not in best or result["seconds"] < best[label]["seconds"]:
                     best[label] = result
         size = "x".join(str(v) for v in images[0].shape[:2])
+        dense = best["dense"]["images"] / best["dense"]["seconds"] if "dense" in best else float("nan")
         for label, r in best.items():
             s = r["seconds"]
             tokens = f"{r['tokens'] / s:.0f}" if r["tokens"] else "-"
+            other = best.get(REFERENCE.get(label, ""))
+            changed = "-" if other is None else differing(other["rows"], r["rows"])
             print(f"| {name} | {label} | {r['images']} | {size} | {r['patches']} | {r['tokens']} | {r['passes']} | "
-                  f"{s:.2f} | {r['images'] / s:.2f} | {r['patches'] / s:.1f} | {tokens} | {r['invalid_runs']} |",
-                  flush=True)
+                  f"{s:.2f} | {r['images'] / s:.2f} | {r['images'] / s / dense:.2f}x | {r['patches'] / s:.1f} | "
+                  f"{tokens} | {r['invalid_runs']} | {changed} |", flush=True)
     print(f"load at the end: {os.getloadavg()[0]:.2f}")
 
 

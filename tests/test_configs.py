@@ -156,7 +156,7 @@ def test_cpu_configs_use_the_pointer_start_head(name):
 PAPER_IPSC = {
     "model.preset": "paper", "model.freeze_backbone": True, "model.max_seq_len": 512, "model.pad_weight": 0.1,
     "model.start_head": "table", "model.start_geometry": False, "model.pretrained": "Pix2Seq COCO weights",
-    "model.dropout": "0.1, and 0 on the attention weights",
+    "model.dropout": 0.1, "model.attention_dropout": 0.0,
     "tokenizer.scheme": "lac", "tokenizer.starts": "1d", "tokenizer.order": "C", "data.num_classes": 3,
     "data.patch.patch_size": 640, "data.patch.factor": 8, "data.patch.downsample": "nearest",
     "data.patch.stride_range": [160, 320], "data.patch.max_angle": 180, "data.patch.rot90": False,
@@ -197,7 +197,7 @@ def test_paper_ipsc_notes_say_truly_which_settings_are_the_papers(capsys, tmp_pa
     assert _paper_mismatches(text, _resolved("paper-ipsc", capsys)) == []
     notes = setting_notes(text)
     assert {key for key, (tag, _) in notes.items() if tag == "rleseg" and key in PAPER_IPSC} == {
-        "model.start_geometry", "model.pretrained", "model.dropout"}  # the paper's that rleseg does not give
+        "model.start_geometry", "model.pretrained"}  # the paper's that rleseg does not give
     # The vocabulary has no key: the note on the tokenizer section gives both sizes.
     assert notes["tokenizer"][0] == "rleseg" and "8,000" in notes["tokenizer"][1]
     assert f"{build_tokenizer(load_config('paper-ipsc')).vocab.size:,}" in notes["tokenizer"][1]

@@ -184,3 +184,18 @@ def test_small_model_overfits_four_images_exactly(scheme, starts):
     images = torch.rand(4, 3, 64, 64)
     model = create_model(micro_config(dim=64, mlp_dim=128), tokenizer)
     overfit_exactly(model, images, targets, masks)
+
+
+def test_attention_dropout_is_its_own_rate():
+    """model.attention_dropout drops attention weights at its own rate (the paper: none), the rest at
+    model.dropout; unset, attention weights take model.dropout too."""
+    from rleseg.models.layers import Attention
+
+    tokenizer = Tokenizer((8, 8), 3)
+    for rates, expected in (({}, {0.1}), ({"attention_dropout": 0.0}, {0.0})):
+        model = create_model(micro_config(dropout=0.1, **rates), tokenizer)
+        attention = [m for m in model.modules() if isinstance(m, Attention)]
+        assert attention and {m.dropout for m in attention} == expected
+        assert {m.resid_dropout.p for m in attention} == {0.1}
+    with pytest.raises(ValueError, match="attention_dropout"):
+        micro_config(attention_dropout=1.5)

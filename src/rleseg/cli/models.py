@@ -133,10 +133,10 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="sample without the token grammar (malformed runs are dropped and counted)")
     parser.add_argument("--max-len", type=positive_int, default=None, metavar="N",
                         help="tokens generated at most per patch (default: the model's max_seq_len)")
-    parser.add_argument("--decoding", choices=("stepwise", "draft"), default="stepwise",
-                        help="greedy decoding: stepwise (a decoder pass per token) or draft (verify the per-cell "
-                        "head's draft of the mask, several tokens a pass, where the model has that head); the same "
-                        "tokens (default: stepwise)")
+    parser.add_argument("--decoding", choices=("stepwise", "draft"), default="draft",
+                        help="greedy decoding: draft (verify the per-cell head's draft of the mask, several tokens "
+                        "a decoder pass, where the model has that head; else step by step) or stepwise (a decoder "
+                        "pass per token); the same tokens (default: draft)")
     parser.add_argument("--token-only", action="store_true",
                         help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
                         "without the boundary refinement")

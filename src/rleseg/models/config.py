@@ -20,6 +20,7 @@ class ModelConfig:
     encoder_layers: int = 6  # transformer layers over the backbone's last map
     decoder_layers: int = 6  # causal decoder layers
     dropout: float = 0.1  # in attention, MLPs and embeddings
+    attention_dropout: float | None = None  # on the attention weights alone; None: ``dropout``
     drop_path: float = 0.1  # stochastic depth of the last layer; earlier layers get linearly less
     max_seq_len: int = 512  # longest token sequence (body + EOS) trained on or generated; also the positions
     # Start tokens carry geometry: their embedding (tied with their output row) is a fixed sin-cos code of
@@ -71,7 +72,7 @@ class ModelConfig:
         check_range(self, 1, None, "image_size", "dim", "heads", "mlp_dim", "decoder_layers", "max_seq_len",
                     "pyramid_stride")
         check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
-        check_range(self, 0, 1, "dropout", "drop_path", "label_smoothing", high_open=True)
+        check_range(self, 0, 1, "dropout", "attention_dropout", "drop_path", "label_smoothing", high_open=True)
         check_range(self, 0, None, "refine_band", "refine_weight", "refine_batch")
         check_range(self, 0, 1, "refine_jitter")
         check_range(self, 0, None, "init_std", low_open=True)

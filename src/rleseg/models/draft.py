@@ -17,6 +17,8 @@ Shapes: R = rows still decoding, K = tokens proposed in a pass, V = vocabulary.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,57 +56,59 @@ def continuation(tokenizer: MaskTokenizer, draft: np.ndarray, cell: int, written
     return tokenizer.encode(flat.reshape(draft.shape, order=tokenizer.order))[written:]
 
 
-def advance_rows(grammar, tokens: np.ndarray, rows: np.ndarray) -> None:
-    """``grammar.advance(tokens)`` for the rows ``rows`` (R,) bool marks; the others keep their state."""
-    kept = {name: getattr(grammar, name)[~rows].copy() for name in grammar.row_state}
-    grammar.advance(tokens)
-    for name, values in kept.items():
-        getattr(grammar, name)[~rows] = values
-
-
-def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.ndarray
+def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.ndarray, step: int = 1
               ) -> tuple[torch.Tensor, np.ndarray]:
     """Each row's proposal from its draft (R, h, w) and grammar state, at most ``room`` (R,) tokens ->
-    ((R, K) int64 padded with PAD, (R,) lengths). A proposal stops where the pass's own last token ends a
-    run, so that the next pass starts at a run boundary, where a draft is read best."""
+    ((R, K) int64 padded with PAD, (R,) lengths). A proposal stops where the pass's own last token (its
+    ``step`` own tokens: a whole run with the run step) ends a run, so that the next pass starts at a run
+    boundary, where a draft is read best."""
     fmt = grammar.run_format
     per_run, two_d = fmt.tokens_per_run, fmt.slots[0] == "coord"
     rows = []
     for draft, slot, start, free, limit in zip(drafts, grammar.slot, grammar.start, grammar.free, room, strict=True):
-        if two_d and slot == 1:  # a 2-D start half written: its cell is not known yet
+        if limit <= 0 or (two_d and slot == 1):  # no room, or a 2-D start half written: its cell is not known yet
             rows.append(np.zeros(0, np.int64))
             continue
         chose_end = free - start < fmt.max_run  # a run cut at max_run goes on in the next one
         tokens = continuation(tokenizer, draft, int(start) if slot else int(free), int(slot), bool(chose_end))
         whole = min(int(limit), MAX_DRAFT)
-        whole -= (slot + whole + 1) % per_run  # the pass's own token then closes a run
+        whole -= (slot + whole + step) % per_run  # the pass's own token(s) then close a run
         rows.append(tokens[: max(whole, 0)] if len(tokens) > whole else tokens)
     lengths = np.array([len(r) for r in rows], np.int64)
-    out = np.full((len(rows), int(lengths.max(initial=0))), PAD, np.int64)
+    width = -(-int(lengths.max(initial=0)) // step) * step  # whole decoder positions: EOS then PAD, a run step's
+    out = np.full((len(rows), width), PAD, np.int64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return torch.from_numpy(out), lengths
 
 
 def replay(grammar, proposed: np.ndarray, lengths: np.ndarray, remaining: np.ndarray
-           ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Feed the proposals (R, K) to ``grammar`` (lengths (R,); ``remaining`` (R,) tokens of budget) ->
-    ((R, K + 1, V) the tokens allowed after each proposed prefix, the grammar's row state there). Past a
-    row's proposal it takes the first token allowed (its outputs there are not read)."""
-    allowed, states = [], []
-    for i in range(proposed.shape[1] + 1):
-        allowed.append(grammar.allowed(remaining - i))
-        states.append({name: getattr(grammar, name).copy() for name in grammar.row_state})
-        if i < proposed.shape[1]:
-            grammar.advance(np.where(i < lengths, proposed[:, i], allowed[-1].argmax(1)))
-    return np.stack(allowed, axis=1), states
+    ((R, K + 1, V) the tokens allowed after each proposed prefix, {name: (K + 1, R) the grammar's row state
+    there}). A row past its proposal keeps its state (its outputs there are not read). The states are
+    gathered first and the allowed tokens computed once for all of them: one call instead of K + 1."""
+    steps = proposed.shape[1] + 1
+    states = {name: [] for name in grammar.row_state}
+    for i in range(steps):
+        grammar.check_budget(remaining - i)  # an EOS the budget forces is a truncation
+        for name, kept in states.items():
+            kept.append(getattr(grammar, name).copy())
+        if i < steps - 1:
+            grammar.advance(proposed[:, i], rows=i < lengths)
+    states = {name: np.stack(kept) for name, kept in states.items()}
+    every = copy.copy(grammar)  # the grammar at each proposed prefix of each row, flat: (K + 1) * R rows
+    for name, values in states.items():
+        setattr(every, name, values.reshape(-1))
+    allowed = every.allowed((remaining[None] - np.arange(steps)[:, None]).reshape(-1))
+    return allowed.reshape(steps, len(proposed), -1).swapaxes(0, 1), states
 
 
-def restore(grammar, states: list[dict[str, np.ndarray]], taken: np.ndarray) -> None:
+def restore(grammar, states: dict[str, np.ndarray], taken: np.ndarray) -> None:
     """Each row of ``grammar`` back to its state after ``taken`` (R,) of its proposed tokens."""
     rows = np.arange(len(taken))
-    for name in grammar.row_state:
-        setattr(grammar, name, np.stack([s[name] for s in states])[taken, rows])
+    for name, values in states.items():
+        setattr(grammar, name, values[taken, rows])
 
 
 def agreed(own: torch.Tensor, proposed: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,27 +125,30 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
     """Greedy decoding under the grammar of ``model`` (a one-sequence-per-image token model) over its
     :class:`~rleseg.models.pix2seq.Encoded` images, drafted by ``drafts`` (B, h, w) label maps on the mask
     grid; see the module doc. Any draft gives the same tokens; a good one, fewer passes."""
-    tokenizer, max_len = model.tokenizer, options.length_for(model.config.max_seq_len)
+    tokenizer, max_len, step = model.tokenizer, options.length_for(model.config.max_seq_len), model.tokens_per_step
     batch, device = len(encoded.memory), encoded.memory.device
     grammar = tokenizer.grammar(batch)
-    cache = model.new_cache(encoded, max_len + MAX_DRAFT + 1)  # short drafts pad past max_len: never read
-    tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # first + generated
+    # a decoder position a token, or a run with the run step; short drafts pad past max_len, never read there
+    cache = model.new_cache(encoded, (max_len + MAX_DRAFT) // step + 2)
+    tokens = torch.full((batch, max_len + 2), PAD, dtype=torch.long, device=device)  # first + generated (+ run step)
     tokens[:, 0] = model.first_tokens(batch, device)
-    logprobs = torch.zeros(batch, max_len, device=device)
+    logprobs = torch.zeros(batch, max_len + 1, device=device)
     written = torch.zeros(batch, dtype=torch.long, device=device)
     passes = torch.zeros(batch, dtype=torch.long)
     truncated = torch.zeros(batch, dtype=torch.bool)
-    live = torch.arange(batch, device=device)
-    while len(live):
+    live = torch.arange(batch, device=device)  # the rows encoded, cache and grammar hold
+    active = torch.ones(batch, dtype=torch.bool, device=device)  # of those, the rows still writing
+    while bool(active.any()):
         at = written[live]
-        proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar,
-                                      (max_len - 1 - at).cpu().numpy())
-        inputs = torch.cat([tokens[live, at][:, None], proposed.to(device)], dim=1)  # (R, K + 1)
+        room = torch.where(active, max_len - step - at, 0)
+        proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar, room.cpu().numpy(), step)
         allowed, states_at = replay(grammar, proposed.numpy(), lengths, (max_len - at).cpu().numpy())
-        logits = model.window_logits(inputs, at, encoded, cache)  # (R, K + 1, V)
+        proposed = proposed.to(device)
+        logits, states = model.window_logits(last_input(tokens[live], at, step), proposed, at // step, encoded, cache)
         chosen = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
         own = chosen.argmax(-1)  # (R, K + 1): the model's greedy choice after each proposed prefix
-        taken, ended = agreed(own, proposed.to(device), torch.from_numpy(lengths).to(device))
+        taken, ended = agreed(own, proposed, torch.from_numpy(lengths).to(device))
+        ended |= ~active  # rows that finished write nothing more
         count = taken + (~ended).long()  # the model's own token after them, unless they ended in EOS
         lp = torch.log_softmax(chosen, -1).gather(2, own[..., None])[..., 0]  # (R, K + 1)
         column = torch.arange(own.shape[1], device=device)
@@ -149,15 +156,50 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
         rows = live[:, None].expand_as(own)[write]
         places = (at[:, None] + column)[write]
         tokens[rows, places + 1], logprobs[rows, places] = own[write], lp[write]
-        written[live] += count
         restore(grammar, states_at, taken.cpu().numpy())
-        advance_rows(grammar, own.gather(1, taken[:, None])[:, 0].cpu().numpy(), (~ended).cpu().numpy())
-        passes[live.cpu()] += 1
-        over = torch.from_numpy(grammar.done).to(device) | (written[live] >= max_len)
-        if bool(over.any()):
+        mine = own.gather(1, taken[:, None])[:, 0]  # the model's own token after the proposed ones it took
+        grammar.advance(mine.cpu().numpy(), rows=(~ended).cpu().numpy())
+        if step == 2:  # a pass ends on a whole run: the end of the model's own start, or the PAD after its EOS
+            needs, end, end_lp = own_run_end(model, grammar, encoded, states, taken, mine, ended,
+                                             (max_len - at - count).cpu().numpy())
+            place = at + count
+            tokens[live[needs], place[needs] + 1], logprobs[live[needs], place[needs]] = end[needs], end_lp[needs]
+            count = count + count % 2 * active
+        written[live] += count
+        passes[live[active].cpu()] += 1
+        active = ~torch.from_numpy(grammar.done).to(device) & (written[live] < max_len)
+        if 4 * int((~active).sum()) >= len(live):  # as step by step: rows leave once they are a quarter
             truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-            keep = (~over).nonzero().squeeze(1)
+            keep = active.nonzero().squeeze(1)
             grammar.select(keep.cpu().numpy())
-            live, encoded, cache = live[keep], encoded.select(keep), cache.select(keep)
-    width = int(written.max())
+            live, active, encoded, cache = live[keep], active[keep], encoded.select(keep), cache.select(keep)
+    truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
+    width = min(int(written.max()), max_len)
     return Generation(tokens[:, 1 : width + 1].cpu(), logprobs[:, :width].cpu(), truncated, passes)
+
+
+def last_input(tokens: torch.Tensor, at: torch.Tensor, step: int) -> torch.Tensor:
+    """Each row's decoder input before its proposals, from its tokens (R, 1 + generated) with ``at`` (R,)
+    generated: its last token (R, 1), or with the run step (``step`` 2) its last run as a pair (R, 1, 2),
+    (first token, PAD) before any (models/run_step.py lays run pairs out so)."""
+    rows = torch.arange(len(at), device=at.device)
+    if step == 1:
+        return tokens[rows, at][:, None]
+    pair = torch.stack([tokens[rows, (at - 1).clamp(min=0)], tokens[rows, at]], 1)
+    first = F.pad(tokens[:, :1], (0, 1), value=PAD)
+    return torch.where((at == 0)[:, None], first, pair)[:, None]
+
+
+def own_run_end(model, grammar, encoded, states: torch.Tensor, taken: torch.Tensor, mine: torch.Tensor,
+                ended: torch.Tensor, remaining: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With the run step: where the model's own token ``mine`` (R,) after the ``taken`` proposed tokens is a
+    start (not EOS), its end, chosen as a step chooses it: from the decoder state of that position (``states``
+    (R, P, D) of the pass) and the start, under the ``grammar`` (advanced by the start; it takes the end) ->
+    ((R,) bool rows that write an end, (R,) the end, (R,) its log-probability)."""
+    needs = (taken % 2 == 0) & ~ended & (mine != EOS)
+    rows = torch.arange(len(taken), device=taken.device)
+    logits = model.next_logits(states[rows, taken // 2][:, None], mine[:, None], encoded, None)  # (R, V)
+    chosen = logits.masked_fill(~torch.from_numpy(grammar.allowed(remaining)).to(logits.device), float("-inf"))
+    end = chosen.argmax(-1)
+    grammar.advance(end.cpu().numpy(), rows=needs.cpu().numpy())
+    return needs, end, torch.log_softmax(chosen, -1).gather(1, end[:, None])[:, 0]

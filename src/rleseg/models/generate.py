@@ -62,11 +62,11 @@ class DecodingOptions:
     constrained: bool = True  # only tokens the tokenizer's grammar allows: every sequence decodes strictly
     max_len: int | None = None  # tokens generated at most per sequence; None = the model's max_seq_len
     use_cache: bool = True  # the decoder's key-value cache: changes the speed, never a token
-    # "stepwise": one decoder pass per token (per run with model.run_step). "draft": greedy decoding under the
-    # grammar verifies the per-cell head's draft of the mask, several tokens a decoder pass (models/draft.py),
-    # where the model has that head; the same tokens, about a third of the passes, not yet faster on a CPU
-    # (docs/results.md), hence not the default.
-    method: Literal["stepwise", "draft"] = "stepwise"
+    # "draft": greedy decoding under the grammar verifies the per-cell head's draft of the mask, several tokens a
+    # decoder pass (models/draft.py), where the model has that head (model.aux_dense_weight > 0); else, and for
+    # sampling, it is step by step. "stepwise": one decoder pass per token (per run with model.run_step). The
+    # same tokens either way; drafting takes a fifth to a third of the passes (docs/results.md).
+    method: Literal["stepwise", "draft"] = "draft"
     # Models with a refiner (model.refine_band > 0): redraw the decoded mask's boundary band at full
     # resolution; false gives the token-only mask (upsampled nearest), to compare both on one checkpoint.
     refine: bool = True

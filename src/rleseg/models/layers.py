@@ -16,7 +16,12 @@ from torch import nn
 
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode inside the block, back in the mode it was in after."""
+    """``module`` in eval mode inside the block, back in the mode it was in after. A module already in eval
+    mode is left as it is (its submodules are assumed to be too): switching walks every submodule, about 4 ms
+    a call on the tiny model, twice a predicted batch."""
+    if not module.training:
+        yield module
+        return
     was_training = module.training
     module.eval()
     try:
@@ -75,9 +80,10 @@ class KVCache:
 class Attention(nn.Module):
     """Multi-head attention; self-attention (optionally causal, with a KV cache) or cross-attention."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float | None = None):
+        """``dropout``: on the output; ``attention_dropout``: on the attention weights (None: ``dropout``)."""
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dropout = heads, dropout if attention_dropout is None else attention_dropout
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -125,10 +131,11 @@ class Attention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float,
+                 attention_dropout: float | None = None):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, attention_dropout)
         self.mlp = MLP(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
 
@@ -138,11 +145,12 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float,
+                 attention_dropout: float | None = None):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, heads, dropout)
-        self.cross_attn = Attention(dim, heads, dropout)
+        self.self_attn = Attention(dim, heads, dropout, attention_dropout)
+        self.cross_attn = Attention(dim, heads, dropout, attention_dropout)
         self.mlp = MLP(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
 

@@ -38,7 +38,8 @@ class Encoder(nn.Module):
         self.input_proj = nn.Linear(self.backbone.channels, c.dim)
         self.dropout = nn.Dropout(c.dropout)
         rates = torch.linspace(0, c.drop_path, c.encoder_layers).tolist()
-        self.layers = nn.ModuleList(EncoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r) for r in rates)
+        self.layers = nn.ModuleList(EncoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r, c.attention_dropout)
+                                    for r in rates)
         self.ln = nn.LayerNorm(c.dim)
         # Projection to the decoder (positions added again so cross-attention sees where each cell is).
         self.out_proj = nn.Linear(c.dim, c.dim)
@@ -97,7 +98,8 @@ class Decoder(nn.Module):
         self.pos_embedding = nn.Parameter(torch.randn(c.max_seq_len, c.dim) * c.init_std)
         self.dropout = nn.Dropout(c.dropout)
         rates = torch.linspace(0, c.drop_path, c.decoder_layers).tolist()
-        self.layers = nn.ModuleList(DecoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r) for r in rates)
+        self.layers = nn.ModuleList(DecoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, r, c.attention_dropout)
+                                    for r in rates)
         self.ln = nn.LayerNorm(c.dim)
         self.heads = c.heads
 

@@ -82,10 +82,11 @@ class FusionLayer(EncoderLayer):
     """Middle fusion's last encoder layer: the image EncoderLayer with cross-attention to the other
     frames between its self-attention and its MLP."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
-        super().__init__(dim, heads, mlp_dim, dropout, drop_path)
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float,
+                 attention_dropout: float | None = None):
+        super().__init__(dim, heads, mlp_dim, dropout, drop_path, attention_dropout)
         self.ln_query, self.ln_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.cross_attn = Attention(dim, heads, dropout)
+        self.cross_attn = Attention(dim, heads, dropout, attention_dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, n, D) reference-frame tokens, context (B, M, D) other frames' tokens -> (B, n, D).
@@ -162,7 +163,8 @@ class MiddleFusionEncoder(WindowEncoder):
         super().__init__(config, frames, reference_frame)
         if frames > 1:
             c = config
-            self.layers[-1] = FusionLayer(c.dim, c.heads, c.mlp_dim, c.dropout, self.layers[-1].drop_path.p)
+            self.layers[-1] = FusionLayer(c.dim, c.heads, c.mlp_dim, c.dropout, self.layers[-1].drop_path.p,
+                                          c.attention_dropout)
 
     def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         x, pos, maps = self.frame_tokens(images)  # (B, N, n, D)

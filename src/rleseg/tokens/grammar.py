@@ -66,42 +66,53 @@ class ImageGrammar:
         self.start = np.zeros(batch_size, dtype=np.int64)  # start of the run being written
         self.major = np.zeros(batch_size, dtype=np.int64)  # 2-D starts: major coordinate just chosen
         self._values = {name: np.arange(r.size) + r.offset for name, r in run_format.vocab.ranges.items()}
+        self._after_end = {name: values % run_format.num_pixels + 1 for name, values in self._values.items()}
 
     def allowed(self, steps_left: int) -> np.ndarray:
         fmt, vocab = self.run_format, self.run_format.vocab
-        k, (n_major, n_minor) = fmt.tokens_per_run, fmt.grid
         out = np.zeros((len(self.done), vocab.size), dtype=bool)
-        boundary = (self.slot == 0) & ~self.done
         out[:, PAD] = self.done
-        out[:, EOS] = boundary
-        could_start = boundary & (self.free < self.stop)
-        can_start = could_start & (steps_left >= k + 1)
-        self.budget_stops = could_start & ~can_start
-        room = np.minimum(fmt.max_run, self.stop - self.start)[:, None]  # longest run allowed
-        for slot, name in enumerate(fmt.slots):
-            here = ((self.slot == slot) & ~self.done)[:, None]
-            if slot == 0:
-                here = can_start[:, None]
-            values = self._values[name][None, :]
-            if name == "start":
-                ok = (values >= self.free[:, None]) & (values < self.stop[:, None])
-            elif name == "coord" and slot == 0:
-                ok = (values >= (self.free // n_minor)[:, None]) & (values < n_major)
-            elif name == "coord":
-                first_row = self.major == self.free // n_minor
-                ok = (values >= np.where(first_row, self.free % n_minor, 0)[:, None]) & (values < n_minor)
-            elif name == "length":
-                ok = values <= room
-            elif name == "lac":
-                ok = (values - 1) % fmt.max_run + 1 <= room
-            elif name in ("end", "end_class"):  # the run's last cell: from its start, at most ``room`` cells
-                length = values % fmt.num_pixels + 1 - self.start[:, None]
-                ok = (length >= 1) & (length <= room)
-            else:  # class: every foreground class
-                ok = np.ones_like(values, dtype=bool)
-            span = vocab[name]
-            out[:, span.first : span.stop] |= here & ok
+        out[:, EOS] = (self.slot == 0) & ~self.done
+        can_start = self.check_budget(steps_left)
+        for slot, name in enumerate(fmt.slots):  # each row is at one slot: only its range is computed
+            rows = np.flatnonzero(can_start if slot == 0 else (self.slot == slot) & ~self.done)
+            if rows.size:
+                span = vocab[name]
+                out[rows, span.first : span.stop] = self._slot_allowed(slot, name, rows)
         return out
+
+    def _slot_allowed(self, slot: int, name: str, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), size of the slot's range) bool: the values of slot ``slot`` (named ``name``) that the
+        rows ``rows`` (int indices, all at that slot) may write."""
+        fmt, (n_major, n_minor) = self.run_format, self.run_format.grid
+        free, start = self.free[rows, None], self.start[rows, None]
+        room = np.minimum(fmt.max_run, self.stop[rows, None] - start)  # longest run allowed
+        values = self._values[name][None, :]
+        if name == "start":
+            return (values >= free) & (values < self.stop[rows, None])
+        if name == "coord" and slot == 0:
+            return (values >= free // n_minor) & (values < n_major)
+        if name == "coord":
+            first_row = self.major[rows, None] == free // n_minor
+            return (values >= np.where(first_row, free % n_minor, 0)) & (values < n_minor)
+        if name == "length":
+            return values <= room
+        if name == "lac":
+            return (values - 1) % fmt.max_run + 1 <= room
+        if name in ("end", "end_class"):  # the run's last cell: from its start, at most ``room`` cells
+            after = self._after_end[name][None, :]  # the cell after each value's end
+            return (after > start) & (after <= start + room)
+        return np.ones((len(rows), values.shape[1]), dtype=bool)  # class: every foreground class
+
+    def check_budget(self, steps_left: int | np.ndarray) -> np.ndarray:
+        """(B,) bool, the rows that may start a run with ``steps_left`` tokens of budget (this one included);
+        notes in ``budget_stops`` the rows that could but for the budget (their EOS then is a truncation).
+        :meth:`allowed` calls it; draft verification (models/draft.py) calls it alone where it needs no
+        allowed tokens."""
+        could_start = (self.slot == 0) & ~self.done & (self.free < self.stop)
+        can_start = could_start & (steps_left >= self.run_format.tokens_per_run + 1)
+        self.budget_stops = could_start & ~can_start
+        return can_start
 
     def candidates(self) -> tuple[list[tuple[int, int]], np.ndarray | None] | None:
         """See the module docstring. Each live row writes one slot of a run (EOS comes only between runs):
@@ -124,8 +135,10 @@ class ImageGrammar:
             ids[self.slot != slot] = EOS  # rows writing another slot: their ranges are among the spans
         return spans, ids
 
-    def advance(self, tokens: np.ndarray) -> None:
-        tokens, live = finish(self, tokens)
+    def advance(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Feed ``tokens`` (B,); with ``rows`` (B,) bool, only those rows take theirs and the others keep
+        their state (draft verification, models/draft.py, feeds proposals of different lengths)."""
+        tokens, live = finish(self, tokens, rows)
         for slot_name, rows, value in slot_values(self, tokens, live):
             if slot_name in ("start", "coord"):
                 record_start(self, slot_name, rows, value)
@@ -149,12 +162,12 @@ def select_rows(state, rows: np.ndarray) -> None:
         setattr(state, name, getattr(state, name)[rows])
 
 
-def finish(state, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def finish(state, tokens: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mark the sequences whose token is EOS done (and truncated where the last ``allowed`` call found
     the budget too short for another run); (tokens as int64, (B,) rows whose token continues a
-    sequence)."""
+    sequence). ``rows``: (B,) bool, the rows that take a token (default all)."""
     tokens = np.asarray(tokens, dtype=np.int64)
-    live = ~state.done
+    live = ~state.done if rows is None else ~state.done & rows
     ends = live & (tokens == EOS)
     state.truncated = state.truncated | (ends & state.budget_stops)
     state.done = state.done | ends
