@@ -38,14 +38,10 @@ def assert_same_generation(a, b) -> None:
     assert torch.equal(a.truncated, b.truncated)
 
 
-RUN_STEP = ("lac ends", "binary ends")  # the tokenizers whose runs are a start and an end: model.run_step's
-
-
-@pytest.mark.parametrize("name", [*TOKENIZERS, *(f"{name}, run step" for name in RUN_STEP)])
+@pytest.mark.parametrize("name", TOKENIZERS)
 @pytest.mark.parametrize("max_len", [None, 9, 23])
 def test_drafted_generation_is_stepwise_greedy(name, max_len):
-    name, run_step = name.removesuffix(", run step"), name.endswith(", run step")
-    model = drafted_model(TOKENIZERS[name](), run_step=run_step)
+    model = drafted_model(TOKENIZERS[name]())
     images = variant_images(model.tokenizer)
     assert model.drafts(DecodingOptions()) and not model.drafts(DecodingOptions(method="stepwise"))  # the default
     stepwise = model.generate(images, method="stepwise", max_len=max_len)
@@ -81,27 +77,6 @@ def test_any_draft_gives_the_same_tokens_and_a_right_one_few_passes(name):
     assert own.any() and torch.equal(drafted.passes[own], -(-tokens[own] // per_pass))
 
 
-@pytest.mark.parametrize("name", RUN_STEP)
-def test_run_step_drafts_whole_runs_a_pass(name):
-    """With the run step a pass reads proposed runs as pairs and writes a whole run of its own: any draft gives
-    step-by-step's tokens, a right one far fewer passes than its one a run."""
-    tokenizer = TOKENIZERS[name]()
-    model = drafted_model(tokenizer, seed=2, run_step=True)
-    images = variant_images(tokenizer)
-    stepwise = model.generate(images, method="stepwise")
-    right = np.stack([tokenizer.decode(row, errors="strict") for row in stepwise.tokens.numpy()])
-    noise = np.random.default_rng(0).integers(0, tokenizer.num_classes, right.shape)
-    with torch.no_grad():
-        encoded = model.encode(images)
-        drafted = {}
-        for label, drafts in (("right", right), ("noise", noise), ("empty", np.zeros_like(right))):
-            drafted[label] = verify(model, encoded, drafts, DecodingOptions())
-            assert_same_generation(stepwise, drafted[label])
-    runs = -(-(stepwise.tokens != 0).sum(1) // 2)  # a step a run, EOS's included
-    assert torch.equal(stepwise.passes, runs) and runs.sum() > 3 * len(images)
-    assert drafted["right"].passes.sum() * 2 < runs.sum()
-
-
 def test_continuation_starts_where_the_sequence_stands():
     tok = Tokenizer((2, 5), 3, "lac", extent="end")
     draft = np.array([[1, 1, 0, 2, 2], [0, 0, 1, 1, 1]])
@@ -127,8 +102,8 @@ def test_drafts_only_where_greedy_under_the_grammar_with_a_per_cell_head():
         assert not model.drafts(DecodingOptions(**{"method": "draft", **off})), off
     no_head = create_model(micro_config(), Tokenizer((6, 10), 3, extent="end"))
     bands = drafted_model(BandTokenizer((6, 10), 3, extent="end", bands=3))
-    assert not any(m.drafts(DecodingOptions(method="draft")) for m in (no_head, bands))
-    assert drafted_model(Tokenizer((6, 10), 3, extent="end"), run_step=True).drafts(DecodingOptions())
+    run_step = drafted_model(Tokenizer((6, 10), 3, extent="end"), run_step=True)
+    assert not any(m.drafts(DecodingOptions(method="draft")) for m in (no_head, bands, run_step))
     with pytest.raises(ValueError, match="method"):
         DecodingOptions(method="beam")
 

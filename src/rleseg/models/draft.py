@@ -56,12 +56,11 @@ def continuation(tokenizer: MaskTokenizer, draft: np.ndarray, cell: int, written
     return tokenizer.encode(flat.reshape(draft.shape, order=tokenizer.order))[written:]
 
 
-def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.ndarray, step: int = 1
+def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.ndarray
               ) -> tuple[torch.Tensor, np.ndarray]:
     """Each row's proposal from its draft (R, h, w) and grammar state, at most ``room`` (R,) tokens ->
-    ((R, K) int64 padded with PAD, (R,) lengths). A proposal stops where the pass's own last token (its
-    ``step`` own tokens: a whole run with the run step) ends a run, so that the next pass starts at a run
-    boundary, where a draft is read best."""
+    ((R, K) int64 padded with PAD, (R,) lengths). A proposal stops where the pass's own last token ends a
+    run, so that the next pass starts at a run boundary, where a draft is read best."""
     fmt = grammar.run_format
     per_run, two_d = fmt.tokens_per_run, fmt.slots[0] == "coord"
     rows = []
@@ -72,11 +71,10 @@ def proposals(tokenizer: MaskTokenizer, drafts: np.ndarray, grammar, room: np.nd
         chose_end = free - start < fmt.max_run  # a run cut at max_run goes on in the next one
         tokens = continuation(tokenizer, draft, int(start) if slot else int(free), int(slot), bool(chose_end))
         whole = min(int(limit), MAX_DRAFT)
-        whole -= (slot + whole + step) % per_run  # the pass's own token(s) then close a run
+        whole -= (slot + whole + 1) % per_run  # the pass's own token then closes a run
         rows.append(tokens[: max(whole, 0)] if len(tokens) > whole else tokens)
     lengths = np.array([len(r) for r in rows], np.int64)
-    width = -(-int(lengths.max(initial=0)) // step) * step  # whole decoder positions: EOS then PAD, a run step's
-    out = np.full((len(rows), width), PAD, np.int64)
+    out = np.full((len(rows), int(lengths.max(initial=0))), PAD, np.int64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return torch.from_numpy(out), lengths
@@ -125,14 +123,13 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
     """Greedy decoding under the grammar of ``model`` (a one-sequence-per-image token model) over its
     :class:`~rleseg.models.pix2seq.Encoded` images, drafted by ``drafts`` (B, h, w) label maps on the mask
     grid; see the module doc. Any draft gives the same tokens; a good one, fewer passes."""
-    tokenizer, max_len, step = model.tokenizer, options.length_for(model.config.max_seq_len), model.tokens_per_step
+    tokenizer, max_len = model.tokenizer, options.length_for(model.config.max_seq_len)
     batch, device = len(encoded.memory), encoded.memory.device
     grammar = tokenizer.grammar(batch)
-    # a decoder position a token, or a run with the run step; short drafts pad past max_len, never read there
-    cache = model.new_cache(encoded, (max_len + MAX_DRAFT) // step + 2)
-    tokens = torch.full((batch, max_len + 2), PAD, dtype=torch.long, device=device)  # first + generated (+ run step)
+    cache = model.new_cache(encoded, max_len + MAX_DRAFT + 1)  # short drafts pad past max_len: never read
+    tokens = torch.full((batch, max_len + 1), PAD, dtype=torch.long, device=device)  # first + generated
     tokens[:, 0] = model.first_tokens(batch, device)
-    logprobs = torch.zeros(batch, max_len + 1, device=device)
+    logprobs = torch.zeros(batch, max_len, device=device)
     written = torch.zeros(batch, dtype=torch.long, device=device)
     passes = torch.zeros(batch, dtype=torch.long)
     truncated = torch.zeros(batch, dtype=torch.bool)
@@ -140,11 +137,11 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
     active = torch.ones(batch, dtype=torch.bool, device=device)  # of those, the rows still writing
     while bool(active.any()):
         at = written[live]
-        room = torch.where(active, max_len - step - at, 0)
-        proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar, room.cpu().numpy(), step)
+        room = torch.where(active, max_len - 1 - at, 0)
+        proposed, lengths = proposals(tokenizer, drafts[live.cpu().numpy()], grammar, room.cpu().numpy())
         allowed, states_at = replay(grammar, proposed.numpy(), lengths, (max_len - at).cpu().numpy())
         proposed = proposed.to(device)
-        logits, states = model.window_logits(last_input(tokens[live], at, step), proposed, at // step, encoded, cache)
+        logits = model.window_logits(torch.cat([tokens[live, at][:, None], proposed], 1), at, encoded, cache)
         chosen = logits.masked_fill(~torch.from_numpy(allowed).to(device), float("-inf"))
         own = chosen.argmax(-1)  # (R, K + 1): the model's greedy choice after each proposed prefix
         taken, ended = agreed(own, proposed, torch.from_numpy(lengths).to(device))
@@ -159,12 +156,6 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
         restore(grammar, states_at, taken.cpu().numpy())
         mine = own.gather(1, taken[:, None])[:, 0]  # the model's own token after the proposed ones it took
         grammar.advance(mine.cpu().numpy(), rows=(~ended).cpu().numpy())
-        if step == 2:  # a pass ends on a whole run: the end of the model's own start, or the PAD after its EOS
-            needs, end, end_lp = own_run_end(model, grammar, encoded, states, taken, mine, ended,
-                                             (max_len - at - count).cpu().numpy())
-            place = at + count
-            tokens[live[needs], place[needs] + 1], logprobs[live[needs], place[needs]] = end[needs], end_lp[needs]
-            count = count + count % 2 * active
         written[live] += count
         passes[live[active].cpu()] += 1
         active = ~torch.from_numpy(grammar.done).to(device) & (written[live] < max_len)
@@ -174,32 +165,5 @@ def verify(model, encoded, drafts: np.ndarray, options: DecodingOptions) -> Gene
             grammar.select(keep.cpu().numpy())
             live, active, encoded, cache = live[keep], active[keep], encoded.select(keep), cache.select(keep)
     truncated[live.cpu()] = torch.from_numpy(grammar.truncated)
-    width = min(int(written.max()), max_len)
+    width = int(written.max())
     return Generation(tokens[:, 1 : width + 1].cpu(), logprobs[:, :width].cpu(), truncated, passes)
-
-
-def last_input(tokens: torch.Tensor, at: torch.Tensor, step: int) -> torch.Tensor:
-    """Each row's decoder input before its proposals, from its tokens (R, 1 + generated) with ``at`` (R,)
-    generated: its last token (R, 1), or with the run step (``step`` 2) its last run as a pair (R, 1, 2),
-    (first token, PAD) before any (models/run_step.py lays run pairs out so)."""
-    rows = torch.arange(len(at), device=at.device)
-    if step == 1:
-        return tokens[rows, at][:, None]
-    pair = torch.stack([tokens[rows, (at - 1).clamp(min=0)], tokens[rows, at]], 1)
-    first = F.pad(tokens[:, :1], (0, 1), value=PAD)
-    return torch.where((at == 0)[:, None], first, pair)[:, None]
-
-
-def own_run_end(model, grammar, encoded, states: torch.Tensor, taken: torch.Tensor, mine: torch.Tensor,
-                ended: torch.Tensor, remaining: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """With the run step: where the model's own token ``mine`` (R,) after the ``taken`` proposed tokens is a
-    start (not EOS), its end, chosen as a step chooses it: from the decoder state of that position (``states``
-    (R, P, D) of the pass) and the start, under the ``grammar`` (advanced by the start; it takes the end) ->
-    ((R,) bool rows that write an end, (R,) the end, (R,) its log-probability)."""
-    needs = (taken % 2 == 0) & ~ended & (mine != EOS)
-    rows = torch.arange(len(taken), device=taken.device)
-    logits = model.next_logits(states[rows, taken // 2][:, None], mine[:, None], encoded, None)  # (R, V)
-    chosen = logits.masked_fill(~torch.from_numpy(grammar.allowed(remaining)).to(logits.device), float("-inf"))
-    end = chosen.argmax(-1)
-    grammar.advance(end.cpu().numpy(), rows=needs.cpu().numpy())
-    return needs, end, torch.log_softmax(chosen, -1).gather(1, end[:, None])[:, 0]

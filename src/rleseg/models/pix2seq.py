@@ -236,12 +236,13 @@ class Pix2Seq(nn.Module):
 
     def drafts(self, options: DecodingOptions) -> bool:
         """Whether generation with ``options`` verifies drafts (models/draft.py): greedy decoding under the
-        grammar with the cache, ``method`` "draft", a per-cell head to draft with and one sequence an image of a
-        semantic tokenizer (with the run step too); otherwise it is step by step (the same tokens)."""
+        grammar with the cache, ``method`` "draft", a per-cell head to draft with, one token a step and one
+        sequence an image of a semantic tokenizer; otherwise it is step by step (the same tokens). With the run
+        step drafting halved the passes but was slower on the CPU (docs/results.md): it decodes a run a step."""
         o = options
         greedy = o.method == "draft" and o.temperature == 0 and o.constrained and o.use_cache
         image = self.tokenizer.task == "semantic" and len(self.tokenizer.prompts) == 1
-        return greedy and image and self.cell_head is not None
+        return greedy and image and self.cell_head is not None and self.run_step is None
 
     @property
     def tokens_per_step(self) -> int:
@@ -274,24 +275,12 @@ class Pix2Seq(nn.Module):
             return self.decoder(embedded, encoded.memory)[:, -1:]
         return self.decoder(embedded, cache=cache, pos=step)
 
-    def window_logits(self, last: torch.Tensor, proposed: torch.Tensor, pos: torch.Tensor, encoded: Encoded,
-                      cache: DecoderCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft verification's decoder pass (models/draft.py): each row's last input, (R, 1) token or with the
-        run step (R, 1, 2) run pair, then its proposed tokens (R, K) (whole runs with the run step), row r's at
-        decoder positions pos[r] on, through the ``cache`` (which then holds them) -> (logits (R, K + 1, V)
-        float32 of the token after each proposed prefix, teacher-forced as a step would see it (a run's end
-        from its proposed start); the decoder states (R, K / tokens_per_step + 1, D))."""
-        rows_of = self.decoder.rows_of
-        if self.run_step is None:
-            states = self.decoder(rows_of(encoded.table, torch.cat([last, proposed], 1)), cache=cache, pos=pos)
-            return self.decoder.logits(states, encoded.table).float(), states
-        pairs = torch.cat([last, proposed.view(len(proposed), -1, 2)], 1)  # (R, K / 2 + 1, 2)
-        states = self.decoder(self.run_step.embed(rows_of(encoded.table, pairs)), cache=cache, pos=pos)
-        starts = self.decoder.logits(states, encoded.table)  # (R, K / 2 + 1, V)
-        ends = self.decoder.logits(self.run_step.end_states(states[:, :-1], rows_of(encoded.table, proposed[:, 0::2])),
-                                   encoded.table)  # (R, K / 2, V)
-        logits = torch.cat([torch.stack([starts[:, :-1], ends], 2).flatten(1, 2), starts[:, -1:]], 1)
-        return logits.float(), states
+    def window_logits(self, inputs: torch.Tensor, pos: torch.Tensor, encoded: Encoded, cache: DecoderCache
+                      ) -> torch.Tensor:
+        """Logits (R, T, V) float32 of the token after each of ``inputs`` (R, T), row r's at positions pos[r]
+        .. pos[r]+T-1, in one decoder pass through the ``cache`` (which then holds them): draft verification."""
+        states = self.decoder(self.decoder.rows_of(encoded.table, inputs), cache=cache, pos=pos)
+        return self.decoder.logits(states, encoded.table).float()
 
     def next_logits(self, states: torch.Tensor, written: torch.Tensor, encoded: Encoded, columns: tuple | None
                     ) -> torch.Tensor:
