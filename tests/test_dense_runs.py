@@ -74,7 +74,8 @@ def test_token_settings_at_their_defaults_are_accepted():
 
 def test_a_token_config_made_dense_leaves_its_token_settings_out():
     token = load_config("stardist-tiny")
-    assert token_settings(token) == {"model.refine_band": 1, "model.refine_batch": 4, "tokenizer.extent": "end"}
+    assert token_settings(token) == {"model.refine_band": 1, "model.refine_batch": 4, "model.aux_dense_weight": 1.0,
+                                     "tokenizer.extent": "end"}
     dense = load_config("stardist-tiny", ["model.architecture=dense"])
     assert token_settings(dense) == {} and "refine_band" not in dense.model and dense.tokenizer.extent == "length"
     assert dense.data == token.data and dense.train == token.train  # everything else is the token config's
