@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_draft import differing
 
 from rleseg.experiment import build_datasets, load_config
 from rleseg.inference import InferenceOptions, Predictor
@@ -73,12 +74,6 @@ def measure(predictor: Predictor, images: list[np.ndarray]) -> dict:
     return {"seconds": seconds, "images": len(images), "patches": patches, "tokens": tokens,
             "invalid_runs": sum(p.invalid_runs for p in predictions), "passes": sum(p.passes for p in predictions),
             "rows": [row for p in predictions for row in p.tokens]}
-
-
-def differing(a: list[np.ndarray], b: list[np.ndarray]) -> int:
-    """Tokens of ``b`` that differ from ``a`` at their position (a length difference counts as its tokens)."""
-    return sum(int((x[: min(len(x), len(y))] != y[: min(len(x), len(y))]).sum()) + abs(len(x) - len(y))
-               for x, y in zip(a, b, strict=True))
 
 
 def main() -> None:
