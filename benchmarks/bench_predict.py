@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_draft import differing
 
+from bench_draft import differing
 from rleseg.experiment import build_datasets, load_config
 from rleseg.inference import InferenceOptions, Predictor
 from rleseg.models import load_checkpoint
