@@ -96,3 +96,27 @@ def test_grammar_select_matches_a_replayed_grammar(tokenizer):
         grammar.advance(sequences[rows, step])
         replayed.advance(sequences[rows, step])
     assert np.array_equal(grammar.done, replayed.done) and np.array_equal(grammar.truncated, replayed.truncated)
+
+
+@pytest.mark.parametrize("tokenizer", [Tokenizer((6, 10), 3, scheme="lac"), Tokenizer((6, 10), 3, "class", starts="2d"),
+                                       Tokenizer((6, 10), 4, "lac", max_run=7, extent="end")],
+                         ids=["lac", "class 2-D", "lac ends"])
+def test_rows_advance_alone_and_allow_what_they_would_alone(tokenizer):
+    """advance(tokens, rows=) moves only those rows; rows at different slots of a run and with different budgets
+    (as draft verification leaves them) are allowed exactly what each would be alone."""
+    rng, max_len = np.random.default_rng(1), 24
+    sequences = sample_under_grammar(tokenizer, rng, 4, max_len)
+    sequences = np.pad(sequences, ((0, 0), (0, 60)))  # PAD after every end
+    grammar, alone = tokenizer.grammar(4), [tokenizer.grammar(1) for _ in range(4)]
+    at = np.zeros(4, np.int64)  # each row's place in its own sequence
+    for _ in range(60):
+        allowed = grammar.allowed(max_len - at)
+        for i, single in enumerate(alone):
+            assert np.array_equal(allowed[i], single.allowed(max_len - at[i])[0]), f"row {i} at {at[i]}"
+        rows = rng.random(4) < 0.6  # each row takes its next token or waits
+        tokens = sequences[np.arange(4), at]
+        grammar.advance(tokens, rows=rows)
+        for i in np.flatnonzero(rows):
+            alone[i].advance(tokens[i : i + 1])
+        at += rows
+    assert grammar.done.all()  # every row wrote its whole sequence, EOS included
