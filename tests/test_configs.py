@@ -245,10 +245,3 @@ def test_a_frozen_backbone_needs_weights(tmp_path, capsys):
     save_checkpoint(build_model(source, build_tokenizer(source)), tmp_path / "start.safetensors")
     config = load_config("synthetic-tiny", [*tiny, f"model.init_from={tmp_path / 'start.safetensors'}"])
     assert isinstance(build_model(config, build_tokenizer(config)), torch.nn.Module)
-
-
-def test_shuffle_instances_is_for_panoptic_tokenizers():
-    assert load_config("trackastra-panoptic", ["data.patch.shuffle_instances=true"]).data.patch.shuffle_instances
-    with pytest.raises(ConfigError, match=r"^data.patch.shuffle_instances orders the instances of panoptic sequences; "
-                                          r"tokenizer.task is 'semantic'$"):
-        load_config("synthetic-tiny", ["data.patch.shuffle_instances=true"])

@@ -14,7 +14,7 @@ from rleseg.data import (
     window_starts,
 )
 from rleseg.data.patches import random_window_starts
-from rleseg.tokens import PanopticTokenizer, Tokenizer, downsample_mask, upsample_mask
+from rleseg.tokens import Tokenizer, downsample_mask, upsample_mask
 
 PALETTE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=np.float32)
 
@@ -142,25 +142,3 @@ def test_empty_keep_sets_the_share_of_empty_training_patches():
     assert _epochs(_half_empty(0.1), 5)[1] == items  # the replacements depend on (seed, epoch, item) only
     with pytest.raises(ValueError, match="empty_keep must be >= 0 and <= 1"):
         PatchConfig(empty_keep=1.5)
-
-
-def test_shuffle_instances_orders_training_instances_at_random_and_reproducibly():
-    masks = np.zeros((2, 32, 32), np.int64)
-    instances = np.zeros((2, 32, 32), np.int64)
-    for k in range(8):  # eight 4x4 squares a image, one instance each
-        r, c = divmod(k, 4)
-        masks[:, 8 * r + 2 : 8 * r + 6, 8 * c + 2 : 8 * c + 6] = 1
-        instances[:, 8 * r + 2 : 8 * r + 6, 8 * c + 2 : 8 * c + 6] = k + 1
-    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
-    tok = PanopticTokenizer((16, 16), 2, [1])
-
-    def tokens(shuffle: bool, epoch: int = 0) -> list[list[int]]:
-        dataset = ArrayDataset(images, masks, tok, PatchConfig(patch_size=32, factor=2, shuffle_instances=shuffle),
-                               instances=instances)
-        dataset.set_epoch(epoch)
-        return [dataset[i]["tokens"].tolist() for i in range(len(dataset))]
-
-    canonical, shuffled = tokens(False), tokens(True)
-    assert canonical[0] == canonical[1] and shuffled[0] != shuffled[1]  # same patch, each item its own order
-    assert all(sorted(a) == sorted(b) and a != b for a, b in zip(canonical, shuffled, strict=True))
-    assert tokens(True) == shuffled and tokens(True, epoch=1) != shuffled  # drawn from (seed, epoch, item)

@@ -215,9 +215,6 @@ def validate_config(config: ExperimentConfig) -> None:
     _within_limit([(f"the validation's confusion matrix (data.num_classes {classes:,} squared)", 8 * classes**2)])
     config.class_names()
     tokenizer = build_tokenizer(config)
-    if config.data.patch.shuffle_instances and tokenizer.task != "panoptic":
-        raise ConfigError(f"data.patch.shuffle_instances orders the instances of panoptic sequences; tokenizer.task "
-                          f"is {tokenizer.task!r}")
     _within_limit(memory_parts(config, model_config, tokenizer))
     names = metric_names(tokenizer.task)
     if config.eval.best_metric not in names:

@@ -30,8 +30,7 @@ window k of it (modulo its size), so an image yields the same number of items ev
 
 Randomness: the random strides of image i use ``default_rng([seed, epoch, i, 1])``, the augmentation
 of item j ``default_rng([seed, epoch, j, 2])``, the keep-or-replace draws of an empty patch of item j
-``default_rng([seed, epoch, j, 3])``, the order of its instances (``shuffle_instances``) ``default_rng([seed, epoch,
-j, 4])``. Samples depend only on (seed, epoch, index), never on
+``default_rng([seed, epoch, j, 3])``. Samples depend only on (seed, epoch, index), never on
 the worker or rank that loads them, so DataLoader workers, DistributedSampler ranks and a rerun with the
 same seed all see the same samples. Call ``set_epoch(epoch)`` before each epoch (as with
 DistributedSampler) to draw new augmentations; with ``persistent_workers=True`` the workers keep the
@@ -221,8 +220,7 @@ class PatchDataset(Dataset):
 
     def _sample(self, item: int) -> dict:
         item, image, data, box, patch = self._kept_patch(item)
-        shuffle = np.random.default_rng([self.seed, self.epoch, item, 4]) if self.patch.shuffle_instances else None
-        tokens = self.encode(patch, shuffle)
+        tokens = self.encode(patch)
         # Copies: a crop can be a view of the cached image, which a consumer must not be able to change.
         sample = {key: torch.from_numpy(np.array(value)) for key, value in patch.items()}
         sample["image"] = sample["image"].movedim(-1, -3)  # (..., P, P, 3) -> (..., 3, P, P)
@@ -239,19 +237,18 @@ class PatchDataset(Dataset):
         sample.update(data.get("meta", {}))
         return sample
 
-    def encode(self, patch: dict, shuffle: np.random.Generator | None = None) -> np.ndarray:
+    def encode(self, patch: dict) -> np.ndarray:
         """Tokens of one patch: ignored pixels become the fill label 0 (see the module doc).
 
-        A panoptic tokenizer (``task == "panoptic"``) gets ``(semantic, instances)`` and ``shuffle`` (its
-        instances' order, ``patch.shuffle_instances``); any other gets the label map (a video tokenizer: the
-        (N, h, w) window).
+        A panoptic tokenizer (``task == "panoptic"``) gets ``(semantic, instances)``; any other gets
+        the label map (a video tokenizer: the (N, h, w) window).
         """
         small = patch["mask_small"]
         small = np.where(small == self.ignore_index, 0, small)
         if self.tokenizer.task == "panoptic":
             if "instances_small" not in patch:
                 raise ValueError(f"{type(self).__name__} has no instance masks for a panoptic tokenizer")
-            return np.asarray(self.tokenizer.encode(small, patch["instances_small"], shuffle), dtype=np.int64)
+            return np.asarray(self.tokenizer.encode(small, patch["instances_small"]), dtype=np.int64)
         return np.asarray(self.tokenizer.encode(small), dtype=np.int64)
 
 

@@ -37,9 +37,6 @@ class PatchConfig:
     # Training: the probability that a patch whose subsampled mask has no foreground cell is kept; a dropped
     # one is replaced by a patch drawn at random (rleseg.data.dataset). The paper kept 0.1 of them; 1 keeps all.
     empty_keep: float = 1.0
-    # Training, panoptic tokenizers: each patch's instances are written in a random order instead of scan order,
-    # so that at every group the target is one of the instances not yet written (docs/results.md, instances).
-    shuffle_instances: bool = False
 
     def __post_init__(self) -> None:
         check_range(self, 1, None, "patch_size", "factor", "stride")

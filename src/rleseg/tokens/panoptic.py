@@ -6,8 +6,7 @@ Sequence layout (body, then one EOS)::
     run   := start length                  ("1d" starts)
            | major minor length            ("2d" starts: (row, col) for order "C", (col, row) for "F")
 
-Groups come in this order: first every thing instance, in scan order of its first pixel (or in an order
-drawn at random: ``encode(..., shuffle=rng)``, for training); then every
+Groups come in this order: first every thing instance, in scan order of its first pixel; then every
 stuff class present in the mask, once, in increasing class order. The runs of a group are the binary runs
 of its mask, sorted by start; runs longer than ``max_run`` are split. Instance ids are not tokens:
 identity is the grouping. Background (class 0) is never encoded.
@@ -147,11 +146,8 @@ class PanopticTokenizer(StoredArguments):
             )
         return semantic, instances
 
-    def encode(self, semantic: np.ndarray, instances: np.ndarray, shuffle: np.random.Generator | None = None
-               ) -> np.ndarray:
-        """(H, W) classes and (H, W) instance ids -> int64 tokens: the groups followed by one EOS. ``shuffle``:
-        the thing groups come in an order drawn from it instead of scan order (training targets in which any
-        instance not yet written may come next; decoding accepts either)."""
+    def encode(self, semantic: np.ndarray, instances: np.ndarray) -> np.ndarray:
+        """(H, W) classes and (H, W) instance ids -> int64 tokens: the groups followed by one EOS."""
         semantic, instances = self.check_maps(semantic, instances)
         sem = semantic.ravel(order=self.order).astype(np.int64)
         inst = instances.ravel(order=self.order).astype(np.int64)
@@ -162,9 +158,6 @@ class PanopticTokenizer(StoredArguments):
         keys, first_run = np.unique(runs.classes, return_index=True)
         rank = np.zeros(len(group_class), dtype=np.int64)
         rank[keys] = np.where(keys <= num_things, runs.starts[first_run], self.num_pixels + keys)
-        if shuffle is not None:
-            things = keys[keys <= num_things]
-            rank[things] = shuffle.permutation(things.size)
         order = np.lexsort((runs.starts, rank[runs.classes]))
         runs = runs[order]
         body = self.run_format.encode(runs).reshape(-1)
