@@ -10,9 +10,9 @@ import torch
 
 from helpers import decoded, micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model
-from rleseg.models.generate import sample_next
+from rleseg.models.generate import earliest_openings, sample_next
 from rleseg.models.positions import sincos_grid
-from rleseg.tokens import EOS, PAD, Tokenizer
+from rleseg.tokens import EOS, PAD, PanopticTokenizer, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,38 @@ def test_attention_dropout_is_its_own_rate():
         assert {m.resid_dropout.p for m in attention} == {0.1}
     with pytest.raises(ValueError, match="attention_dropout"):
         micro_config(attention_dropout=1.5)
+
+
+def test_earliest_instance_opens_the_earliest_plausible_group():
+    tok = PanopticTokenizer((2, 4), 2, [1])
+    starts, vocab_size = tok.vocab["start"], tok.vocab.size
+    grammar = tok.grammar(2)
+    for token in (starts.token(0), tok.vocab["length"].token(1), tok.vocab["class"].token(1)):  # one instance
+        grammar.advance(np.array([token, token]))
+    logits = torch.full((2, vocab_size), -30.0)
+    logits[:, starts.token(6)] = np.log(0.2)
+    logits[:, starts.token(7)] = np.log(0.5)
+    logits[:, EOS] = np.log(0.3)
+    allowed = torch.from_numpy(grammar.allowed(10))
+    chosen = logits.masked_fill(~allowed, -torch.inf).argmax(-1)
+    assert grammar.openings().tolist() == [True, True] and chosen.tolist() == [starts.token(7)] * 2
+    for share, expected in [(0.3, 6), (0.5, 7), (1.0, 7)]:
+        assert earliest_openings(logits, allowed, grammar, share, chosen).tolist() == [starts.token(expected)] * 2
+    grammar.runs_in_group[1] = 1  # row 1 inside a group: kept as chosen
+    assert earliest_openings(logits, allowed, grammar, 0.3, chosen).tolist() == [starts.token(6), starts.token(7)]
+
+
+def test_earliest_instance_at_share_one_is_greedy_and_only_for_panoptic_greedy(tokenizer):
+    tok = PanopticTokenizer((6, 10), 2, [1])
+    torch.manual_seed(0)
+    model = create_model(micro_config(max_seq_len=40), tok).eval()
+    images = torch.rand(3, 3, 64, 64)
+    greedy = model.generate(images)
+    assert torch.equal(model.generate(images, earliest_instance=1.0).tokens, greedy.tokens)
+    relaxed = model.generate(images, earliest_instance=0.01)
+    for row in relaxed.tokens.numpy():
+        tok.decode(row, errors="strict")  # still grammatical
+    with pytest.raises(ValueError, match="earliest_instance is for greedy, constrained decoding of panoptic"):
+        model.generate(images, earliest_instance=0.5, temperature=1.0)
+    with pytest.raises(ValueError, match="earliest_instance is for greedy, constrained decoding of panoptic"):
+        create_model(micro_config(), tokenizer).generate(images, earliest_instance=0.5)

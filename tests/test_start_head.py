@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from helpers import micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model
-from rleseg.tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
+from rleseg.models.pix2seq import group_openings
+from rleseg.tokens import PAD, PanopticTokenizer, Tokenizer, VideoTokenizer
 
 
 def pointer_model(tokenizer, **changes):
@@ -74,6 +75,46 @@ def test_aux_loss_is_the_cell_cross_entropy_against_the_decoded_targets(order):
     plain.load_state_dict(model.state_dict(), strict=False)
     token_loss = plain.loss(images, targets)
     torch.testing.assert_close(model.loss(images, targets), token_loss + 0.5 * expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_panoptic_cell_head_also_marks_each_instance_first_cell(order):
+    tokenizer = PanopticTokenizer((4, 5), 3, [1], order=order)  # class 2 is stuff
+    semantic = np.array([[1, 1, 0, 2, 2], [1, 0, 1, 1, 2], [0, 0, 1, 1, 0], [2, 0, 0, 0, 1]])
+    instances = np.array([[7, 7, 0, 0, 0], [7, 0, 3, 3, 0], [0, 0, 3, 3, 0], [0, 0, 0, 0, 9]])
+    model = create_model(micro_config(aux_dense_weight=1.0), tokenizer).eval()
+    labels = model.cell_head.labels(tokenizer.encode(semantic, instances))
+    expected = semantic.copy()
+    for cell in [(0, 0), (1, 2), (3, 4)]:  # in either scan order
+        expected[cell] = 3  # num_classes: the first cell of an instance in scan order
+    assert labels.tolist() == expected.ravel(order=order).tolist()
+    assert model.cell_head.classify.out_features == 4
+    targets = torch.from_numpy(np.stack([tokenizer.encode(semantic, instances)] * 2))
+    cells = model.encode(torch.rand(2, 3, 64, 64)).cells
+    expected_loss = F.cross_entropy(model.cell_head(cells).flatten(0, 1), torch.from_numpy(labels).repeat(2))
+    torch.testing.assert_close(model.cell_head.loss(cells, targets), expected_loss)
+
+
+def test_open_weight_scales_the_targets_that_open_a_group():
+    tokenizer = PanopticTokenizer((4, 5), 2, [1])
+    semantic = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]])
+    instances = semantic * np.array([[1, 1, 1, 2, 2]] * 4)
+    targets = torch.from_numpy(np.append(tokenizer.encode(semantic, instances), [PAD, PAD])[None])
+    # start length class | start length start length class | EOS PAD PAD
+    assert group_openings(targets, tokenizer)[0].tolist() == [True, False, False, True, False, False, False, False,
+                                                              True, False, False]
+    images = torch.rand(1, 3, 64, 64)
+    torch.manual_seed(0)
+    plain = create_model(micro_config(), tokenizer).eval()
+    weighted = create_model(micro_config(open_weight=3.0), tokenizer).eval()
+    weighted.load_state_dict(plain.state_dict())
+    logits = plain(images, torch.cat([plain.first_tokens(1)[:, None], targets[:, :-1]], 1))
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    weight = plain.token_loss_weight[targets.flatten()] * torch.where(group_openings(targets, tokenizer).flatten(),
+                                                                      3.0, 1.0)
+    torch.testing.assert_close(weighted.loss(images, targets), (ce * weight).sum() / weight.sum())
+    torch.testing.assert_close(plain.loss(images, targets), (ce * plain.token_loss_weight[targets.flatten()]).sum()
+                               / plain.token_loss_weight[targets.flatten()].sum())
 
 
 def test_small_pointer_model_with_aux_loss_overfits_four_images_exactly():

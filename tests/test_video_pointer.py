@@ -153,7 +153,7 @@ def test_auto_points_for_one_dimensional_video_starts_and_table_stays_selectable
     assert head(tac, start_head="table") == head(volume, start_head="table") == "table"
     with pytest.raises(ValueError, match="1-D starts"):
         create_model(video_config(start_head="pointer"), VideoTokenizer(2, (8, 8), 3, starts="2d"))
-    with pytest.raises(ValueError, match="aux_dense_weight needs a semantic tokenizer"):
+    with pytest.raises(ValueError, match="aux_dense_weight needs an image tokenizer"):
         create_model(video_config(aux_dense_weight=1.0), tac)
 
 

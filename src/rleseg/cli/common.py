@@ -59,6 +59,7 @@ def number_type(kind: type, accept, expected: str):
 positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number_type(int, lambda v: v >= 0, "an integer >= 0")
 probability = number_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+share = number_type(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 non_negative_float = number_type(float, lambda v: v >= 0, "a number >= 0")
 
 

@@ -38,7 +38,8 @@ class ModelConfig:
     start_head: str = "auto"
     pyramid_stride: int = 4  # finest backbone level the pyramid of start_head "pointer" / aux_dense_weight uses
     # Weight of an auxiliary per-cell cross-entropy on the pyramid's features at the mask grid (pyramid.py
-    # CellHead; training only, the mask from the target tokens). 0 = off. Semantic image tokenizers only.
+    # CellHead; training only, the mask from the target tokens). 0 = off. Image tokenizers (semantic and panoptic:
+    # for panoptic, one more class marks each instance's first cell, where its group opens).
     aux_dense_weight: float = 0.0
     # Boundary refinement (models/refine.py): a small convolutional head redraws the decoded mask at the
     # patch's full resolution from the image and the pyramid, but only the pixels within this many mask
@@ -64,6 +65,7 @@ class ModelConfig:
     pad_weight: float = 0.1
     eos_weight: float = 1.0  # of the EOS target
     class_weight: float = 1.0  # tokens that carry a class ("class", "lac", "end_class"), against imbalance
+    open_weight: float = 1.0  # panoptic: each target that opens an instance (or ends the sequence), times the above
     label_smoothing: float = 0.0  # of the token cross-entropy
     init_std: float = 0.02  # std of the normal initialisation of the linear layers and embeddings
     tokenizer: dict | None = None  # the tokenizer's to_dict(): a checkpoint describes its own tokens
@@ -71,7 +73,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_range(self, 1, None, "image_size", "dim", "heads", "mlp_dim", "decoder_layers", "max_seq_len",
                     "pyramid_stride")
-        check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
+        check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight",
+                    "open_weight")
         check_range(self, 0, 1, "dropout", "attention_dropout", "drop_path", "label_smoothing", high_open=True)
         check_range(self, 0, None, "refine_band", "refine_weight", "refine_batch")
         check_range(self, 0, 1, "refine_jitter")

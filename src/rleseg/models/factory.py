@@ -148,6 +148,6 @@ def resolve_start_head(config: ModelConfig, tokenizer: MaskTokenizer) -> ModelCo
     if config.start_head == "pointer" and not has_start_per_cell(tokenizer):
         raise ValueError("start_head 'pointer' needs 1-D starts (one start token per mask cell); "
                          f"the tokenizer has starts={tokenizer.starts!r}")
-    if config.aux_dense_weight > 0 and tokenizer.task != "semantic":
-        raise ValueError(f"aux_dense_weight needs a semantic tokenizer, got task {tokenizer.task!r}")
+    if config.aux_dense_weight > 0 and tokenizer.task not in ("semantic", "panoptic"):
+        raise ValueError(f"aux_dense_weight needs an image tokenizer, got task {tokenizer.task!r}")
     return config

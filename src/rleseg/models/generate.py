@@ -67,6 +67,11 @@ class DecodingOptions:
     # sampling, it is step by step. "stepwise": one decoder pass per token (per run with model.run_step). The
     # same tokens either way; drafting takes a fifth to a third of the passes (docs/results.md).
     method: Literal["stepwise", "draft"] = "draft"
+    # Panoptic models, greedy: at each group opening take the earliest start (scan order) whose probability is
+    # at least this share of the likeliest token's (EOS included), not the likeliest. Instances are written in
+    # scan order of their first cell, so a start later than an instance's skips that instance for good, the
+    # token model's most frequent error (docs/results.md, instances). 0 = plain greedy.
+    earliest_instance: float = 0.0
     # Models with a refiner (model.refine_band > 0): redraw the decoded mask's boundary band at full
     # resolution; false gives the token-only mask (upsampled nearest), to compare both on one checkpoint.
     refine: bool = True
@@ -74,6 +79,7 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         check_range(self, 0, None, "temperature", "top_k")
         check_range(self, 0, 1, "top_p", low_open=True)
+        check_range(self, 0, 1, "earliest_instance")
         check_range(self, 1, None, "max_len")
         if self.method not in ("draft", "stepwise"):
             raise ValueError(f"method must be 'draft' or 'stepwise', got {self.method!r}")
@@ -107,9 +113,29 @@ def choose_next(logits: torch.Tensor, grammar: Grammar | None, ended: torch.Tens
     allowed = allowed_tokens(grammar, ended, logits.shape[-1], remaining)
     o = options
     next_token, logprob = sample_next(logits, allowed, o.temperature, o.top_k, o.top_p, generator)
+    if o.earliest_instance:
+        next_token = earliest_openings(logits, allowed, grammar, o.earliest_instance, next_token)
+        logprob = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1).gather(1, next_token[:, None])[:, 0]
     if grammar is not None:
         grammar.advance(next_token.cpu().numpy())
     return next_token, logprob
+
+
+def earliest_openings(logits: torch.Tensor, allowed: torch.Tensor, grammar, share: float, chosen: torch.Tensor
+                      ) -> torch.Tensor:
+    """The ``chosen`` tokens (B,) where, in each row of a panoptic ``grammar`` that opens a group, the earliest
+    allowed start whose probability is at least ``share`` of the likeliest allowed token's takes their place."""
+    rows = torch.from_numpy(grammar.openings()).to(logits.device)
+    if not bool(rows.any()):
+        return chosen
+    starts = grammar.run_format.vocab["start"]
+    probs = logits[rows].float().masked_fill(~allowed[rows], float("-inf")).softmax(-1)
+    plausible = probs[:, starts.first : starts.stop] >= share * probs.max(-1, keepdim=True).values
+    earliest = starts.first + plausible.int().argmax(-1)
+    has = plausible.any(-1)
+    chosen = chosen.clone()
+    chosen[rows.nonzero().squeeze(1)[has]] = earliest[has]
+    return chosen
 
 
 def sample_next(

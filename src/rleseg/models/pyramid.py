@@ -116,12 +116,14 @@ class PointerHead(nn.Module):
 
 class CellHead(nn.Module):
     """A per-cell classifier of the pyramid features (B, S, D) -> logits (B, S, C), trained with an auxiliary
-    cross-entropy (:meth:`loss`) against the masks the target tokens encode."""
+    cross-entropy (:meth:`loss`) against the masks the target tokens encode. Panoptic tokenizers: one more
+    class, C, for the first cell (in scan order) of each thing instance, where a group's first start points."""
 
     def __init__(self, dim: int, tokenizer: MaskTokenizer):
         super().__init__()
         self.tokenizer = tokenizer
-        self.classify = nn.Linear(dim, tokenizer.num_classes)
+        self.panoptic = tokenizer.task == "panoptic"
+        self.classify = nn.Linear(dim, tokenizer.num_classes + self.panoptic)
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
         return self.classify(cells)
@@ -131,12 +133,22 @@ class CellHead(nn.Module):
         labels = self(cells).argmax(-1).cpu().numpy().reshape(len(cells), *self.tokenizer.grid)
         return labels.transpose(0, 2, 1) if self.tokenizer.order == "F" else labels
 
+    def labels(self, tokens: np.ndarray) -> np.ndarray:
+        """The (S,) cell labels of one image's flat tokens, decoded leniently (a truncated sequence gives the
+        mask of its runs), in the cells' order, which is the tokenizer's scan order."""
+        tokenizer = self.tokenizer
+        if not self.panoptic:
+            return tokenizer.decode(tokens, errors="ignore").ravel(order=tokenizer.order)
+        semantic, _ = tokenizer.decode(tokens, errors="ignore")
+        labels = semantic.ravel(order=tokenizer.order).astype(np.int64)
+        firsts = [g.runs.starts[0] for g in tokenizer.decode_groups(tokens, errors="ignore")
+                  if tokenizer.is_thing[g.label]]
+        labels[np.asarray(firsts, dtype=np.int64)] = tokenizer.num_classes
+        return labels
+
     def loss(self, cells: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each cell against the masks of ``target_tokens`` (an image's rows joined: its flat
-        form), decoded leniently: a truncated sequence gives the mask of its runs."""
+        form)."""
         flat = target_tokens.reshape(len(cells), -1).cpu().numpy()
-        masks = np.stack([self.tokenizer.decode(seq, errors="ignore") for seq in flat])
-        if self.tokenizer.order == "F":
-            masks = masks.transpose(0, 2, 1)
-        labels = torch.from_numpy(masks.reshape(len(masks), -1).astype(np.int64)).to(cells.device)  # (B, S)
-        return F.cross_entropy(self(cells).flatten(0, 1).float(), labels.flatten())
+        labels = torch.from_numpy(np.stack([self.labels(seq) for seq in flat])).to(cells.device)  # (B, S)
+        return F.cross_entropy(self(cells).flatten(0, 1).float(), labels.long().flatten())

@@ -217,7 +217,7 @@ class VideoPix2Seq(Pix2Seq):
         if config.encoder_layers < 1 and config.fusion != "static":
             raise ValueError(f"{config.fusion} fusion happens in the last encoder layer; encoder_layers must be >= 1")
         if config.aux_dense_weight > 0:
-            raise ValueError("aux_dense_weight is for semantic image models; video models take aux_dense_weight 0")
+            raise ValueError("aux_dense_weight is for image models; video models take aux_dense_weight 0")
         super().__init__(config, tokenizer)
 
     def build_encoder(self, config: VideoModelConfig) -> WindowEncoder:

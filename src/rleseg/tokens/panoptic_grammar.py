@@ -106,3 +106,7 @@ class PanopticGrammar:
 
     def select(self, rows: np.ndarray) -> None:
         select_rows(self, rows)
+
+    def openings(self) -> np.ndarray:
+        """(B,) bool: the rows whose next token opens a group or ends the sequence."""
+        return ~self.done & (self.slot == 0) & (self.runs_in_group == 0)
