@@ -245,3 +245,11 @@ def test_a_frozen_backbone_needs_weights(tmp_path, capsys):
     save_checkpoint(build_model(source, build_tokenizer(source)), tmp_path / "start.safetensors")
     config = load_config("synthetic-tiny", [*tiny, f"model.init_from={tmp_path / 'start.safetensors'}"])
     assert isinstance(build_model(config, build_tokenizer(config)), torch.nn.Module)
+
+
+def test_earliest_instance_is_for_panoptic_configs():
+    config = load_config("trackastra-panoptic", ["eval.decoding.earliest_instance=0.5"])
+    assert config.eval.decoding.earliest_instance == 0.5
+    with pytest.raises(ConfigError, match=r"^eval.decoding.earliest_instance is for panoptic models; tokenizer.task is "
+                                          r"'semantic'$"):
+        load_config("synthetic-tiny", ["eval.decoding.earliest_instance=0.5"])

@@ -168,6 +168,19 @@ def test_evaluate_run_folder_with_its_config_gives_panoptic_quality(run_folder, 
     assert (out / "tokens_synthetic_0.png").is_file()
 
 
+def test_evaluate_takes_the_earliest_instance_rule_for_panoptic_models_only(run_folder, checkpoint, data, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "eval"
+    assert run("evaluate", run_folder, "--out", out, "--limit", 2, "--earliest-instance", 0.5, "--no-progress") == 0
+    assert json.loads((out / "metrics.json").read_text())["panoptic"]["num_images"] == 2
+    capsys.readouterr()
+    assert run("evaluate", checkpoint, "--images", data / "images", "--masks", data / "masks", "--out",
+               tmp_path / "semantic", "--earliest-instance", 0.5, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "earliest_instance is for greedy, constrained decoding of panoptic models" in err
+    assert not (tmp_path / "semantic").exists()
+
+
 def test_stitched_prediction_equals_its_patches(checkpoint):
     """No overlap: each window of the full-size label map is its patch's decoded mask, upsampled."""
     from rleseg.models import load_checkpoint

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from helpers import micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model
-from rleseg.models.pix2seq import group_openings
-from rleseg.tokens import PAD, PanopticTokenizer, Tokenizer, VideoTokenizer
+from rleseg.tokens import PanopticTokenizer, Tokenizer, VideoTokenizer
 
 
 def pointer_model(tokenizer, **changes):
@@ -93,28 +92,6 @@ def test_panoptic_cell_head_also_marks_each_instance_first_cell(order):
     cells = model.encode(torch.rand(2, 3, 64, 64)).cells
     expected_loss = F.cross_entropy(model.cell_head(cells).flatten(0, 1), torch.from_numpy(labels).repeat(2))
     torch.testing.assert_close(model.cell_head.loss(cells, targets), expected_loss)
-
-
-def test_open_weight_scales_the_targets_that_open_a_group():
-    tokenizer = PanopticTokenizer((4, 5), 2, [1])
-    semantic = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]])
-    instances = semantic * np.array([[1, 1, 1, 2, 2]] * 4)
-    targets = torch.from_numpy(np.append(tokenizer.encode(semantic, instances), [PAD, PAD])[None])
-    # start length class | start length start length class | EOS PAD PAD
-    assert group_openings(targets, tokenizer)[0].tolist() == [True, False, False, True, False, False, False, False,
-                                                              True, False, False]
-    images = torch.rand(1, 3, 64, 64)
-    torch.manual_seed(0)
-    plain = create_model(micro_config(), tokenizer).eval()
-    weighted = create_model(micro_config(open_weight=3.0), tokenizer).eval()
-    weighted.load_state_dict(plain.state_dict())
-    logits = plain(images, torch.cat([plain.first_tokens(1)[:, None], targets[:, :-1]], 1))
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    weight = plain.token_loss_weight[targets.flatten()] * torch.where(group_openings(targets, tokenizer).flatten(),
-                                                                      3.0, 1.0)
-    torch.testing.assert_close(weighted.loss(images, targets), (ce * weight).sum() / weight.sum())
-    torch.testing.assert_close(plain.loss(images, targets), (ce * plain.token_loss_weight[targets.flatten()]).sum()
-                               / plain.token_loss_weight[targets.flatten()].sum())
 
 
 def test_small_pointer_model_with_aux_loss_overfits_four_images_exactly():

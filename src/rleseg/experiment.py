@@ -215,6 +215,8 @@ def validate_config(config: ExperimentConfig) -> None:
     _within_limit([(f"the validation's confusion matrix (data.num_classes {classes:,} squared)", 8 * classes**2)])
     config.class_names()
     tokenizer = build_tokenizer(config)
+    if config.eval.decoding.earliest_instance and tokenizer.task != "panoptic":
+        raise ConfigError(f"eval.decoding.earliest_instance is for panoptic models; tokenizer.task is {tokenizer.task!r}")
     _within_limit(memory_parts(config, model_config, tokenizer))
     names = metric_names(tokenizer.task)
     if config.eval.best_metric not in names:

@@ -65,7 +65,6 @@ class ModelConfig:
     pad_weight: float = 0.1
     eos_weight: float = 1.0  # of the EOS target
     class_weight: float = 1.0  # tokens that carry a class ("class", "lac", "end_class"), against imbalance
-    open_weight: float = 1.0  # panoptic: each target that opens an instance (or ends the sequence), times the above
     label_smoothing: float = 0.0  # of the token cross-entropy
     init_std: float = 0.02  # std of the normal initialisation of the linear layers and embeddings
     tokenizer: dict | None = None  # the tokenizer's to_dict(): a checkpoint describes its own tokens
@@ -73,8 +72,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_range(self, 1, None, "image_size", "dim", "heads", "mlp_dim", "decoder_layers", "max_seq_len",
                     "pyramid_stride")
-        check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight",
-                    "open_weight")
+        check_range(self, 0, None, "encoder_layers", "aux_dense_weight", "pad_weight", "eos_weight", "class_weight")
         check_range(self, 0, 1, "dropout", "attention_dropout", "drop_path", "label_smoothing", high_open=True)
         check_range(self, 0, None, "refine_band", "refine_weight", "refine_batch")
         check_range(self, 0, 1, "refine_jitter")

@@ -55,17 +55,6 @@ class Encoded:
         return self.select(torch.arange(len(self.memory), device=self.memory.device).repeat_interleave(copies))
 
 
-def group_openings(target_tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """(R, T) bool: the targets that open a panoptic group, the first token of each row and each token after a
-    class token (EOS included: ending is the other choice at an opening)."""
-    classes = tokenizer.vocab["class"]
-    closed = (target_tokens >= classes.first) & (target_tokens < classes.stop)
-    opening = torch.zeros_like(closed)
-    opening[:, 0] = True
-    opening[:, 1:] = closed[:, :-1]
-    return opening & (target_tokens != PAD)
-
-
 class Pix2Seq(nn.Module):
     """Image -> mask tokens -> label maps (:class:`~rleseg.models.protocol.SegmentationModel`). Build with
     :func:`rleseg.models.create_model`, which also resolves ``start_head`` "auto".
@@ -156,10 +145,7 @@ class Pix2Seq(nn.Module):
         logits = self.token_logits(torch.cat([first, target_tokens[:, :-1]], dim=1), encoded)  # (R, T, V)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), target_tokens.flatten(), reduction="none",
                              label_smoothing=self.config.label_smoothing)  # (R*T,)
-        weight = self.token_loss_weight[target_tokens]  # (R, T)
-        if self.config.open_weight != 1 and self.tokenizer.task == "panoptic":
-            weight = weight * torch.where(group_openings(target_tokens, self.tokenizer), self.config.open_weight, 1.0)
-        weight = weight.flatten()
+        weight = self.token_loss_weight[target_tokens.flatten()]
         loss = (ce * weight).sum() / weight.sum()
         if self.cell_head is not None:
             loss = loss + self.config.aux_dense_weight * self.cell_head.loss(encoded.cells, target_tokens)
