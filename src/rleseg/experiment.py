@@ -216,7 +216,8 @@ def validate_config(config: ExperimentConfig) -> None:
     config.class_names()
     tokenizer = build_tokenizer(config)
     if config.eval.decoding.earliest_instance and tokenizer.task != "panoptic":
-        raise ConfigError(f"eval.decoding.earliest_instance is for panoptic models; tokenizer.task is {tokenizer.task!r}")
+        raise ConfigError("eval.decoding.earliest_instance is for panoptic models; tokenizer.task is "
+                          f"{tokenizer.task!r}")
     _within_limit(memory_parts(config, model_config, tokenizer))
     names = metric_names(tokenizer.task)
     if config.eval.best_metric not in names:
