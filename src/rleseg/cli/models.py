@@ -138,9 +138,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="greedy decoding: draft (verify the per-cell head's draft of the mask, several tokens "
                         "a decoder pass, where the model has that head; else step by step) or stepwise (a decoder "
                         "pass per token); the same tokens (default: draft)")
-    parser.add_argument("--earliest-instance", type=share, default=None, metavar="SHARE",
+    parser.add_argument("--earliest-instance", type=share, default=0.0, metavar="SHARE",
                         help="panoptic models, greedy: open each instance at the earliest start whose probability is "
-                        "at least SHARE of the likeliest token's (0 = plain greedy; default: 0.3)")
+                        "at least SHARE of the likeliest token's (default: 0, plain greedy)")
     parser.add_argument("--token-only", action="store_true",
                         help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
                         "without the boundary refinement")
@@ -156,8 +156,7 @@ def _inference_options(args: argparse.Namespace) -> dict:
     return {"mode": args.mode, "stride": args.stride, "batch_size": args.batch_size, "temperature": args.temperature,
             "top_p": args.top_p, "constrained": not args.unconstrained, "max_len": args.max_len, "seed": args.seed,
             "refine": not args.token_only, "method": args.decoding, "precision": args.precision,
-            "panoptic_join": args.panoptic_join, "join_iou": args.join_iou,
-            **({} if args.earliest_instance is None else {"earliest_instance": args.earliest_instance})}
+            "panoptic_join": args.panoptic_join, "join_iou": args.join_iou, "earliest_instance": args.earliest_instance}
 
 
 def add_evaluate(subparsers) -> None:
