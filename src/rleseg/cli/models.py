@@ -138,9 +138,10 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="greedy decoding: draft (verify the per-cell head's draft of the mask, several tokens "
                         "a decoder pass, where the model has that head; else step by step) or stepwise (a decoder "
                         "pass per token); the same tokens (default: draft)")
-    parser.add_argument("--earliest-instance", type=share, default=0.0, metavar="SHARE",
+    parser.add_argument("--earliest-instance", type=share, default=None, metavar="SHARE",
                         help="panoptic models, greedy: open each instance at the earliest start whose probability is "
-                        "at least SHARE of the likeliest token's (default: 0, plain greedy)")
+                        "at least SHARE of the likeliest token's; 0 is plain greedy (default: 0.5 for panoptic "
+                        "models)")
     parser.add_argument("--token-only", action="store_true",
                         help="models with a refiner (model.refine_band > 0): the decoded mask upsampled nearest, "
                         "without the boundary refinement")

@@ -25,7 +25,7 @@ from rleseg.tokens import EOS, PAD, MaskTokenizer
 from .config import ModelConfig
 from .decode import decode_generation
 from .draft import verify
-from .generate import DecodingOptions, Generation, sample
+from .generate import DecodingOptions, Generation, resolve_earliest_instance, sample
 from .layers import eval_mode
 from .protocol import Prediction
 from .pyramid import CellHead, PointerHead, Pyramid, on_grid
@@ -228,9 +228,7 @@ class Pix2Seq(nn.Module):
         when the caller has it already. Decoding the tokens into masks is :meth:`predict`'s."""
         options = dataclasses.replace(options or DecodingOptions(), **changes)
         options.length_for(self.config.max_seq_len)
-        if options.earliest_instance and (self.tokenizer.task != "panoptic" or options.temperature
-                                          or not options.constrained):
-            raise ValueError("earliest_instance is for greedy, constrained decoding of panoptic models")
+        options = resolve_earliest_instance(options, self.tokenizer.task)
         with eval_mode(self):
             encoded = self.encode(images) if encoded is None else encoded
             if self.drafts(options):
