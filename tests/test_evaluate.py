@@ -170,9 +170,11 @@ def test_evaluate_run_folder_with_its_config_gives_panoptic_quality(run_folder, 
 
 def test_evaluate_takes_the_earliest_instance_rule_for_panoptic_models_only(run_folder, checkpoint, data, tmp_path,
                                                                            capsys):
-    out = tmp_path / "eval"
-    assert run("evaluate", run_folder, "--out", out, "--limit", 2, "--earliest-instance", 0.5, "--no-progress") == 0
-    assert json.loads((out / "metrics.json").read_text())["panoptic"]["num_images"] == 2
+    for flag, share in [([], 0.5), (["--earliest-instance", 0.2], 0.2), (["--earliest-instance", 0], 0.0)]:
+        out = tmp_path / f"eval{share}"
+        assert run("evaluate", run_folder, "--out", out, "--limit", 2, *flag, "--no-progress") == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["panoptic"]["num_images"] == 2 and metrics["settings"]["earliest_instance"] == share
     capsys.readouterr()
     assert run("evaluate", checkpoint, "--images", data / "images", "--masks", data / "masks", "--out",
                tmp_path / "semantic", "--earliest-instance", 0.5, "--no-progress") == 2

@@ -54,6 +54,7 @@ def test_png_larger_than_the_patch_matches_the_python_api(checkpoint, tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 1 and summary["patches"] == 6 and summary["tokens"] > 0
     assert summary["invalid_runs"] == 0 and summary["images_per_s"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["options"]["decoding"]["earliest_instance"] == 0.0  # a semantic model: the rule is off
     coco = json.loads((out / "predictions.json").read_text())
     rles = {a["category_id"]: {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()} for a in coco}
     assert np.array_equal(coco_rles_to_label_map(rles, (100, 150)), labels)
@@ -118,6 +119,8 @@ def test_panoptic_instances(panoptic_checkpoint, tmp_path):
     ids = np.unique(instances[instances > 0])
     assert np.array_equal(ids, np.arange(1, len(ids) + 1))  # renumbered 1..n
     assert (semantic[instances > 0] == 1).all()  # class and instance of a pixel come from the same patch
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["decoding"]["earliest_instance"] == 0.0  # sampled: the rule is for greedy decoding
     coco = json.loads((out / "predictions.json").read_text())
     things = {i + 1: a for i, a in enumerate(a for a in coco if a["category_id"] == 1)}
     rles = {k: {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()} for k, a in things.items()}

@@ -276,6 +276,7 @@ def _settings(predictor, ignore: int | None, tolerance: int | None, **video: int
     if model.max_seq_len is not None:  # a model that writes tokens; "refined": its refiner redrew the masks
         decoding = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
                     "max_len": d.max_len or model.max_seq_len, "method": d.method,
+                    "earliest_instance": d.earliest_instance,
                     "refined": predictor.stitch_factor != predictor.factor}
     return {"mode": o.mode, "stride": o.stride or predictor.patch_size, "patch_size": predictor.patch_size,
             "factor": predictor.factor, "scale": o.scale, **video, **decoding, "precision": o.precision,

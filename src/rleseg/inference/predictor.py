@@ -31,6 +31,7 @@ with the sizes instead of exhausting memory, and so are batches of patches of a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
@@ -52,6 +53,7 @@ from ..models import (
     output_factor,
     read_checkpoint_info,
     resolve_checkpoint,
+    resolve_earliest_instance,
 )
 from ..tokens import downsample_mask
 from ..typed_yaml import from_dict
@@ -205,6 +207,9 @@ class Predictor:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = model.tokenizer
+        # The share it decodes with as a number, so that summary.json and metrics.json say what ran.
+        decoding = resolve_earliest_instance(self.options.decoding, self.tokenizer.task)
+        self.options = dataclasses.replace(self.options, decoding=decoding)
         self.panoptic = self.tokenizer.task == "panoptic"
         self.frames = int(self.tokenizer.frames) if self.tokenizer.task == "video" else None  # window length
         self.num_classes = int(self.tokenizer.num_classes)

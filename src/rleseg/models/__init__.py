@@ -27,7 +27,7 @@ from .checkpoint import (
 from .config import ModelConfig
 from .dense import DenseConfig, DenseModel
 from .factory import DENSE_PRESETS, MODELS, PRESETS, AnyModelConfig, create_model
-from .generate import DecodingOptions, Generation
+from .generate import DecodingOptions, Generation, resolve_earliest_instance
 from .hub import SharedModel, score_summary
 from .pix2seq import Pix2Seq
 from .protocol import Prediction, SegmentationModel, output_factor
@@ -65,6 +65,7 @@ __all__ = [
     "read_json_object",
     "renamed_weights",
     "resolve_checkpoint",
+    "resolve_earliest_instance",
     "save_checkpoint",
     "score_summary",
 ]
