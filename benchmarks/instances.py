@@ -217,7 +217,8 @@ def main() -> None:
     parser.add_argument("--pictures", type=int, default=3, help="failure pictures of each kind per run")
     parser.add_argument("--eval-only", action="store_true", help="score the run folders already under --out")
     parser.add_argument("--earliest-instance", type=float, action="append", default=[], metavar="SHARE",
-                        help="also score the token model decoded with this DecodingOptions.earliest_instance")
+                        help="also score the token model decoded with this DecodingOptions.earliest_instance (its "
+                        "default decoding uses 0.5; 0 is plain greedy)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dotted override for every model's config (repeatable), e.g. train.lr=0.002")
     parser.add_argument("--token-set", action="append", default=[], metavar="KEY=VALUE",
