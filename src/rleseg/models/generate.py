@@ -131,8 +131,10 @@ def choose_next(logits: torch.Tensor, grammar: Grammar | None, ended: torch.Tens
     o = options
     next_token, logprob = sample_next(logits, allowed, o.temperature, o.top_k, o.top_p, generator)
     if o.earliest_instance:
-        next_token = earliest_openings(logits, allowed, grammar, o.earliest_instance, next_token)
-        logprob = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1).gather(1, next_token[:, None])[:, 0]
+        earliest = earliest_openings(logits, allowed, grammar, o.earliest_instance, next_token)
+        if not torch.equal(earliest, next_token):  # most steps open no group: their log-probabilities stand
+            next_token = earliest
+            logprob = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1).gather(1, next_token[:, None])[:, 0]
     if grammar is not None:
         grammar.advance(next_token.cpu().numpy())
     return next_token, logprob
